@@ -185,9 +185,7 @@ class BreakerConfig:
     failure_threshold: int = attrs.field(default=5, validator=_integer(1))
     success_threshold: int = attrs.field(default=2, validator=_integer(1))
     open_timeout: float = attrs.field(default=30.0, validator=_number(0))
-    open_timeout_multiplier: float = attrs.field(
-        default=2.0, validator=_number(1, exclusive=False)
-    )
+    open_timeout_multiplier: float = attrs.field(default=2.0, validator=_number(1, exclusive=False))
     max_open_timeout: float = attrs.field(default=300.0, validator=_number(0))
     half_open_max_calls: int = attrs.field(default=1, validator=_integer(1))
     half_open_timeout: float = attrs.field(default=30.0, validator=_number(0))
@@ -326,7 +324,10 @@ class HubConfig:
                 base.breaker, failure_threshold=3, open_timeout=5.0, max_open_timeout=60.0
             ),
             metrics=attrs.evolve(
-                base.metrics, flush_interval=1.0, client_ttl=300.0, sample_rate=1.0,
+                base.metrics,
+                flush_interval=1.0,
+                client_ttl=300.0,
+                sample_rate=1.0,
                 history_points=300,
             ),
             cleanup=attrs.evolve(base.cleanup, interval=5.0),
@@ -341,14 +342,25 @@ class HubConfig:
             base,
             server=attrs.evolve(base.server, port=0),
             limits=attrs.evolve(
-                base.limits, max_queue=100, hello_timeout=1.0, rate=50.0, burst=20,
+                base.limits,
+                max_queue=100,
+                write_delay=0.0,
+                hello_timeout=1.0,
+                rate=50.0,
+                burst=20,
                 rate_limit_strikes=5,
             ),
             history=attrs.evolve(base.history, size=100, ttl=60.0),
             dedup=attrs.evolve(base.dedup, window=10.0, max_entries=1000),
             breaker=attrs.evolve(
-                base.breaker, failure_threshold=2, success_threshold=1, open_timeout=1.0,
-                max_open_timeout=8.0, half_open_timeout=1.0, call_timeout=1.0, retries=1,
+                base.breaker,
+                failure_threshold=2,
+                success_threshold=1,
+                open_timeout=1.0,
+                max_open_timeout=8.0,
+                half_open_timeout=1.0,
+                call_timeout=1.0,
+                retries=1,
                 retry_backoff=0.1,
             ),
             heartbeat=attrs.evolve(base.heartbeat, interval=2.0, timeout=1.0),
@@ -400,8 +412,10 @@ class HubConfig:
         """
         data = dict(data)
         preset = data.pop("preset", None)
+        # Build the named preset even when ``base`` wins, so a misspelt name still fails.
+        named = cls.preset(preset) if preset is not None else None
         if base is None:
-            base = cls.preset(preset) if preset is not None else cls.production()
+            base = named if named is not None else cls.production()
         return base.merged(data)
 
     @classmethod
@@ -414,7 +428,9 @@ class HubConfig:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
+            raise ConfigError(
+                f"config file {os.fspath(path)!r} is not valid TOML: {error}"
+            ) from None
         return cls.from_dict(data, base=base)
 
     @classmethod
@@ -423,16 +439,20 @@ class HubConfig:
     ) -> _C:
         """Apply ``WSHUB_SECTION__KEY=value`` variables over ``base``.
 
-        Without ``base``: ``WSHUB_CONFIG`` names a TOML file to start from, else
-        ``WSHUB_PRESET`` a preset, else production. Values are parsed by the key's type
-        (numbers, ``true``/``false``, comma-separated lists, empty for none).
+        Without ``base``: ``WSHUB_CONFIG`` names a TOML file to start from, applied over the
+        preset named by ``WSHUB_PRESET``, else the file's own ``preset`` key, else production.
+        Values are parsed by the key's type (numbers, ``true``/``false``, comma-separated lists,
+        empty for none).
         """
         environ = os.environ if environ is None else environ
         if base is None:
             preset = environ.get("WSHUB_PRESET")
-            start = cls.preset(preset) if preset else cls.production()
+            start = cls.preset(preset) if preset else None
             file = environ.get("WSHUB_CONFIG")
-            base = cls.from_file(file, base=start) if file else start
+            if file:
+                base = cls.from_file(file, base=start)
+            else:
+                base = start if start is not None else cls.production()
         overrides: dict[str, dict[str, Any]] = {}
         for name, raw in environ.items():
             if not name.startswith("WSHUB_") or "__" not in name:
