@@ -1,8 +1,24 @@
-"""The wshub wire protocol, version 1 (sans-IO): parse client frames, encode server frames."""
+"""The wshub wire protocol, version 1 (sans-IO): parse client frames, encode server frames.
+
+Theory of operation: text in, frozen attrs events out; events in, text out. Nothing here touches a
+socket or Trio, so it is tested with plain strings. ``parse_client_frame`` checks every field the
+protocol defines (unknown fields are ignored) and raises :class:`ProtocolError` with a protocol
+error code; *who* may subscribe or publish is the hub's business, not this module's. Events
+compare by value; those holding a dict (``Hello.subscribe``, ``Welcome.streams``, JSON data) are
+not hashable. An absent ``ref`` is :data:`NO_REF`, distinct from ``null`` (``None``), so replies
+echo ``ref`` only when the client sent one. JSON is ``orjson`` (compact, never a raw newline).
+"""
 
 from __future__ import annotations
 
+import enum
+import re
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final, Literal, TypeAlias
+
 import attrs
+import orjson
 
 SUBPROTOCOL = "wshub.v1"
 
@@ -13,3 +29,503 @@ class Position:
 
     offset: int
     epoch: str
+
+
+class NoRef(enum.Enum):
+    """The type of :data:`NO_REF`."""
+
+    NO_REF = "NO_REF"
+
+
+#: Marks an absent ``ref`` (a client that sent ``"ref": null`` gets ``null`` echoed back).
+NO_REF: Final = NoRef.NO_REF
+
+#: Every error code an ``error`` frame may carry.
+ERROR_CODES: Final = frozenset(
+    {"bad_request", "unknown_type", "forbidden", "rate_limited", "unavailable", "too_large"}
+)
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes used by wshub."""
+
+    NORMAL = 1000  #: Normal close.
+    GOING_AWAY = 1001  #: The server is shutting down; reconnect (to another node) and resume.
+    UNSUPPORTED_DATA = 1003  #: A binary frame was received.
+    POLICY_VIOLATION = 1008  #: Authentication failed, origin refused or client id not allowed.
+    MESSAGE_TOO_BIG = 1009  #: A frame was larger than ``limits.max_message_bytes``.
+    INTERNAL_ERROR = 1011  #: Internal server error.
+    TRY_AGAIN_LATER = 1013  #: Try again later: the server is at its connection limit or overloaded.
+    BAD_HELLO = 4000  #: Bad hello: the first frame was missing, late, or invalid.
+    SLOW_CONSUMER = 4002  #: Slow consumer: the outbound queue overflowed; reconnect and resume.
+    RATE_LIMITED = 4003  #: The rate limit was exceeded repeatedly.
+    HEARTBEAT_TIMEOUT = 4004  #: No frame or pong arrived within the heartbeat timeout.
+
+
+class ProtocolError(Exception):
+    """A frame broke the protocol; ``code`` is an :data:`ERROR_CODES` member.
+
+    ``ref`` is the frame's ``ref`` field when it had one (else :data:`NO_REF`), to be echoed in
+    the ``error`` frame.
+    """
+
+    def __init__(self, code: str, message: str, ref: Any = NO_REF) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+def is_valid_client_id(client_id: str) -> bool:
+    """Whether ``client_id`` matches ``[A-Za-z0-9_.:-]{1,128}``."""
+    return _CLIENT_ID.fullmatch(client_id) is not None
+
+
+def personal_stream(client_id: str) -> str:
+    """The personal stream of ``client_id``: ``"@" + client_id``."""
+    return "@" + client_id
+
+
+def stream_kind(name: str) -> Literal["topic", "personal", "system"] | None:
+    """The kind of stream ``name`` denotes, or ``None`` when it is not a valid stream name."""
+    if name[:1] == "@":
+        return "personal" if _CLIENT_ID.fullmatch(name, 1) else None
+    if name[:1] == "$":
+        return "system" if _NAME.fullmatch(name, 1) else None
+    return "topic" if _NAME.fullmatch(name) else None
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    """``hello``: the first frame; ``subscribe`` maps streams to positions (None: from now on)."""
+
+    client_id: str
+    token: str | None
+    subscribe: Mapping[str, Position | None]
+
+
+@attrs.frozen
+class Subscribe:
+    """``subscribe``: start receiving ``stream``, replaying after ``position`` when given."""
+
+    stream: str
+    position: Position | None
+
+
+@attrs.frozen
+class Unsubscribe:
+    """``unsubscribe``: stop receiving ``stream``."""
+
+    stream: str
+
+
+@attrs.frozen
+class Publish:
+    """``publish``: append ``data`` to ``stream``; ``id`` is an idempotency key, ``ref`` an echo."""
+
+    stream: str
+    data: Any
+    id: str | None
+    ref: Any
+
+
+@attrs.frozen
+class Ping:
+    """``ping``: answered by ``pong``."""
+
+
+ClientEvent: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | Ping
+
+
+@attrs.frozen
+class StreamStatus:
+    """A stream's state: ``offset`` is its newest message, ``first`` the oldest still held."""
+
+    epoch: str
+    offset: int
+    first: int | None
+    recovered: bool
+
+
+@attrs.frozen
+class Welcome:
+    """``welcome``: answers ``hello`` with the status of every subscribed stream."""
+
+    client_id: str
+    session: str
+    heartbeat: float
+    streams: Mapping[str, StreamStatus]
+
+
+@attrs.frozen
+class Message:
+    """``message``: one message of ``stream``; ``ts`` is Unix milliseconds at publish."""
+
+    stream: str
+    offset: int
+    id: str
+    data: Any
+    ts: int
+
+
+@attrs.frozen
+class Subscribed:
+    """``subscribed``: answers ``subscribe``, before its replay."""
+
+    stream: str
+    status: StreamStatus
+
+
+@attrs.frozen
+class Unsubscribed:
+    """``unsubscribed``: answers ``unsubscribe``."""
+
+    stream: str
+
+
+@attrs.frozen
+class Published:
+    """``published``: answers ``publish``; ``ref`` is :data:`NO_REF` when none was sent."""
+
+    ref: Any
+    stream: str
+    offset: int
+    id: str
+    duplicate: bool
+
+
+@attrs.frozen
+class Pong:
+    """``pong``: answers ``ping``."""
+
+
+@attrs.frozen
+class Error:
+    """``error``: a non-fatal error; ``ref`` is :data:`NO_REF` when none was echoed."""
+
+    code: str
+    message: str
+    ref: Any
+
+
+ServerEvent: TypeAlias = Welcome | Message | Subscribed | Unsubscribed | Published | Pong | Error
+
+
+# --- parsing: each frame type has a spec giving each field its rule -----------------------------
+
+_Object: TypeAlias = dict[str, Any]
+_Rule: TypeAlias = Callable[[Any, str], Any]  # (value or _ABSENT, path) -> checked value; or raises
+_Spec: TypeAlias = tuple[tuple[str, _Rule, str], ...]  # (field, its rule, its path)
+_ABSENT: Final = object()  # what a rule receives for a field the frame does not have
+_REQUIRED: Final = object()
+
+
+def _describe(value: object) -> str:
+    """A short rendering of a received value for error messages (bounded in length)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "an array"
+    return orjson.dumps(value).decode()  # null, true, false or a number
+
+
+def _rule(expected: str, check: Callable[[Any], bool], when_absent: Any = _REQUIRED) -> _Rule:
+    """A rule accepting what ``check`` accepts (described by ``expected``)."""
+
+    def apply(value: Any, path: str) -> Any:
+        if value is _ABSENT:
+            if when_absent is _REQUIRED:
+                raise ProtocolError("bad_request", f"{path} is required")
+            return when_absent
+        if check(value):
+            return value
+        raise ProtocolError("bad_request", f"{path} must be {expected}, got {_describe(value)}")
+
+    return apply
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_ANY = _rule("any JSON value", lambda value: True)
+_REF = _rule("any JSON value", lambda value: True, NO_REF)
+_STRING = _rule("a string", lambda value: isinstance(value, str))
+_COUNT = _rule("an integer >= 0", _is_count)
+_BOOLEAN = _rule("a boolean", lambda value: isinstance(value, bool))
+_NUMBER = _rule("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+_OBJECT = _rule("an object", lambda value: isinstance(value, dict))
+_OBJECT_OR_NULL = _rule("an object or null", lambda v: v is None or isinstance(v, dict), None)
+_CLIENT_ID_RULE = _rule(
+    "a string matching [A-Za-z0-9_.:-]{1,128}",
+    lambda value: isinstance(value, str) and is_valid_client_id(value),
+)
+_TOKEN = _rule("a string or null", lambda value: value is None or isinstance(value, str), None)
+_MESSAGE_ID = _rule(
+    "a string of 1 to 200 characters or null",
+    lambda value: value is None or (isinstance(value, str) and 1 <= len(value) <= 200),
+    None,
+)
+_SUBSCRIBE_SHAPE = _rule(
+    "an object mapping stream names to positions or null",
+    lambda value: value is None or isinstance(value, dict),
+    None,
+)
+_EPOCH = _rule("a non-empty string", lambda value: isinstance(value, str) and value != "")
+_FIRST = _rule("an integer >= 0", _is_count, None)
+_STATUS_RULES: Final = dict(epoch=_STRING, offset=_COUNT, first=_FIRST, recovered=_BOOLEAN)
+
+
+def _spec(path: str, **rules: _Rule) -> _Spec:
+    """The spec of an object at ``path`` whose fields follow ``rules``."""
+    return tuple((name, rule, f"{path}.{name}") for name, rule in rules.items())
+
+
+def _build(cls: Callable[..., Any], spec: _Spec, obj: _Object) -> Any:
+    """``cls(**fields)``, each field of ``spec`` taken from ``obj`` and checked by its rule."""
+    return cls(**{name: rule(obj.get(name, _ABSENT), path) for name, rule, path in spec})
+
+
+def _stream(value: Any, path: str) -> str:
+    """A valid stream name, with a reason fitted to its kind when it is not."""
+    name: str = _STRING(value, path)
+    if stream_kind(name) is not None:
+        return name
+    if name[:1] == "@":
+        rule = "a personal stream '@' + a client id matching [A-Za-z0-9_.:-]{1,128}"
+    elif name[:1] == "$":
+        rule = "a system stream '$' + a name matching [A-Za-z0-9_.:-]{1,200}"
+    else:
+        rule = "a topic matching [A-Za-z0-9_.:-]{1,200}, '@<client_id>' or '$<name>'"
+    raise ProtocolError("bad_request", f"{path} must be {rule}, got {_describe(name)}")
+
+
+def _position(value: Any, path: str) -> Position | None:
+    if _OBJECT_OR_NULL(value, path) is None:
+        return None
+    position: Position = _build(Position, _spec(path, offset=_COUNT, epoch=_EPOCH), value)
+    return position
+
+
+def _subscriptions(value: Any, path: str) -> dict[str, Position | None]:
+    return {
+        _stream(name, f"{path} key"): _position(position, f"{path}[{name!r}]")
+        for name, position in (_SUBSCRIBE_SHAPE(value, path) or {}).items()
+    }
+
+
+_CLIENT_FRAMES: Final[Mapping[str, tuple[Callable[..., ClientEvent], _Spec]]] = {
+    "hello": (
+        Hello,
+        _spec("hello", client_id=_CLIENT_ID_RULE, token=_TOKEN, subscribe=_subscriptions),
+    ),
+    "subscribe": (Subscribe, _spec("subscribe", stream=_stream, position=_position)),
+    "unsubscribe": (Unsubscribe, _spec("unsubscribe", stream=_stream)),
+    "publish": (Publish, _spec("publish", stream=_stream, data=_ANY, id=_MESSAGE_ID, ref=_REF)),
+    "ping": (Ping, ()),
+}
+
+
+def _load(text: str | bytes, frames: Mapping[str, tuple[Callable[..., Any], _Spec]]) -> Any:
+    """Decode one JSON object and build the event its ``type`` names; errors carry its ``ref``."""
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise ProtocolError("bad_request", f"invalid JSON: {error}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", f"a frame must be a JSON object, got {_describe(obj)}")
+    try:
+        if "type" not in obj:
+            raise ProtocolError("bad_request", "a frame must have a string field 'type'")
+        kind = _STRING(obj["type"], "type")
+        if kind not in frames:
+            known = ", ".join(frames)
+            message = f"unknown frame type {_describe(kind)}; expected one of {known}"
+            raise ProtocolError("unknown_type", message)
+        cls, spec = frames[kind]
+        return _build(cls, spec, obj)
+    except ProtocolError as error:
+        error.ref = obj.get("ref", NO_REF)
+        raise
+
+
+def parse_client_frame(text: str | bytes) -> ClientEvent:
+    """Parse one client frame (a JSON object) into an event.
+
+    ``hello.token``, ``hello.subscribe``, ``subscribe.position`` and ``publish.id`` may be absent
+    or ``null``; ``publish.data`` is required (``null`` is allowed). Raises :class:`ProtocolError`
+    with code ``bad_request`` (invalid JSON, not an object, missing or ill-typed field, invalid
+    name) or ``unknown_type``; its ``ref`` is the frame's ``ref`` when it had one.
+    """
+    event: ClientEvent = _load(text, _CLIENT_FRAMES)
+    return event
+
+
+# --- server -> client: encoding ------------------------------------------------------------------
+
+_dumps: Final = orjson.dumps
+
+
+def _encode(kind: str, **fields: Any) -> str:
+    """A frame: ``type``, then ``fields`` in order, leaving out those set to :data:`NO_REF`."""
+    return _dumps({"type": kind, **{k: v for k, v in fields.items() if v is not NO_REF}}).decode()
+
+
+def _status_object(status: StreamStatus) -> _Object:
+    fields = {"epoch": status.epoch, "offset": status.offset, "first": status.first}
+    if status.first is None:
+        del fields["first"]
+    fields["recovered"] = status.recovered
+    return fields
+
+
+def encode_welcome(
+    client_id: str, session: str, heartbeat: float, streams: Mapping[str, StreamStatus]
+) -> str:
+    """Encode ``welcome``; an integral ``heartbeat`` (25 or 25.0) is written as an integer."""
+    beat = int(heartbeat) if float(heartbeat).is_integer() else heartbeat
+    statuses = {name: _status_object(status) for name, status in streams.items()}
+    return _encode(
+        "welcome", client_id=client_id, session=session, heartbeat=beat, streams=statuses
+    )
+
+
+def encode_message(stream: str, offset: int, id: str, data: Any, ts: int) -> str:
+    """Encode ``message`` (the hot path: called once per publish).
+
+    Raises ``orjson.JSONEncodeError`` (a ``TypeError``) when ``data`` is not JSON-serializable.
+    """
+    return _dumps(
+        {"type": "message", "stream": stream, "offset": offset, "id": id, "data": data, "ts": ts}
+    ).decode()
+
+
+def encode_subscribed(stream: str, status: StreamStatus) -> str:
+    """Encode ``subscribed``."""
+    return _encode("subscribed", stream=stream, **_status_object(status))
+
+
+def encode_unsubscribed(stream: str) -> str:
+    """Encode ``unsubscribed``."""
+    return _encode("unsubscribed", stream=stream)
+
+
+def encode_published(ref: Any, stream: str, offset: int, id: str, duplicate: bool) -> str:
+    """Encode ``published``; ``ref`` is left out when it is :data:`NO_REF`."""
+    return _encode("published", ref=ref, stream=stream, offset=offset, id=id, duplicate=duplicate)
+
+
+def encode_pong() -> str:
+    """Encode ``pong`` (a constant)."""
+    return '{"type":"pong"}'
+
+
+def encode_error(code: str, message: str, ref: Any = NO_REF) -> str:
+    """Encode ``error``; ``ref`` is left out when it is :data:`NO_REF`.
+
+    Raises ``ValueError`` when ``code`` is not one of :data:`ERROR_CODES`.
+    """
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}; expected one of {sorted(ERROR_CODES)}")
+    return _encode("error", code=code, message=message, ref=ref)
+
+
+def join_batch(frames: Sequence[str]) -> str:
+    """Join encoded frames into one batched frame (only for clients that offered ``wshub.v1``)."""
+    return "\n".join(frames)
+
+
+def split_batch(text: str) -> list[str]:
+    """Split a batched frame into its JSON objects, skipping blank lines."""
+    return [line for line in text.split("\n") if line and not line.isspace()]
+
+
+# --- client side: encoding client frames, parsing server frames ----------------------------------
+
+
+def _absent_if_none(value: Any) -> Any:
+    return NO_REF if value is None else value
+
+
+def _position_object(position: Position | None) -> _Object | None:
+    return None if position is None else {"offset": position.offset, "epoch": position.epoch}
+
+
+def encode_hello(
+    client_id: str,
+    *,
+    token: str | None = None,
+    subscribe: Mapping[str, Position | None] = MappingProxyType({}),
+) -> str:
+    """Encode ``hello`` (``token`` left out when None). Does not validate: the server does."""
+    positions = {name: _position_object(position) for name, position in subscribe.items()}
+    return _encode("hello", client_id=client_id, token=_absent_if_none(token), subscribe=positions)
+
+
+def encode_subscribe(stream: str, position: Position | None = None) -> str:
+    """Encode ``subscribe`` (``position`` left out when None)."""
+    return _encode("subscribe", stream=stream, position=_absent_if_none(_position_object(position)))
+
+
+def encode_unsubscribe(stream: str) -> str:
+    """Encode ``unsubscribe``."""
+    return _encode("unsubscribe", stream=stream)
+
+
+def encode_publish(stream: str, data: Any, *, id: str | None = None, ref: Any = NO_REF) -> str:
+    """Encode ``publish`` (``id`` left out when None, ``ref`` when :data:`NO_REF`)."""
+    return _encode("publish", stream=stream, data=data, id=_absent_if_none(id), ref=ref)
+
+
+def encode_ping() -> str:
+    """Encode ``ping`` (a constant)."""
+    return '{"type":"ping"}'
+
+
+def _statuses(value: Any, path: str) -> dict[str, StreamStatus]:
+    statuses = {}
+    for name, status in _OBJECT(value, path).items():
+        where = f"{path}[{name!r}]"
+        statuses[name] = _build(StreamStatus, _spec(where, **_STATUS_RULES), _OBJECT(status, where))
+    return statuses
+
+
+def _subscribed(stream: str, **status: Any) -> Subscribed:
+    return Subscribed(stream, StreamStatus(**status))
+
+
+_SERVER_FRAMES: Final[Mapping[str, tuple[Callable[..., ServerEvent], _Spec]]] = {
+    "welcome": (
+        Welcome,
+        _spec("welcome", client_id=_STRING, session=_STRING, heartbeat=_NUMBER, streams=_statuses),
+    ),
+    "message": (
+        Message,
+        _spec("message", stream=_STRING, offset=_COUNT, id=_STRING, data=_ANY, ts=_COUNT),
+    ),
+    "subscribed": (_subscribed, _spec("subscribed", stream=_STRING, **_STATUS_RULES)),
+    "unsubscribed": (Unsubscribed, _spec("unsubscribed", stream=_STRING)),
+    "published": (
+        Published,
+        _spec("published", ref=_REF, stream=_STRING, offset=_COUNT, id=_STRING, duplicate=_BOOLEAN),
+    ),
+    "pong": (Pong, ()),
+    "error": (Error, _spec("error", code=_STRING, message=_STRING, ref=_REF)),
+}
+
+
+def parse_server_frame(text: str) -> list[ServerEvent]:
+    """Parse one server frame (possibly a newline-separated batch) into events, in order.
+
+    Raises :class:`ProtocolError` (``bad_request`` or ``unknown_type``) on malformed input.
+    """
+    return [_load(line, _SERVER_FRAMES) for line in split_batch(text)]
