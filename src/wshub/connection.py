@@ -1,0 +1,313 @@
+"""One client connection: hello, then a reader, a batching writer and a heartbeat.
+
+Theory of operation:
+- The hub appends to ``Connection.queue`` synchronously (fan-out never awaits a client). The
+  first append after the writer has drained marks the connection dirty with the hub; the hub's
+  flush tick wakes every dirty writer together, and each sends its whole queue, up to
+  ``limits.max_batch`` objects per frame to ``wshub.v1`` clients.
+- Everything a client is sent goes through that one queue, so the order is exactly the order
+  of appends: welcome, replay, then live messages, with replies and errors in between.
+- A full queue means a slow consumer: the connection is closed with 4002 at once and the
+  client resumes from history. Replays may exceed ``limits.max_queue`` (they are bounded by
+  the history); the limit applies to what arrives after them.
+- A connection ends by cancelling its scope after setting ``close_code``; the transport is
+  closed with that code in ``finally``, shielded and bounded in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from wshub.history import StoredMessage
+from wshub.hooks import AuthenticationError, HookUnavailable, Identity
+from wshub.metrics import ClientStats
+from wshub.protocol import (
+    SUBPROTOCOL,
+    CloseCode,
+    Hello,
+    Ping,
+    ProtocolError,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    encode_error,
+    encode_pong,
+    encode_unsubscribed,
+    parse_client_frame,
+)
+from wshub.ratelimit import TokenBucket
+from wshub.transport import RequestInfo, Transport, TransportClosed
+
+if TYPE_CHECKING:
+    from wshub.hub import Hub
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("wshub.connection")
+
+# How long closing a transport may take before we give up on the peer's close handshake.
+CLOSE_TIMEOUT = 2.0
+
+QueueItem = StoredMessage | str
+
+
+class Connection:
+    """One client's connection to the hub. Created and run by ``Hub.serve_connection``."""
+
+    def __init__(self, hub: Hub, transport: Transport, request: RequestInfo) -> None:
+        config = hub.config
+        self.hub = hub
+        self.transport = transport
+        self.request = request
+        self.session = secrets.token_urlsafe(9)
+        self.batching = transport.subprotocol == SUBPROTOCOL
+        self.client_id: str | None = None
+        self.identity: Identity | None = None
+        self.stats: ClientStats | None = None
+        self.subscriptions: set[str] = set()
+        self.queue: list[QueueItem] = []
+        self.queue_limit = config.limits.max_queue
+        self.dirty = False
+        self.wake = trio.Event()
+        self.closing: int | None = None  # close after the queue is flushed, with this code
+        self.close_code: int = CloseCode.NORMAL
+        self.close_reason = ""
+        self.peer_close_code: int | None = None
+        self.scope = trio.CancelScope()
+        self.finished = trio.Event()
+        self.last_heard = trio.current_time()
+        self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
+        self.strikes = 0
+
+    # ------------------------------------------------------------------ used by the hub
+
+    def enqueue(self, item: QueueItem) -> None:
+        """Append one frame for this client without awaiting; overflow closes with 4002."""
+        queue = self.queue
+        if len(queue) >= self.queue_limit:
+            self.hub.record_overflow(self, len(queue) + 1)
+            self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
+            return
+        queue.append(item)
+        if not self.dirty:
+            self.dirty = True
+            self.hub.mark_dirty(self)
+
+    def enqueue_replay(self, items: list[StoredMessage]) -> None:
+        """Append replayed messages; they are bounded by history, not by the queue limit."""
+        if items:
+            self.queue.extend(items)
+            self.queue_limit = len(self.queue) + self.hub.config.limits.max_queue
+            if not self.dirty:
+                self.dirty = True
+                self.hub.mark_dirty(self)
+
+    def start_closing(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` once everything already queued has been sent."""
+        if self.closing is None:
+            self.closing = code
+            self.close_reason = reason
+            self.wake.set()
+
+    def abort(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` now, dropping whatever is still queued."""
+        if not self.scope.cancel_called:
+            self.close_code = code
+            self.close_reason = reason
+            self.scope.cancel()
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def run(self) -> None:
+        """Serve this connection until it ends; never raises for a peer that goes away."""
+        hub = self.hub
+        try:
+            with self.scope:
+                refusal = hub.admission_refusal(self.request)
+                if refusal is not None:
+                    self.abort(*refusal)
+                    return
+                hello = await self._receive_hello()
+                if hello is None or not await self._authenticate(hello):
+                    return
+                hub.register(self, hello)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guarded, self._writer)
+                    nursery.start_soon(self._guarded, self._heartbeat)
+                    await self._guarded(self._reader)
+        finally:
+            hub.unregister(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self.transport.close(self.close_code, self.close_reason)
+            self.finished.set()
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
+        # Each of the three tasks ends the connection on its own terms; none lets an
+        # exception escape into the nursery, so the caller never sees an ExceptionGroup.
+        try:
+            await task()
+        except TransportClosed as closed:
+            self.peer_close_code = closed.code
+            self.abort(closed.code)
+        except Exception:
+            logger.exception("connection %s (%s) failed", self.session, self.client_id)
+            self.abort(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _receive_hello(self) -> Hello | None:
+        limits = self.hub.config.limits
+        with trio.move_on_after(limits.hello_timeout):
+            try:
+                raw = await self.transport.receive()
+            except TransportClosed as closed:
+                self.peer_close_code = closed.code
+                self.close_code = closed.code
+                return None
+            if isinstance(raw, bytes):
+                self.abort(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+                return None
+            try:
+                event = parse_client_frame(raw)
+            except ProtocolError as error:
+                self.abort(CloseCode.BAD_HELLO, f"bad hello: {error.message}")
+                return None
+            if not isinstance(event, Hello):
+                self.abort(CloseCode.BAD_HELLO, "the first frame must be a hello")
+                return None
+            self.last_heard = trio.current_time()
+            return event
+        self.abort(CloseCode.BAD_HELLO, f"no hello within {limits.hello_timeout:g} seconds")
+        return None
+
+    async def _authenticate(self, hello: Hello) -> bool:
+        try:
+            self.identity = await self.hub.authenticate_hello(hello, self.request)
+        except AuthenticationError as error:
+            self.abort(CloseCode.POLICY_VIOLATION, str(error) or "authentication failed")
+            return False
+        except HookUnavailable:
+            self.abort(CloseCode.TRY_AGAIN_LATER, "authentication is unavailable; retry later")
+            return False
+        self.client_id = self.identity.client_id
+        return True
+
+    # ------------------------------------------------------------------ the three tasks
+
+    async def _reader(self) -> None:
+        receive = self.transport.receive
+        limits = self.hub.config.limits
+        stats = self.stats
+        assert stats is not None
+        while True:
+            raw = await receive()
+            self.last_heard = trio.current_time()
+            if isinstance(raw, bytes):
+                self.abort(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+                return
+            stats.messages_in += 1
+            stats.bytes_in += len(raw)
+            stats.last_activity = self.last_heard
+            if not self.bucket.try_acquire():
+                self.strikes += 1
+                stats.errors += 1
+                if self.strikes >= limits.rate_limit_strikes:
+                    self.abort(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
+                    return
+                wait = self.bucket.retry_after()
+                self.enqueue(
+                    encode_error("rate_limited", f"rate limit exceeded; retry in {wait:.3f} s")
+                )
+                continue
+            self.strikes = 0
+            try:
+                event = parse_client_frame(raw)
+            except ProtocolError as error:
+                stats.errors += 1
+                self.enqueue(encode_error(error.code, error.message, error.ref))
+                continue
+            await self._handle(event)
+
+    async def _handle(self, event: Any) -> None:
+        hub = self.hub
+        if isinstance(event, Ping):
+            self.enqueue(encode_pong())
+        elif isinstance(event, Publish):
+            self.enqueue(await hub.publish_from_client(self, event))
+        elif isinstance(event, Subscribe):
+            hub.subscribe(self, event.stream, event.position)
+        elif isinstance(event, Unsubscribe):
+            refusal = hub.unsubscribe(self, event.stream)
+            self.enqueue(refusal or encode_unsubscribed(event.stream))
+        elif isinstance(event, Hello):
+            self.enqueue(encode_error("bad_request", "hello was already received"))
+
+    async def _writer(self) -> None:
+        send = self.transport.send
+        hub = self.hub
+        metrics = hub.metrics
+        max_batch = hub.config.limits.max_batch
+        max_queue = hub.config.limits.max_queue
+        stats = self.stats
+        assert stats is not None
+        while True:
+            # Wait for the hub's flush tick (or a close request), never for a single message:
+            # between ticks the publishers run alone and this queue fills into bigger frames.
+            await self.wake.wait()
+            self.wake = trio.Event()
+            if not self.queue:
+                if self.closing is not None:
+                    self.abort(self.closing, self.close_reason)
+                    return
+                continue
+            items, self.queue = self.queue, []
+            self.queue_limit = max_queue
+            self.dirty = False
+            step = max_batch if self.batching else 1
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
+                frames: list[str] = []
+                delivered = 0
+                for item in chunk:
+                    if item.__class__ is str:
+                        frames.append(item)
+                    else:
+                        frames.append(item.frame)  # type: ignore[union-attr]
+                        delivered += 1
+                text = frames[0] if len(frames) == 1 else "\n".join(frames)
+                await send(text)
+                stats.messages_out += delivered
+                stats.bytes_out += len(text)
+                metrics.delivered += delivered
+                if delivered and metrics.should_sample():
+                    now = trio.current_time()
+                    for item in chunk:
+                        if item.__class__ is not str:
+                            metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
+            stats.last_activity = trio.current_time()
+
+    async def _heartbeat(self) -> None:
+        interval = self.hub.config.heartbeat.interval
+        timeout = self.hub.config.heartbeat.timeout
+        transport = self.transport
+        while True:
+            due = self.last_heard + interval
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            if transport.can_ping:
+                with trio.move_on_after(timeout):
+                    await transport.ping()
+                    self.last_heard = trio.current_time()
+                    continue
+            else:
+                # No ping frames on this transport: the client's own frames (its protocol
+                # pings, every ``heartbeat`` seconds) are the only sign of life.
+                await trio.sleep_until(due + timeout)
+                if trio.current_time() < self.last_heard + interval + timeout:
+                    continue
+            self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            return

@@ -1,0 +1,114 @@
+"""Application hooks and the guard around them.
+
+Hooks usually call other services (an auth server, a database), so each runs under its own
+named circuit breaker from the hub's registry, with a per-call timeout and retries with
+exponential backoff for transient errors. A hook that *answers* "no" (AuthenticationError,
+PublishRejected) is a healthy dependency: that answer passes straight through and counts as a
+success for the breaker. Anything else (an exception, a timeout) is a failure, retried while
+retries remain; once they are spent, or while the breaker is open, the caller gets
+HookUnavailable and answers the client with 1013 or an ``unavailable`` error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from wshub.breaker import BreakerRegistry, CircuitOpenError
+from wshub.config import BreakerConfig
+from wshub.metrics import HubMetrics
+from wshub.protocol import Hello
+from wshub.transport import RequestInfo
+
+__all__ = [
+    "AuthenticateHook",
+    "AuthenticationError",
+    "HookUnavailable",
+    "Identity",
+    "OnPublishHook",
+    "PublishRejected",
+    "call_guarded",
+]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Identity:
+    """Who a connection is, as decided by the ``authenticate`` hook (or by the config).
+
+    ``can_publish`` None means "as ``server.client_publish`` says". ``admin`` grants the
+    ``$sys.metrics`` stream.
+    """
+
+    client_id: str
+    admin: bool = False
+    can_publish: bool | None = None
+
+
+class AuthenticationError(Exception):
+    """Raised by an ``authenticate`` hook to refuse a client: the hub closes with 1008."""
+
+
+class PublishRejected(Exception):
+    """Raised by an ``on_publish`` hook to refuse a message: the client gets ``forbidden``."""
+
+
+class HookUnavailable(Exception):
+    """A hook's dependency is down: its breaker is open or its retries are spent."""
+
+    def __init__(self, hook: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{hook} is unavailable")
+        self.hook = hook
+        self.retry_after = retry_after
+
+
+AuthenticateHook = Callable[[Hello, RequestInfo], Awaitable[Identity]]
+OnPublishHook = Callable[[str, str, Any], Awaitable[Any]]
+
+_ANSWERS = (AuthenticationError, PublishRejected)
+
+
+async def call_guarded(
+    name: str,
+    function: Callable[..., Awaitable[T]],
+    *args: Any,
+    breakers: BreakerRegistry,
+    config: BreakerConfig,
+    metrics: HubMetrics,
+) -> T:
+    """Await ``function(*args)`` under breaker ``name`` with timeout and retries.
+
+    Raises the hook's own AuthenticationError / PublishRejected unchanged, and
+    HookUnavailable when the breaker is open or every attempt failed.
+    """
+    breaker = breakers.get(name)
+    attempt = 0
+    while True:
+        answer: BaseException | None = None
+        try:
+            async with breaker:
+                with trio.fail_after(config.call_timeout):
+                    try:
+                        result = await function(*args)
+                    except _ANSWERS as error:
+                        answer = error  # a "no" is a healthy answer for the breaker
+        except CircuitOpenError as error:
+            raise HookUnavailable(name, error.retry_after) from error
+        except Exception as error:  # the dependency failed or timed out
+            if attempt >= config.retries:
+                if attempt:
+                    metrics.record_retry("exhausted")
+                raise HookUnavailable(name) from error
+            attempt += 1
+            metrics.record_retry("retry")
+            await trio.sleep(config.retry_backoff * 2 ** (attempt - 1))
+            continue
+        if attempt:
+            metrics.record_retry("recovered")
+        if answer is not None:
+            raise answer
+        return result

@@ -1,0 +1,533 @@
+"""The hub: streams, subscriptions, publishing, and the task tree that owns them.
+
+Theory of operation:
+- A publish is synchronous from de-duplication to fan-out: the message id is checked, the
+  message appended to its stream's history (which assigns the offset), encoded once, and the
+  same frame appended to every subscriber's queue. Nothing awaits in between, so offsets are
+  contiguous and every subscriber sees a stream in offset order.
+- Subscribing (in ``hello`` or ``subscribe``) reads the history and joins the subscriber set
+  in one synchronous step, then queues the answer and the replay before any live message:
+  nothing is lost or repeated between replay and live.
+- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``.
+  A client publish that waits on the ``on_publish`` hook is marked pending, so an identical
+  publish arriving meanwhile waits for it and gets the same answer.
+- ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
+  for the embedded server, every connection. Leaving it drains connections (1001 after their
+  queues are flushed, within ``shutdown.grace``), flushes metrics once more, then cancels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from wshub.breaker import BreakerRegistry
+from wshub.config import HubConfig
+from wshub.connection import CLOSE_TIMEOUT, Connection
+from wshub.dedup import Deduplicator, message_id, scoped_key
+from wshub.history import HistoryFull, HistoryStore, Replay, StoredMessage
+from wshub.hooks import (
+    AuthenticateHook,
+    AuthenticationError,
+    HookUnavailable,
+    Identity,
+    OnPublishHook,
+    PublishRejected,
+    call_guarded,
+)
+from wshub.metrics import HubMetrics
+from wshub.protocol import (
+    CloseCode,
+    Hello,
+    Position,
+    Publish,
+    StreamStatus,
+    encode_error,
+    encode_message,
+    encode_published,
+    encode_subscribed,
+    encode_welcome,
+    personal_stream,
+    stream_kind,
+)
+from wshub.reports import health_report, stats_report
+from wshub.transport import RequestInfo, Transport
+
+__all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
+
+logger = logging.getLogger("wshub.hub")
+
+SYS_METRICS = "$sys.metrics"
+SERVER_PUBLISHER = ""  # the server API's publisher scope; no client id can be empty
+
+
+@attrs.frozen
+class PublishResult:
+    """The answer to a publish: where the message is, and whether it was a duplicate."""
+
+    stream: str
+    offset: int
+    id: str
+    duplicate: bool
+
+
+class Hub:
+    """Streams, subscriptions and connections. Create it with ``open_hub(config)``."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        authenticate: AuthenticateHook | None = None,
+        on_publish: OnPublishHook | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = HubMetrics(
+            client_ttl=config.metrics.client_ttl, sample_rate=config.metrics.sample_rate
+        )
+        self.breakers = BreakerRegistry(config.breaker, max_breakers=config.breaker.max_breakers)
+        self.breakers.add_listener(self.metrics.on_breaker_transition)
+        self.dedup = Deduplicator(window=config.dedup.window, max_entries=config.dedup.max_entries)
+        self.histories = HistoryStore(
+            size=config.history.size, ttl=config.history.ttl, max_streams=config.history.max_streams
+        )
+        self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
+        self.started_at = trio.current_time()
+        self.draining = False
+        self._authenticate = authenticate
+        self._on_publish = on_publish
+        self._connections: set[Connection] = set()
+        self._registered = 0
+        self._subscribers: dict[str, set[Connection]] = {}
+        self._pending: dict[tuple[str, str, str], trio.Event] = {}
+        self._dirty: list[Connection] = []
+        self._dirty_event = trio.Event()
+        self._idle_streams: dict[str, float] = {}
+        self._overflows_at_last_flush = 0
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
+        """Publish ``data`` to a topic or personal stream, idempotently by message id.
+
+        Raises ValueError for an invalid stream name or id, or data that is not JSON.
+        """
+        await trio.lowlevel.checkpoint()
+        if stream_kind(stream) not in ("topic", "personal"):
+            raise ValueError(f"cannot publish to {stream!r}: not a topic or personal stream name")
+        if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
+            raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+        return self._publish_nowait(stream, data, SERVER_PUBLISHER, id)
+
+    async def send(self, client_id: str, data: Any, *, id: str | None = None) -> PublishResult:
+        """Publish ``data`` to the personal stream ``@client_id``."""
+        return await self.publish(personal_stream(client_id), data, id=id)
+
+    def health(self) -> dict[str, Any]:
+        """The body of ``/health/websocket``: status, reasons and the figures behind them."""
+        return health_report(self)
+
+    def stats(self, *, series: bool = False) -> dict[str, Any]:
+        """The body of ``/api/stats``; with ``series`` the recent flushed snapshots too."""
+        return stats_report(self, series=series)
+
+    @property
+    def connection_count(self) -> int:
+        """Connections that completed their hello."""
+        return self._registered
+
+    async def serve_connection(self, transport: Transport, request: RequestInfo) -> None:
+        """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
+        connection = Connection(self, transport, request)
+        self._connections.add(connection)
+        await connection.run()
+
+    def start_soon_in_hub(self, function: Any, *args: Any) -> None:
+        """Run a task in the hub's nursery, so that it ends no later than the hub."""
+        if self._nursery is None:
+            raise RuntimeError("the hub is not running; use open_hub()")
+        self._nursery.start_soon(function, *args)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _publish_nowait(
+        self, stream: str, data: Any, publisher: str, id: str | None
+    ) -> PublishResult:
+        try:
+            mid = message_id(stream, data, id)
+        except TypeError as error:
+            raise ValueError(f"data is not JSON-serialisable: {error}") from None
+        key = scoped_key(stream, publisher, mid)
+        previous = self.dedup.get(key)
+        if previous is not None:
+            self.metrics.deduplicated += 1
+            assert isinstance(previous, PublishResult)
+            return attrs.evolve(previous, duplicate=True)
+        message = self._append(stream, data, mid)
+        result = PublishResult(stream, message.offset, mid, False)
+        self.dedup.record(key, result)
+        return result
+
+    def _append(self, stream: str, data: Any, mid: str) -> StoredMessage:
+        history = self.histories.get_or_create(stream)
+        offset = history.next_offset
+        ts = time.time_ns() // 1_000_000
+        try:
+            frame = encode_message(stream, offset, mid, data, ts)
+        except TypeError as error:
+            raise ValueError(f"data is not JSON-serialisable: {error}") from None
+        message = StoredMessage(stream, offset, mid, data, ts, frame, trio.current_time())
+        history.append(message)
+        self.metrics.published += 1
+        subscribers = self._subscribers.get(stream)
+        if subscribers:
+            for connection in subscribers:
+                connection.enqueue(message)
+        return message
+
+    async def publish_from_client(self, connection: Connection, event: Publish) -> str:
+        """Publish for a client; returns the frame to answer with (published or error)."""
+        identity = connection.identity
+        assert identity is not None and connection.client_id is not None
+        allowed = identity.can_publish
+        if allowed is None:
+            allowed = self.config.server.client_publish
+        if stream_kind(event.stream) != "topic":
+            return encode_error(
+                "forbidden", f"clients cannot publish to {event.stream!r}", event.ref
+            )
+        if not allowed:
+            return encode_error("forbidden", "this client may not publish", event.ref)
+        try:
+            mid = message_id(event.stream, event.data, event.id)
+        except (TypeError, ValueError) as error:
+            return encode_error("bad_request", f"publish.data cannot be hashed: {error}", event.ref)
+        key = scoped_key(event.stream, connection.client_id, mid)
+        while (pending := self._pending.get(key)) is not None:
+            await pending.wait()  # an identical publish is being stored: share its answer
+        previous = self.dedup.get(key)
+        if previous is not None:
+            self.metrics.deduplicated += 1
+            return encode_published(event.ref, event.stream, previous.offset, mid, True)  # type: ignore[attr-defined]
+        data = event.data
+        if self._on_publish is not None:
+            done = self._pending[key] = trio.Event()
+            try:
+                data = await call_guarded(
+                    "on_publish",
+                    self._on_publish,
+                    connection.client_id,
+                    event.stream,
+                    data,
+                    breakers=self.breakers,
+                    config=self.config.breaker,
+                    metrics=self.metrics,
+                )
+            except PublishRejected as error:
+                return encode_error("forbidden", str(error) or "publish rejected", event.ref)
+            except HookUnavailable:
+                return encode_error(
+                    "unavailable", "publishing is unavailable; retry later", event.ref
+                )
+            finally:
+                del self._pending[key]
+                done.set()
+        try:
+            message = self._append(event.stream, data, mid)
+        except HistoryFull as error:
+            return encode_error("unavailable", str(error), event.ref)
+        except ValueError as error:
+            return encode_error("bad_request", str(error), event.ref)
+        self.dedup.record(key, PublishResult(event.stream, message.offset, mid, False))
+        return encode_published(event.ref, event.stream, message.offset, mid, False)
+
+    # ------------------------------------------------------------------ connections
+
+    def admission_refusal(self, request: RequestInfo) -> tuple[int, str] | None:
+        """Why a new connection must be closed at once, or None to go on."""
+        if self.draining:
+            return CloseCode.GOING_AWAY, "the server is shutting down"
+        origins = self.config.server.origins
+        if origins and request.header("origin") not in origins:
+            return CloseCode.POLICY_VIOLATION, "origin not allowed"
+        if len(self._connections) > self.config.limits.max_connections:
+            return CloseCode.TRY_AGAIN_LATER, "connection limit reached; retry later"
+        return None
+
+    async def authenticate_hello(self, hello: Hello, request: RequestInfo) -> Identity:
+        """Decide who a hello is; raises AuthenticationError or HookUnavailable."""
+        if self._authenticate is not None:
+            identity = await call_guarded(
+                "authenticate",
+                self._authenticate,
+                hello,
+                request,
+                breakers=self.breakers,
+                config=self.config.breaker,
+                metrics=self.metrics,
+            )
+            if identity.client_id != hello.client_id:
+                raise AuthenticationError(f"client id {hello.client_id!r} not allowed")
+            return identity
+        admin = self.config.admin
+        if admin.api_key is not None and hello.token == admin.api_key:
+            return Identity(hello.client_id, admin=True, can_publish=True)
+        if not self.config.server.allow_anonymous:
+            raise AuthenticationError("anonymous clients are not allowed")
+        open_monitoring = admin.api_key is None or not admin.protect_monitoring
+        return Identity(hello.client_id, admin=open_monitoring)
+
+    def register(self, connection: Connection, hello: Hello) -> None:
+        """Welcome a connection: subscribe it, queue welcome and replays."""
+        client_id = connection.client_id
+        assert client_id is not None
+        metrics = self.metrics
+        connection.stats = stats = metrics.connection_opened(client_id)
+        if stats.connects > 1:
+            metrics.reconnections += 1
+        self._registered += 1
+        positions: dict[str, Position | None] = {personal_stream(client_id): None}
+        positions.update(hello.subscribe)
+        statuses: dict[str, StreamStatus] = {}
+        errors: list[str] = []
+        replays: list[list[StoredMessage]] = []
+        for stream, position in positions.items():
+            replay = self._attach(connection, stream, position, errors)
+            if replay is not None:
+                statuses[stream] = _status(replay)
+                replays.append(replay.messages)
+        interval = self.config.heartbeat.interval
+        connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
+        for error in errors:
+            connection.enqueue(error)
+        for messages in replays:
+            connection.enqueue_replay(messages)
+        if self.draining:
+            connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
+
+    def unregister(self, connection: Connection) -> None:
+        """Forget a connection that has ended, and count how it ended."""
+        self._connections.discard(connection)
+        for stream in connection.subscriptions:
+            subscribers = self._subscribers.get(stream)
+            if subscribers is not None:
+                subscribers.discard(connection)
+                if not subscribers:
+                    del self._subscribers[stream]
+        connection.subscriptions.clear()
+        stats = connection.stats
+        if stats is None:
+            self.metrics.connections_failed += 1
+            return
+        connection.stats = None
+        self._registered -= 1
+        code = connection.peer_close_code or connection.close_code
+        self.metrics.connection_closed(stats.client_id, code)
+
+    def subscribe(self, connection: Connection, stream: str, position: Position | None) -> None:
+        """Answer a ``subscribe``: ``subscribed`` and the replay, or an error."""
+        errors: list[str] = []
+        replay = self._attach(connection, stream, position, errors)
+        if replay is None:
+            connection.enqueue(errors[0])
+            return
+        connection.enqueue(encode_subscribed(stream, _status(replay)))
+        connection.enqueue_replay(replay.messages)
+
+    def unsubscribe(self, connection: Connection, stream: str) -> str | None:
+        """Leave a stream; returns an error frame when that is not allowed."""
+        if stream == personal_stream(connection.client_id or ""):
+            return encode_error("forbidden", "the personal stream is always subscribed")
+        if stream in connection.subscriptions:
+            connection.subscriptions.discard(stream)
+            subscribers = self._subscribers[stream]
+            subscribers.discard(connection)
+            if not subscribers:
+                del self._subscribers[stream]
+        return None
+
+    def _attach(
+        self, connection: Connection, stream: str, position: Position | None, errors: list[str]
+    ) -> Replay | None:
+        refusal = self._subscribe_refusal(connection, stream)
+        if refusal is not None:
+            errors.append(encode_error("forbidden", refusal))
+            return None
+        try:
+            history = self.histories.get_or_create(stream)
+        except HistoryFull as error:
+            errors.append(encode_error("unavailable", str(error)))
+            return None
+        replay = history.read_from(position)
+        self._subscribers.setdefault(stream, set()).add(connection)
+        connection.subscriptions.add(stream)
+        if position is not None:
+            self.metrics.record_resume(replay.recovered)
+            self.metrics.replayed += len(replay.messages)
+        return replay
+
+    def _subscribe_refusal(self, connection: Connection, stream: str) -> str | None:
+        kind = stream_kind(stream)
+        if kind == "personal" and stream != personal_stream(connection.client_id or ""):
+            return f"{stream!r} is another client's personal stream"
+        if kind == "system":
+            if stream != SYS_METRICS:
+                return f"unknown system stream {stream!r}"
+            if connection.identity is None or not connection.identity.admin:
+                return f"{stream!r} needs the admin right"
+        if kind is None:
+            return f"invalid stream name {stream!r}"
+        return None
+
+    # ------------------------------------------------------------------ writers and queues
+
+    def mark_dirty(self, connection: Connection) -> None:
+        """Schedule a connection's writer for the next flush tick."""
+        self._dirty.append(connection)
+        self._dirty_event.set()
+
+    def record_overflow(self, connection: Connection, dropped: int) -> None:
+        """Count a slow consumer whose queue overflowed."""
+        self.metrics.queue_overflows += 1
+        self.metrics.record_drop("slow_consumer", dropped)
+
+    def queue_depths(self) -> tuple[int, int]:
+        """Total and largest outbound queue length over all connections."""
+        depths = [len(c.queue) for c in self._connections]
+        total, largest = (sum(depths), max(depths)) if depths else (0, 0)
+        self.metrics.queue_depth = total
+        return total, largest
+
+    async def _release_writers(self) -> None:
+        # One hub-wide tick: writers that have something queued wake together, then the
+        # publishers run alone for ``write_delay`` while queues fill into bigger batches. The
+        # first message after a quiet spell goes out at once.
+        delay = self.config.limits.write_delay
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            dirty, self._dirty = self._dirty, []
+            for connection in dirty:
+                connection.wake.set()
+            if delay:
+                await trio.sleep(delay)
+
+    # ------------------------------------------------------------------ background tasks
+
+    def sweep(self) -> dict[str, int]:
+        """Expire history, dedup keys, idle client stats and forgotten streams."""
+        now = trio.current_time()
+        expired = self.histories.trim_expired()
+        removed = {
+            "history": expired,
+            "dedup": self.dedup.expire(),
+            "clients": self.metrics.expire_clients(),
+            "streams": self._forget_idle_streams(now),
+        }
+        self.metrics.expired += expired
+        self.metrics.record_cleanup(removed)
+        return removed
+
+    def _forget_idle_streams(self, now: float) -> int:
+        # A stream with no retained message and no subscriber for ``history.ttl`` is
+        # forgotten: a client resuming it later gets recovered=false (new epoch), the
+        # conservative answer, and the hub's memory stays bounded by live streams.
+        ttl = self.config.history.ttl
+        forgotten = 0
+        for history in list(self.histories):
+            name = history.stream
+            if len(history) or name in self._subscribers:
+                self._idle_streams.pop(name, None)
+                continue
+            since = self._idle_streams.setdefault(name, now)
+            if now - since >= ttl:
+                self.histories.remove(name)
+                del self._idle_streams[name]
+                forgotten += 1
+        return forgotten
+
+    def flush_metrics(self) -> dict[str, Any]:
+        """Take a snapshot: into the ring buffer, onto ``$sys.metrics``, and to the log."""
+        point = self.stats()
+        self.series.append(point)
+        self._overflows_at_last_flush = self.metrics.queue_overflows
+        try:
+            self._append(SYS_METRICS, point, message_id(SYS_METRICS, point))
+        except HistoryFull:
+            logger.warning("cannot publish %s: stream limit reached", SYS_METRICS)
+        if self.config.metrics.log:
+            logger.info(
+                "status=%s connections=%d published=%d delivered=%d queue=%d",
+                point["status"],
+                self._registered,
+                self.metrics.published,
+                self.metrics.delivered,
+                self.metrics.queue_depth,
+            )
+        return point
+
+    @property
+    def overflowing(self) -> bool:
+        """Whether a queue overflowed since the last metrics flush."""
+        return self.metrics.queue_overflows > self._overflows_at_last_flush
+
+    async def _every(self, interval: float, action: Any) -> None:
+        while True:
+            await trio.sleep(interval)
+            action()
+
+    async def _shutdown(self) -> None:
+        self.draining = True
+        grace = self.config.shutdown.grace
+        for connection in list(self._connections):
+            if connection.stats is None:  # still before its hello: nothing to flush
+                connection.abort(CloseCode.GOING_AWAY, "the server is shutting down")
+            else:
+                connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
+        with trio.move_on_after(grace):
+            for connection in list(self._connections):
+                await connection.finished.wait()
+        for connection in list(self._connections):
+            connection.abort(CloseCode.GOING_AWAY, "the server is shutting down")
+        with trio.move_on_after(CLOSE_TIMEOUT + 1):
+            for connection in list(self._connections):
+                await connection.finished.wait()
+        self.flush_metrics()
+
+
+def _status(replay: Replay) -> StreamStatus:
+    return StreamStatus(replay.epoch, replay.offset, replay.first, replay.recovered)
+
+
+@asynccontextmanager
+async def open_hub(
+    config: HubConfig | None = None,
+    *,
+    authenticate: AuthenticateHook | None = None,
+    on_publish: OnPublishHook | None = None,
+) -> AsyncIterator[Hub]:
+    """Run a hub for the duration of the ``async with`` block.
+
+    ``config`` defaults to ``HubConfig()`` (the production values). On exit, even when
+    cancelled, the hub drains its connections within ``shutdown.grace`` before stopping.
+    """
+    hub = Hub(config or HubConfig(), authenticate=authenticate, on_publish=on_publish)
+    async with trio.open_nursery() as nursery:
+        hub._nursery = nursery
+        nursery.start_soon(hub._release_writers)
+        nursery.start_soon(hub._every, hub.config.cleanup.interval, hub.sweep)
+        nursery.start_soon(hub._every, hub.config.metrics.flush_interval, hub.flush_metrics)
+        try:
+            yield hub
+        finally:
+            with trio.CancelScope(shield=True):
+                await hub._shutdown()
+            nursery.cancel_scope.cancel()

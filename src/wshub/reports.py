@@ -1,0 +1,93 @@
+"""The hub's two JSON reports: ``/health/websocket`` and ``/api/stats``.
+
+Health is honest: "degraded" names every reason (a circuit breaker that is not closed, a
+connection whose outbound queue is nearly full, a queue that overflowed since the last
+metrics flush), and "shutting_down" wins over both once the hub drains.
+"""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from wshub.hub import Hub
+
+__all__ = ["health_report", "stats_report"]
+
+
+def _timestamps(timezone: str) -> dict[str, str]:
+    now = datetime.datetime.now(datetime.UTC)
+    local = now.astimezone(zoneinfo.ZoneInfo(timezone))
+    return {
+        "timestamp_utc": now.isoformat(timespec="milliseconds"),
+        "timestamp_local": local.isoformat(timespec="milliseconds"),
+        "timezone": timezone,
+    }
+
+
+def health_report(hub: Hub) -> dict[str, Any]:
+    """Status (healthy / degraded / shutting_down), reasons, and the figures behind them."""
+    config = hub.config
+    metrics = hub.metrics
+    reasons: list[str] = []
+    breakers: dict[str, Any] = {}
+    for name, statistics in hub.breakers.statistics().items():
+        state = statistics.state.value
+        breakers[name] = {
+            "state": state,
+            "consecutive_failures": statistics.consecutive_failures,
+            "failures": statistics.failures,
+            "rejections": statistics.rejections,
+        }
+        if state != "closed":
+            reasons.append(f"circuit breaker {name!r} is {state}")
+    total, largest = hub.queue_depths()
+    threshold = config.health.queue_degraded_ratio * config.limits.max_queue
+    if largest > threshold:
+        reasons.append(f"an outbound queue holds {largest} of {config.limits.max_queue} messages")
+    if hub.overflowing:
+        reasons.append("outbound queues overflowed since the last metrics flush")
+    status = "shutting_down" if hub.draining else "degraded" if reasons else "healthy"
+    snapshot = metrics.snapshot()
+    return {
+        "status": status,
+        "reasons": reasons,
+        **_timestamps(config.health.timezone),
+        "uptime_seconds": round(trio.current_time() - hub.started_at, 3),
+        "connections": snapshot["connections"],
+        "messages": snapshot["messages"],
+        "queues": {
+            "depth": total,
+            "largest": largest,
+            "limit": config.limits.max_queue,
+            "overflows": metrics.queue_overflows,
+        },
+        "retries": snapshot["retries"],
+        "circuit_breakers": breakers,
+        "cleanup": snapshot["cleanup"],
+    }
+
+
+def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
+    """Every figure as JSON: metrics, streams, dedup, the busiest clients, health status."""
+    hub.queue_depths()  # refreshes the queue depth gauge
+    health = health_report(hub)
+    report = hub.metrics.snapshot()
+    report.update(
+        time=health["timestamp_utc"],
+        uptime_seconds=health["uptime_seconds"],
+        status=health["status"],
+        reasons=health["reasons"],
+        streams=attrs.asdict(hub.histories.statistics()),
+        dedup=attrs.asdict(hub.dedup.statistics()),
+        busiest_clients=hub.metrics.client_snapshot(10),
+    )
+    report["clients"]["connected"] = hub.connection_count
+    if series:
+        report["series"] = list(hub.series)
+    return report
