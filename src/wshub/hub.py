@@ -112,6 +112,7 @@ class Hub:
         self._idle_streams: dict[str, float] = {}
         self._overflows_at_last_flush = 0
         self._nursery: trio.Nursery | None = None
+        self._drained = trio.Event()
 
     # ------------------------------------------------------------------ public API
 
@@ -484,7 +485,15 @@ class Hub:
             await trio.sleep(interval)
             action()
 
-    async def _shutdown(self) -> None:
+    async def drain(self) -> None:
+        """Stop accepting, flush every queue and close each connection with 1001.
+
+        Connections get ``shutdown.grace`` seconds to flush before they are cut; then the
+        metrics are flushed one last time. Idempotent: a second call waits for the first.
+        """
+        if self._drained.is_set() or self.draining:
+            await self._drained.wait()
+            return
         self.draining = True
         grace = self.config.shutdown.grace
         for connection in list(self._connections):
@@ -501,6 +510,7 @@ class Hub:
             for connection in list(self._connections):
                 await connection.finished.wait()
         self.flush_metrics()
+        self._drained.set()
 
 
 def _status(replay: Replay) -> StreamStatus:
@@ -529,5 +539,5 @@ async def open_hub(
             yield hub
         finally:
             with trio.CancelScope(shield=True):
-                await hub._shutdown()
+                await hub.drain()
             nursery.cancel_scope.cancel()
