@@ -140,7 +140,12 @@ class HubMetrics:
     _clients: dict[str, ClientStats] = attrs.field(init=False, repr=False, factory=dict)
     # Min-heap of (idle_since, client_id), one entry per tracked client. idle_since is a lower
     # bound of the client's last_activity, so the heap top bounds every deadline.
-    _idle_heap: list[tuple[float, str]] = attrs.field(init=False, repr=False, factory=list)
+    # Idle timers in one-second buckets: bucket k holds (bound, client_id) with
+    # floor(bound) == k, where bound is a lower bound of the client's last activity.
+    _idle_buckets: dict[int, list[tuple[float, str]]] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
+    _next_bucket: int | None = attrs.field(init=False, repr=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         rate = Fraction(self._sample_rate).limit_denominator(1_000_000)
@@ -271,7 +276,7 @@ class HubMetrics:
         stats = self._clients.get(client_id)
         if stats is None:
             stats = self._clients[client_id] = ClientStats(client_id, now, now)
-            heapq.heappush(self._idle_heap, (now, client_id))
+            self._schedule_idle_check(now, client_id)
         else:
             stats.last_activity = now
         return stats
@@ -297,28 +302,55 @@ class HubMetrics:
         """Forget clients with no open connection idle for ``client_ttl``; return how many.
 
         A client expires when ``clock() >= last_activity + client_ttl``: exactly at its
-        deadline. Touches cost nothing on the hot path; the sweep keeps a min-heap of lower
-        bounds of last_activity, examines only entries whose bound is due, and re-keys a
-        touched entry to its last_activity and a connected one to now. Cost per sweep:
-        O((removed + touched) log n); untouched live entries are never visited. Close through
+        deadline. Touches cost nothing on the hot path; the sweep keeps lower bounds of
+        last_activity in one-second buckets, takes whole buckets that are due, checks the one
+        partly due bucket entry by entry, and re-keys a touched entry to its last_activity and
+        a connected one to now. Cost per sweep: O(removed + touched + seconds since the last
+        sweep), each O(1); untouched live entries are never visited. Close through
         ``connection_closed()`` (it touches); lowering ``connections`` by hand counts the ttl
         from the sweep that last saw the connection open.
         """
-        now, ttl, heap = self.clock(), self.client_ttl, self._idle_heap
+        now, ttl, buckets = self.clock(), self.client_ttl, self._idle_buckets
+        if self._next_bucket is None:
+            return 0
+        limit = math.floor(now - ttl)  # buckets below it are due whole; it is partly due
+        again: list[tuple[float, str]] = []
         removed = 0
-        while heap and heap[0][0] + ttl <= now:
-            client_id = heap[0][1]
-            stats = self._clients[client_id]
-            self.client_entries_examined += 1
-            if stats.connections > 0:
-                heapq.heapreplace(heap, (now, client_id))
-            elif stats.last_activity + ttl > now:
-                heapq.heapreplace(heap, (stats.last_activity, client_id))
-            else:
-                heapq.heappop(heap)
-                del self._clients[client_id]
-                removed += 1
+        index = self._next_bucket
+        if index > limit:
+            return 0
+        while index <= limit:
+            entries = buckets.pop(index, None)
+            if entries:
+                for entry in entries:
+                    if entry[0] + ttl > now:  # only possible in the partly due bucket
+                        again.append(entry)
+                    elif self._expire_or_rekey(entry[1], now, again):
+                        removed += 1
+            index += 1
+        # The partly due bucket may still hold and receive entries: start there next time.
+        self._next_bucket = limit if buckets or again else None
+        for bound, client_id in again:
+            self._schedule_idle_check(bound, client_id)
         return removed
+
+    def _expire_or_rekey(self, client_id: str, now: float, again: list[tuple[float, str]]) -> bool:
+        stats = self._clients[client_id]
+        self.client_entries_examined += 1
+        if stats.connections > 0:
+            again.append((now, client_id))
+        elif stats.last_activity + self.client_ttl > now:
+            again.append((stats.last_activity, client_id))
+        else:
+            del self._clients[client_id]
+            return True
+        return False
+
+    def _schedule_idle_check(self, bound: float, client_id: str) -> None:
+        index = math.floor(bound)
+        self._idle_buckets.setdefault(index, []).append((bound, client_id))
+        if self._next_bucket is None or index < self._next_bucket:
+            self._next_bucket = index
 
     def top_clients(self, n: int = 20, key: str = "messages_out") -> list[dict[str, Any]]:
         """The ``n`` clients with the largest ``key`` figure, as ``client_snapshot`` rows.
