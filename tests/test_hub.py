@@ -268,6 +268,7 @@ async def test_concurrent_identical_publish_waits_for_the_first(autojump_clock: 
         assert first["offset"] == second["offset"] == 1
         assert (first["duplicate"], second["duplicate"]) == (False, True)
         assert calls == [0.0]  # the second publish never reached the hook
+        assert hub.metrics.reconnections == 0  # a second tab alongside is no reconnection
         assert trio.current_time() == 0.5
         await one.aclose()
         await two.aclose()
@@ -377,14 +378,17 @@ async def test_rate_limited_frames_get_errors(autojump_clock: Any) -> None:
         client = await connect_memory(hub, "alice")
         await client.receive()
         over = limits.rate_limit_strikes - 1  # one short of being closed
-        for _ in range(limits.burst + over):
+        for _ in range(limits.burst + over - 1):
             await client.send({"type": "ping"})
+        await client.send({"type": "publish", "stream": "news", "data": 1, "ref": "p1"})
         received = [await client.receive() for _ in range(limits.burst + over)]
         assert received.count({"type": "pong"}) == limits.burst
         errors = [r for r in received if r["type"] == "error"]
         assert len(errors) == over
         assert all(e["code"] == "rate_limited" for e in errors)
         assert "retry in 0.020 s" in errors[0]["message"]  # 1 token at 50/s
+        assert errors[-1]["ref"] == "p1"  # the refused publish is named by its ref
+        assert hub.metrics.published == 0
         # a token is back after 1/rate seconds, and a good frame resets the strikes
         await trio.sleep(1 / limits.rate)
         await client.send({"type": "ping"})

@@ -27,6 +27,7 @@ from wshub.history import StoredMessage
 from wshub.hooks import AuthenticationError, HookUnavailable, Identity
 from wshub.metrics import ClientStats
 from wshub.protocol import (
+    NO_REF,
     SUBPROTOCOL,
     CloseCode,
     Hello,
@@ -140,6 +141,11 @@ class Connection:
                     nursery.start_soon(self._guarded, self._writer)
                     nursery.start_soon(self._guarded, self._heartbeat)
                     await self._guarded(self._reader)
+        except BaseException:  # re-raised; only chooses the close code
+            # ``abort`` cancels ``self.scope``, which catches it: what escapes stopped this
+            # connection from outside, e.g. hypercorn's deadline when nobody drained the hub.
+            self.close_code, self.close_reason = CloseCode.GOING_AWAY, "the server is stopping"
+            raise
         finally:
             hub.unregister(self)
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
@@ -218,9 +224,8 @@ class Connection:
                     self.abort(CloseCode.RATE_LIMITED, "rate limit exceeded repeatedly")
                     return
                 wait = self.bucket.retry_after()
-                self.enqueue(
-                    encode_error("rate_limited", f"rate limit exceeded; retry in {wait:.3f} s")
-                )
+                message = f"rate limit exceeded; retry in {wait:.3f} s"
+                self.enqueue(encode_error("rate_limited", message, _ref_of(raw)))
                 continue
             self.strikes = 0
             try:
@@ -311,3 +316,12 @@ class Connection:
                     continue
             self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
             return
+
+
+def _ref_of(raw: str) -> Any:
+    """The ``ref`` of a frame that will not be served, so the client can tell which one."""
+    try:
+        event = parse_client_frame(raw)
+    except ProtocolError as error:
+        return error.ref
+    return getattr(event, "ref", NO_REF)

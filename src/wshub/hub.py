@@ -292,7 +292,7 @@ class Hub:
         assert client_id is not None
         metrics = self.metrics
         connection.stats = stats = metrics.connection_opened(client_id)
-        if stats.connects > 1:
+        if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
             metrics.reconnections += 1
         self._registered += 1
         positions: dict[str, Position | None] = {personal_stream(client_id): None}

@@ -138,8 +138,6 @@ class HubMetrics:
         init=False, repr=False, factory=dict
     )
     _clients: dict[str, ClientStats] = attrs.field(init=False, repr=False, factory=dict)
-    # Min-heap of (idle_since, client_id), one entry per tracked client. idle_since is a lower
-    # bound of the client's last_activity, so the heap top bounds every deadline.
     # Idle timers in one-second buckets: bucket k holds (bound, client_id) with
     # floor(bound) == k, where bound is a lower bound of the client's last activity.
     _idle_buckets: dict[int, list[tuple[float, str]]] = attrs.field(
@@ -440,7 +438,7 @@ _COUNTERS = (
     ("wshub_connections_failed_total", "connections_failed", "Connections failed before hello."),
     ("wshub_reconnections_total", "reconnections", "Clients that came back and resumed."),
     ("wshub_messages_published_total", "published", "Messages published."),
-    ("wshub_messages_delivered_total", "delivered", "Messages queued to subscribers."),
+    ("wshub_messages_delivered_total", "delivered", "Messages sent to subscribers."),
     ("wshub_messages_deduplicated_total", "deduplicated", "Publishes dropped as duplicates."),
     ("wshub_messages_expired_total", "expired", "Messages expired from history."),
     ("wshub_queue_overflows_total", "queue_overflows", "Outbound queues found full."),
