@@ -336,6 +336,7 @@ async def test_sys_metrics_needs_admin_when_an_api_key_is_set(autojump_clock: An
         await trio.sleep(hub.config.metrics.flush_interval)
         point = await admin.receive()
         assert point["stream"] == "$sys.metrics" and "connections" in point["data"]
+        assert hub.metrics.published == 0  # the hub's own reports are not counted as traffic
         await anonymous.aclose()
         await admin.aclose()
 

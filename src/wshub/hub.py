@@ -187,7 +187,8 @@ class Hub:
             raise ValueError(f"data is not JSON-serialisable: {error}") from None
         message = StoredMessage(stream, offset, mid, data, ts, frame, trio.current_time())
         history.append(message)
-        self.metrics.published += 1
+        if not stream.startswith("$"):  # the hub's own reports are not application traffic
+            self.metrics.published += 1
         subscribers = self._subscribers.get(stream)
         if subscribers:
             for connection in subscribers:
