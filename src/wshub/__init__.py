@@ -6,7 +6,7 @@ dependency with a circuit breaker, and report health and metrics honestly.
 
 from __future__ import annotations
 
-from wshub import testing
+from wshub import asgi, testing
 from wshub.breaker import (
     BreakerRegistry,
     BreakerState,
@@ -45,6 +45,7 @@ __all__ = [
     "RequestInfo",
     "Transport",
     "TransportClosed",
+    "asgi",
     "message_id",
     "open_hub",
     "serve_websocket",

@@ -91,6 +91,8 @@ class Connection:
         """Append one frame for this client without awaiting; overflow closes with 4002."""
         queue = self.queue
         if len(queue) >= self.queue_limit:
+            if self.scope.cancel_called:  # already being closed: count its overflow once
+                return
             self.hub.record_overflow(self, len(queue) + 1)
             self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
             return

@@ -1,0 +1,289 @@
+"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config``.
+
+Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
+``SUBCOMMANDS`` lists them, so a new one is one line there.
+
+``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port. Its shutdown
+trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
+flushed, within ``shutdown.grace``), and only then lets hypercorn stop, so hypercorn's own
+deadline (which would close WebSockets with 1011) never cuts a connection the hub still serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeAlias, cast
+
+import orjson
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import Framework
+
+from wshub.asgi import HubApp, create_app
+from wshub.config import ConfigError, HubConfig
+
+__all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
+
+logger = logging.getLogger("wshub.cli")
+
+# Seconds hypercorn may still take, after the hub has drained, for in-flight HTTP requests
+# and the TCP close of WebSockets that already received their 1001.
+HYPERCORN_GRACE = 1.0
+# Seconds more before ``wshub serve`` gives up on connections stuck in a socket write.
+FORCE_EXIT_MARGIN = 1.0
+
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def build_serve_config(
+    *,
+    config_file: str | None = None,
+    preset: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HubConfig:
+    """The configuration ``wshub serve`` runs with; raises ConfigError.
+
+    Layers, lowest first: the preset (``preset``, else ``WSHUB_PRESET``, else the file's own
+    ``preset`` key, else ``development`` when there is no file, else ``production``), the file
+    (``config_file``, else ``WSHUB_CONFIG``), the ``WSHUB_SECTION__KEY`` variables, then
+    ``host`` and ``port``.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if config_file is not None:
+        env["WSHUB_CONFIG"] = config_file
+    if preset is not None:
+        env["WSHUB_PRESET"] = preset
+    elif not env.get("WSHUB_PRESET") and not env.get("WSHUB_CONFIG"):
+        # Only without a file: a file without a preset key starts from production, as
+        # everywhere else, so a deployment file never quietly gets development's open doors.
+        env["WSHUB_PRESET"] = "development"
+    config = HubConfig.from_env(env)
+    server: dict[str, Any] = {}
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    return config.merged({"server": server}) if server else config
+
+
+def hypercorn_config(config: HubConfig) -> HypercornConfig:
+    """Hypercorn's settings for serving ``config``: one bind, wshub's message limit."""
+    host, port = config.server.host, config.server.port
+    hypercorn = HypercornConfig()
+    hypercorn.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hypercorn.worker_class = "trio"
+    hypercorn.websocket_max_message_size = config.limits.max_message_bytes
+    hypercorn.graceful_timeout = HYPERCORN_GRACE
+    hypercorn.accesslog = None
+    hypercorn.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup
+    return hypercorn
+
+
+def _urls(bind: str, path: str) -> str:
+    base = bind.removeprefix("http://")
+    return (
+        f"wshub listening on {bind}: websocket ws://{base}{path}, "
+        f"dashboard {bind}/dashboard, metrics {bind}/metrics"
+    )
+
+
+async def serve(
+    app: HubApp,
+    config: HypercornConfig,
+    *,
+    force_exit_after: float | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with hypercorn until SIGINT or SIGTERM, then drain and stop.
+
+    ``await nursery.start(serve, app, config)`` returns the bound addresses
+    (``["http://127.0.0.1:8765"]``, with the real port when the config asks for port 0),
+    once the hub runs and the socket listens. One line with the URLs is logged then too.
+
+    Hypercorn shields its socket writes from cancellation, so a peer that stopped reading
+    keeps its connection task, and hypercorn with it, alive past any deadline. With
+    ``force_exit_after`` the process exits (status 1) that many seconds after the drain if
+    hypercorn has not stopped by then; ``wshub serve`` uses it, embedders decide for themselves.
+    """
+    drained = trio.Event()
+    # Catch the signals before the socket listens, so none arrives while nobody handles it.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def drain_on_signal() -> None:
+            async for number in signals:
+                logger.info("%s received: draining", signal.Signals(number).name)
+                break
+            await app.hub.drain()
+            logger.info("drained; stopping")
+            drained.set()
+
+        async with trio.open_nursery() as nursery:
+
+            async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                # Hypercorn types ASGI events as TypedDicts; the app takes plain mappings.
+                framework = cast(Framework, app)
+                await hypercorn_serve(
+                    framework, config, shutdown_trigger=drain_on_signal, task_status=task_status
+                )
+                nursery.cancel_scope.cancel()  # stopped: the watchdog is not needed
+
+            if force_exit_after is not None:
+                nursery.start_soon(_exit_if_stuck, drained, force_exit_after)
+            binds: list[str] = await nursery.start(run_hypercorn)
+            for bind in binds:
+                logger.info("%s", _urls(bind, app.hub.config.server.path))
+            task_status.started(binds)
+
+
+async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
+    await drained.wait()
+    await trio.sleep(seconds)
+    logger.error(
+        "hypercorn has not stopped %.1f s after the drain: a peer that stopped reading holds "
+        "a socket write; exiting without it",
+        seconds,
+    )
+    logging.shutdown()
+    os._exit(1)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print(f"wshub serve: --workers must be 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        print(
+            f"wshub serve: --workers {args.workers} refused: wshub keeps streams in memory; "
+            "run one worker per process until a shared backend exists",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = build_serve_config(
+            config_file=args.config, preset=args.preset, host=args.host, port=args.port
+        )
+    except ConfigError as error:
+        print(f"wshub serve: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        trio.run(
+            partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
+            create_app(config),
+            hypercorn_config(config),
+        )
+    except Exception as error:
+        cause = _sole_os_error(error)
+        if cause is None:
+            raise
+        logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, cause)
+        return 1
+    return 0
+
+
+def _sole_os_error(error: BaseException) -> OSError | None:
+    """The OSError (such as "address already in use") inside nested one-error groups."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, OSError) else None
+
+
+def add_serve_command(subparsers: _Subparsers) -> None:
+    """``wshub serve``."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the hub (WebSocket and HTTP on one port) with hypercorn",
+        description="Serve /ws, /health, /metrics, /api/* and /dashboard on one port. "
+        "SIGINT or SIGTERM drains the hub (clients get 1001) and exits.",
+    )
+    parser.add_argument("--host", help="address to bind (default: server.host)")
+    parser.add_argument("--port", type=int, help="port to bind, 0 for any free port")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    parser.add_argument(
+        "--preset",
+        choices=HubConfig.PRESETS,
+        help="preset under the file (default: WSHUB_PRESET, else the file's preset key, "
+        "else production with a file and development without)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+    )
+    parser.set_defaults(run=_run_serve)
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
+    data = config.to_dict()
+    if data["admin"]["api_key"] is not None:
+        data["admin"]["api_key"] = "<redacted>"
+    return data
+
+
+def _run_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = HubConfig.from_file(args.file)
+    except ConfigError as error:
+        print(f"wshub check-config: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(orjson.dumps(_redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def add_check_config_command(subparsers: _Subparsers) -> None:
+    """``wshub check-config FILE``."""
+    parser = subparsers.add_parser(
+        "check-config",
+        help="validate a TOML config file and print the resolved configuration as JSON",
+        description="Validate FILE (its preset key, sections, keys and values) and print the "
+        "resolved configuration as JSON; exit 2 with the error otherwise. "
+        "admin.api_key is printed as <redacted>.",
+    )
+    parser.add_argument("file", metavar="FILE")
+    parser.set_defaults(run=_run_check_config)
+
+
+# --------------------------------------------------------------------------- main
+
+#: The subcommands, in help order: each adds its parser and sets ``run``.
+SUBCOMMANDS: Sequence[Callable[[_Subparsers], None]] = (
+    add_serve_command,
+    add_check_config_command,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wshub", description="A resilient WebSocket hub.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in SUBCOMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``wshub`` command with ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error (2)
+        return exit.code if isinstance(exit.code, int) else 2
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

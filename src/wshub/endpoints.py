@@ -1,0 +1,331 @@
+"""The HTTP endpoints of the ASGI app: health, metrics, stats, publish, and the static files.
+
+Each endpoint is a small function from a parsed ``Request`` to a ``Response``; ``handle_http``
+routes by path, answers 404 / 405 / CORS preflight, applies the API-key rules, and sends the
+answer. Every JSON body goes through orjson; every error is ``{"error": "..."}``.
+
+The key rules: ``POST /api/publish`` always needs ``admin.api_key`` (as a Bearer header; it
+answers 503 while no key is configured). With ``admin.protect_monitoring`` the monitoring
+endpoints (``/metrics``, ``/api/stats``, ``/dashboard``) need it too, as a Bearer header or,
+for a browser, an ``api_key`` query parameter. The health endpoints stay open for probes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Final, TypeAlias
+from urllib.parse import parse_qs
+
+import attrs
+import orjson
+import trio
+from prometheus_client.exposition import choose_encoder
+
+from wshub.history import HistoryFull
+from wshub.hub import Hub
+from wshub.protocol import ProtocolError, Publish, parse_client_frame
+
+__all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
+
+#: An ASGI scope or event (a plain dict at run time).
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+
+JSON: Final = "application/json"
+_GET: Final = frozenset({"GET", "HEAD"})
+_POST: Final = frozenset({"POST"})
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+
+
+@attrs.frozen
+class Request:
+    """What an endpoint needs from an HTTP request (the body is read by the endpoint)."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    headers: tuple[tuple[str, str], ...]  # lower-case names, in request order
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Request:
+        """Parse an ASGI ``http`` scope."""
+        query = scope.get("query_string", b"").decode("latin-1")
+        return cls(
+            method=scope["method"],
+            path=scope["path"],
+            query=parse_qs(query),
+            headers=tuple(
+                (name.decode("latin-1").lower(), value.decode("latin-1"))
+                for name, value in scope.get("headers", ())
+            ),
+        )
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def param(self, name: str) -> str | None:
+        """The first value of query parameter ``name``, or None."""
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@attrs.frozen
+class Response:
+    """A whole HTTP answer."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(status: int, payload: Any, *headers: tuple[str, str]) -> Response:
+    """``payload`` as a JSON answer."""
+    return Response(status, orjson.dumps(payload), JSON, headers)
+
+
+def error_response(
+    status: int, message: str, /, *headers: tuple[str, str], **extra: Any
+) -> Response:
+    """``{"error": message, **extra}`` with ``status``."""
+    return json_response(status, {"error": message, **extra}, *headers)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body was read: nobody to answer."""
+
+
+# --------------------------------------------------------------------------- the API key
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _key_refusal(api_key: str, request: Request, *, allow_query: bool) -> Response | None:
+    """401 without a key, 403 with a wrong one, None with the right one."""
+    given = _bearer(request.header("authorization"))
+    if given is None and allow_query:
+        given = request.param("api_key")
+    if given is None:
+        where = "Authorization: Bearer <admin.api_key>"
+        if allow_query:
+            where += " or ?api_key=<admin.api_key>"
+        return error_response(
+            401, f"missing API key: send {where}", ("www-authenticate", 'Bearer realm="wshub"')
+        )
+    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        return error_response(403, "invalid API key")
+    return None
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+async def _health(hub: Hub, request: Request, receive: Receive) -> Response:
+    if hub.draining:
+        return json_response(503, {"status": "shutting_down"})
+    return json_response(200, {"status": "ok"})
+
+
+async def _websocket_health(hub: Hub, request: Request, receive: Receive) -> Response:
+    report = hub.health()
+    return json_response(200 if report["status"] == "healthy" else 503, report)
+
+
+async def _metrics(hub: Hub, request: Request, receive: Receive) -> Response:
+    hub.queue_depths()  # refresh the queue depth gauge before the scrape reads it
+    _, wanted = choose_encoder(request.header("accept") or "")
+    openmetrics = wanted.startswith("application/openmetrics-text")
+    body, content_type = hub.metrics.exposition(openmetrics=openmetrics)
+    return Response(200, body, content_type)
+
+
+async def _stats(hub: Hub, request: Request, receive: Receive) -> Response:
+    series = (request.param("series") or "").lower() in _TRUE
+    return json_response(200, hub.stats(series=series))
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None as soon as it grows past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None  # stop reading: the server discards the rest
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _parse_publish(body: bytes) -> Publish:
+    """The body as a ``publish`` frame, checked by the protocol's own rules."""
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ProtocolError("bad_request", f"invalid JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise ProtocolError("bad_request", "the body must be a JSON object")
+    fields["type"] = "publish"
+    event = parse_client_frame(orjson.dumps(fields))
+    assert isinstance(event, Publish)
+    return event
+
+
+async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
+    config = hub.config
+    api_key = config.admin.api_key
+    if api_key is None:
+        return error_response(
+            503, "publishing over HTTP is disabled: admin.api_key is not configured"
+        )
+    refusal = _key_refusal(api_key, request, allow_query=False)
+    if refusal is not None:
+        return refusal
+    if hub.draining:
+        return error_response(503, "the server is shutting down")
+    limit = config.limits.max_message_bytes
+    too_large = error_response(413, f"the body exceeds limits.max_message_bytes ({limit} bytes)")
+    declared = request.header("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return too_large
+    body = await _read_body(receive, limit)
+    if body is None:
+        return too_large
+    try:
+        event = _parse_publish(body)
+        result = await hub.publish(event.stream, event.data, id=event.id)
+    except ProtocolError as error:
+        return error_response(400, error.message)
+    except ValueError as error:  # not a publishable stream, a bad id, data that is not JSON
+        return error_response(400, str(error))
+    except HistoryFull as error:
+        return error_response(503, str(error))
+    return json_response(
+        200,
+        {
+            "stream": result.stream,
+            "offset": result.offset,
+            "id": result.id,
+            "duplicate": result.duplicate,
+        },
+    )
+
+
+async def _static(request: Request, name: str, content_type: str) -> Response:
+    resource = importlib.resources.files("wshub").joinpath("static").joinpath(name)
+    try:
+        data = await trio.to_thread.run_sync(resource.read_bytes)
+    except OSError:
+        return error_response(404, f"static file {name} is not installed", path=request.path)
+    return Response(200, data, content_type)
+
+
+async def _dashboard(hub: Hub, request: Request, receive: Receive) -> Response:
+    return await _static(request, "dashboard.html", "text/html; charset=utf-8")
+
+
+async def _client_js(hub: Hub, request: Request, receive: Receive) -> Response:
+    return await _static(request, "client.js", "application/javascript; charset=utf-8")
+
+
+_Handler: TypeAlias = Callable[[Hub, Request, Receive], Awaitable[Response]]
+
+
+@attrs.frozen
+class _Route:
+    methods: frozenset[str]
+    handler: _Handler
+    monitoring: bool = False  # needs the key when admin.protect_monitoring is on
+
+
+_ROUTES: Final[Mapping[str, _Route]] = {
+    "/health": _Route(_GET, _health),
+    "/health/websocket": _Route(_GET, _websocket_health),
+    "/metrics": _Route(_GET, _metrics, monitoring=True),
+    "/api/stats": _Route(_GET, _stats, monitoring=True),
+    "/api/publish": _Route(_POST, _publish),
+    "/dashboard": _Route(_GET, _dashboard, monitoring=True),
+    "/client.js": _Route(_GET, _client_js),
+}
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _allowed(route: _Route, cors: bool) -> list[str]:
+    return sorted(route.methods | ({"OPTIONS"} if cors else set()))
+
+
+async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Response:
+    route = _ROUTES.get(request.path)
+    if route is None:
+        return error_response(404, "not found", path=request.path)
+    cors = hub is not None and hub.config.server.cors_origin is not None
+    preflight = cors and request.path.startswith("/api/")
+    if request.method == "OPTIONS" and preflight:
+        return Response(
+            204,
+            content_type=None,
+            headers=(
+                ("access-control-allow-methods", ", ".join(_allowed(route, True))),
+                ("access-control-allow-headers", "Authorization, Content-Type"),
+                ("access-control-max-age", "600"),
+            ),
+        )
+    if request.method not in route.methods:
+        allowed = _allowed(route, preflight)
+        return error_response(
+            405,
+            f"method {request.method} not allowed on {request.path}",
+            ("allow", ", ".join(allowed)),
+            allowed=allowed,
+        )
+    if hub is None:
+        return error_response(503, "the hub is not running", status="not_running")
+    admin = hub.config.admin
+    if route.monitoring and admin.api_key is not None and admin.protect_monitoring:
+        refusal = _key_refusal(admin.api_key, request, allow_query=True)
+        if refusal is not None:
+            return refusal
+    return await route.handler(hub, request, receive)
+
+
+async def handle_http(hub: Hub | None, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one ASGI ``http`` request; ``hub`` is None while the hub is not running."""
+    request = Request.from_scope(scope)
+    try:
+        response = await _respond(hub, request, receive)
+    except _ClientGone:
+        return
+    headers: list[tuple[bytes, bytes]] = []
+    if response.status != 204:  # a 204 carries no body and no Content-Length
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    if response.content_type is not None:
+        headers.append((b"content-type", response.content_type.encode()))
+        headers.append((b"cache-control", b"no-store"))
+    cors_origin = hub.config.server.cors_origin if hub is not None else None
+    if cors_origin is not None:
+        headers.append((b"access-control-allow-origin", cors_origin.encode()))
+    headers.extend((name.encode(), value.encode("latin-1")) for name, value in response.headers)
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    body = b"" if request.method == "HEAD" else response.body
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,287 @@
+"""The ``wshub`` command: configuration layers, check-config, and ``wshub serve`` for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as connect_sync
+
+from serve_helpers import SUBPROTOCOL, Server, hello, objects, receive_objects, wshub_serve
+from wshub.cli import build_serve_config, main
+
+KEY = "cli-key"
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def test_check_config_prints_the_resolved_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = write(
+        tmp_path / "wshub.toml",
+        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n',
+    )
+    assert main(["check-config", file]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["limits"]["max_queue"] == 42
+    assert resolved["server"]["port"] == 0  # from the testing preset
+    assert resolved["admin"]["api_key"] == "<redacted>"  # never printed
+    sections = "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin"
+    assert list(resolved) == sections.split()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[limits]\nmax_queue = -3\n", "limits.max_queue must be an integer >= 1, got -3"),
+        ("[limits]\nmax_queues = 3\n", "unknown key limits.max_queues"),
+        ('preset = "staging"\n', "preset must be one of development, production, testing"),
+        ("[limits\n", "is not valid TOML"),
+    ],
+)
+def test_check_config_refuses_a_bad_file_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    file = write(tmp_path / "bad.toml", text)
+    assert main(["check-config", file]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("wshub check-config: ")
+    assert message in captured.err
+
+
+def test_check_config_as_a_process_exits_2_for_a_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "wshub.cli", "check-config", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert f"cannot read config file {str(missing)!r}" in done.stderr
+
+
+# --------------------------------------------------------------------------- serve: arguments
+
+
+def test_serve_refuses_more_than_one_worker() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "wshub.cli", "serve", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "wshub keeps streams in memory; run one worker per process" in done.stderr
+    assert "until a shared backend exists" in done.stderr
+
+
+def test_serve_exits_1_when_the_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wshub.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}: [Errno 98] Address already in use" in done.stderr
+
+
+def test_serve_refuses_a_bad_config_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = write(tmp_path / "bad.toml", "[server]\nport = 70000\n")
+    assert main(["serve", "--config", file]) == 2
+    assert "server.port must be an integer from 0 to 65535" in capsys.readouterr().err
+
+
+def test_usage_errors_and_help_return_their_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([]) == 2
+    assert main(["serve", "--preset", "staging"]) == 2
+    assert main(["--help"]) == 0
+    assert "check-config" in capsys.readouterr().out
+
+
+def test_serve_config_layers_preset_file_environment_then_flags(tmp_path: Path) -> None:
+    no_preset = write(tmp_path / "plain.toml", "[limits]\nmax_queue = 11\n")
+    testing = write(tmp_path / "testing.toml", 'preset = "testing"\n[limits]\nmax_queue = 12\n')
+
+    alone = build_serve_config(environ={})
+    assert alone.server.allow_anonymous  # development without a file
+    assert alone.shutdown.grace == 3.0
+
+    from_file = build_serve_config(config_file=no_preset, environ={})
+    assert from_file.limits.max_queue == 11
+    assert not from_file.server.allow_anonymous  # a file without a preset starts at production
+
+    assert build_serve_config(config_file=testing, environ={}).server.port == 0
+    chosen = build_serve_config(config_file=testing, preset="production", environ={})
+    assert (chosen.server.port, chosen.limits.max_queue) == (8765, 12)  # the flag wins
+
+    environ = {
+        "WSHUB_CONFIG": testing,
+        "WSHUB_LIMITS__MAX_QUEUE": "13",
+        "WSHUB_SERVER__PORT": "9000",
+        "WSHUB_SERVER__HOST": "0.0.0.0",
+    }
+    layered = build_serve_config(port=9100, environ=environ)
+    assert layered.limits.max_queue == 13  # the environment over the file
+    assert (layered.server.host, layered.server.port) == ("0.0.0.0", 9100)  # the flag over both
+    assert build_serve_config(environ={"WSHUB_PRESET": "testing"}).limits.max_queue == 100
+
+
+# --------------------------------------------------------------------------- serve: for real
+
+
+def test_serve_logs_its_urls_and_drains_on_sigint(tmp_path: Path) -> None:
+    config = write(tmp_path / "wshub.toml", 'preset = "development"\n[server]\npath = "/hub"\n')
+    server = wshub_serve(tmp_path / "serve.log", "--config", config)
+    try:
+        base = f"127.0.0.1:{server.port}"
+        line = (
+            f"wshub listening on http://{base}: websocket ws://{base}/hub, "
+            f"dashboard http://{base}/dashboard, metrics http://{base}/metrics"
+        )
+        assert line in server.log()
+        with connect_sync(f"{server.ws}/hub", open_timeout=5) as ws:
+            ws.send(hello("sigint-1"))
+            assert receive_objects(ws, 1)[0]["type"] == "welcome"
+            server.stop(signal.SIGINT)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(5)
+            assert ws.close_code == 1001
+        assert server.process.returncode == 0
+        assert "SIGINT received: draining" in server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+CLIENTS = 200
+GRACE = 0.5
+
+
+async def _subscriber(url: str, number: int, limit: asyncio.Semaphore) -> ClientConnection:
+    async with limit:  # a few at a time: the listen backlog is 100
+        websocket = await connect(url, subprotocols=[SUBPROTOCOL], open_timeout=10)
+        await websocket.send(hello(f"client-{number}", {"news": None}))
+        welcome = objects(await asyncio.wait_for(websocket.recv(), 10))
+        assert welcome[0]["type"] == "welcome"
+        return websocket
+
+
+async def _until_closed(websocket: ClientConnection) -> tuple[int | None, list[Any]]:
+    received: list[Any] = []
+    try:
+        while True:
+            received.extend(objects(await asyncio.wait_for(websocket.recv(), 10)))
+    except ConnectionClosed:
+        return websocket.close_code, received
+
+
+async def _drain_scenario(server: Server) -> tuple[list[tuple[int | None, list[Any]]], float]:
+    limit = asyncio.Semaphore(50)
+    url = f"{server.ws}/ws"
+    clients = await asyncio.gather(*(_subscriber(url, n, limit) for n in range(CLIENTS)))
+    async with httpx.AsyncClient() as http:
+        health = await http.get(f"{server.http}/health/websocket")
+        assert health.json()["connections"]["active"] == CLIENTS
+        body = {"stream": "news", "data": "last words", "id": "bye"}
+        reply = await http.post(
+            f"{server.http}/api/publish", json=body, headers={"authorization": f"Bearer {KEY}"}
+        )
+        assert reply.status_code == 200
+    start = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    outcomes = await asyncio.gather(*(_until_closed(client) for client in clients))
+    await asyncio.to_thread(server.process.wait, 10)
+    return outcomes, time.monotonic() - start
+
+
+def test_sigterm_drains_every_client_with_1001_and_exits_within_the_grace(tmp_path: Path) -> None:
+    env = {
+        "WSHUB_SHUTDOWN__GRACE": str(GRACE),
+        "WSHUB_ADMIN__API_KEY": KEY,
+        "WSHUB_METRICS__LOG": "false",
+    }
+    server = wshub_serve(tmp_path / "serve.log", env=env)
+    try:
+        outcomes, elapsed = asyncio.run(_drain_scenario(server))
+        assert server.process.returncode == 0, server.log()
+        # The message queued before the signal is flushed first, then each client gets 1001.
+        for code, received in outcomes:
+            assert code == 1001
+            assert [(m["type"], m["id"]) for m in received] == [("message", "bye")]
+        assert elapsed < GRACE + 1.0, f"exited after {elapsed:.2f} s"
+        assert "SIGTERM received: draining" in server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def test_a_peer_that_stopped_reading_cannot_keep_serve_running(tmp_path: Path) -> None:
+    env = {
+        "WSHUB_SHUTDOWN__GRACE": str(GRACE),
+        "WSHUB_ADMIN__API_KEY": KEY,
+        "WSHUB_METRICS__LOG": "false",
+    }
+    server = wshub_serve(tmp_path / "serve.log", env=env)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    auth = {"authorization": f"Bearer {KEY}"}
+    try:
+        # max_queue=1: the client stops reading its socket once one frame waits unread.
+        with connect_sync(f"{server.ws}/ws", sock=stalled, max_queue=1, close_timeout=1) as ws:
+            ws.send(hello("stalled", {"news": None}))
+            assert objects(ws.recv(5))[0]["type"] == "welcome"
+            with httpx.Client(base_url=server.http, headers=auth) as http:
+                for n in range(400):
+                    http.post("/api/publish", json={"stream": "news", "data": [n, "x" * 60_000]})
+                    # Ten messages still queued: the writer is blocked in hypercorn's
+                    # socket write (a free writer takes its queue every few milliseconds).
+                    queues = http.get("/health/websocket").json()["queues"]
+                    if queues["depth"] >= 10:
+                        break
+                else:
+                    pytest.fail("the peer never stalled")
+            elapsed = server.stop(signal.SIGTERM, timeout=20)
+        # The drain waits out the grace and the close timeout (3 s), hypercorn its own
+        # second, then wshub serve gives up on the stuck write a second later.
+        assert server.process.returncode == 1
+        assert elapsed < GRACE + 3.0 + 2.0 + 2.5, f"exited after {elapsed:.2f} s"
+        assert "a peer that stopped reading holds a socket write" in server.log()
+    finally:
+        server.stop(signal.SIGKILL)
