@@ -8,7 +8,7 @@ from trio_websocket import serve_websocket as _trio_serve_websocket
 
 from wshub.hub import Hub
 from wshub.protocol import SUBPROTOCOL
-from wshub.transport import RequestInfo, translate_errors
+from wshub.transport import RequestInfo, TransportClosed, translate_errors
 
 __all__ = ["TrioWebSocketTransport", "serve_websocket"]
 
@@ -77,14 +77,21 @@ async def serve_websocket(
     path = hub.config.server.path
 
     async def handle(request: WebSocketRequest) -> None:
-        if request.path.split("?", 1)[0] != path:
-            await request.reject(404, body=b"not found")
+        # This runs in the hub's nursery: a peer that leaves during the upgrade must end
+        # only its own handler, never the hub.
+        try:
+            with translate_errors():
+                if request.path.split("?", 1)[0] != path:
+                    await request.reject(404, body=b"not found")
+                    return
+                offered = request.proposed_subprotocols
+                websocket = await request.accept(
+                    subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
+                )
+                info = _request_info(request)
+        except (TransportClosed, OSError):  # reset mid-upgrade; getpeername() -> ENOTCONN
             return
-        offered = request.proposed_subprotocols
-        websocket = await request.accept(
-            subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
-        )
-        await hub.serve_connection(TrioWebSocketTransport(websocket), _request_info(request))
+        await hub.serve_connection(TrioWebSocketTransport(websocket), info)
 
     await _trio_serve_websocket(
         handle,
