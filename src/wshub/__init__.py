@@ -6,7 +6,11 @@ dependency with a circuit breaker, and report health and metrics honestly.
 
 from __future__ import annotations
 
-from wshub import asgi, testing
+from wshub import (
+    asgi,
+    client,
+    testing,
+)
 from wshub.breaker import (
     BreakerRegistry,
     BreakerState,
@@ -46,6 +50,7 @@ __all__ = [
     "Transport",
     "TransportClosed",
     "asgi",
+    "client",
     "message_id",
     "open_hub",
     "serve_websocket",
