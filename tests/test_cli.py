@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -285,3 +287,111 @@ def test_a_peer_that_stopped_reading_cannot_keep_serve_running(tmp_path: Path) -
         assert "a peer that stopped reading holds a socket write" in server.log()
     finally:
         server.stop(signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- tail, publish
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``wshub ARGS`` as a process, its output captured."""
+    argv = [sys.executable, "-m", "wshub.cli", *args]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")}
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, env={**clean, **(env or {})}
+    )
+
+
+def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
+    server = wshub_serve(tmp_path / "serve.log", env={"WSHUB_ADMIN__API_KEY": "secret"})
+    tail_out = tmp_path / "tail.jsonl"
+    try:
+        with tail_out.open("w") as out:
+            tail = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "wshub.cli",
+                    "tail",
+                    f"{server.ws}/ws",
+                    "--client-id",
+                    "tailer",
+                    "--stream",
+                    "news",
+                    "--from",
+                    "0",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            first = run_cli(
+                "publish", server.http, "news", '{"n": 1}', "--id", "k1", "--api-key", "secret"
+            )
+            assert first.returncode == 0, first.stderr
+            assert orjson.loads(first.stdout) == {
+                "stream": "news",
+                "offset": 1,
+                "id": "k1",
+                "duplicate": False,
+            }
+            again = run_cli(
+                "publish",
+                server.http,
+                "news",
+                '{"n": 1}',
+                "--id",
+                "k1",
+                env={"WSHUB_API_KEY": "secret"},
+            )
+            assert orjson.loads(again.stdout)["duplicate"] is True
+            deadline = time.monotonic() + 10
+            while not tail_out.read_text().strip():
+                assert time.monotonic() < deadline, "tail printed nothing"
+                assert tail.poll() is None, tail_out.read_text()
+                time.sleep(0.05)
+            line = orjson.loads(tail_out.read_text().splitlines()[0])
+            assert (line["type"], line["stream"], line["offset"]) == ("message", "news", 1)
+            assert line["data"] == {"n": 1}
+        finally:
+            tail.terminate()
+            tail.wait(10)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("publish", "http://127.0.0.1:1", "news", "{bad"), 2, "DATA is not valid JSON"),
+        (("publish", "http://127.0.0.1:1", "$sys.metrics", "1"), 2, "invalid STREAM"),
+        (("publish", "http://127.0.0.1:1", "news", "1"), 1, "cannot reach the hub"),
+        (
+            ("tail", "ws://127.0.0.1:1/ws", "--client-id", "bad id", "--stream", "n"),
+            2,
+            "invalid --client-id",
+        ),
+        (
+            ("tail", "ws://127.0.0.1:1/ws", "--client-id", "a", "--stream", "n", "--from", "-1"),
+            2,
+            "--from must be an offset >= 0",
+        ),
+        (
+            (
+                "tail",
+                "ws://127.0.0.1:1/ws",
+                "--client-id",
+                "a",
+                "--stream",
+                "n",
+                "--max-attempts",
+                "1",
+            ),
+            1,
+            "gave up after 1 failed connection attempt",
+        ),
+    ],
+)
+def test_tail_and_publish_fail_clearly(args: tuple[str, ...], code: int, message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == code
+    assert message in result.stderr
