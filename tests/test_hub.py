@@ -423,10 +423,28 @@ async def test_slow_consumer_is_closed_with_4002_and_others_keep_pace(
             await trio.sleep(0.01)
         got = [await fast.receive() for _ in range(30)]
         assert [m["data"] for m in got] == list(range(30))
-        assert slow.close_code == 4002
         assert hub.metrics.queue_overflows == 1
         assert hub.metrics.dropped["slow_consumer"] == 11
+        # The slow client reads again: the frame that was in flight arrives whole, then 4002.
+        assert (await slow.receive())["type"] == "welcome"
+        assert await slow.wait_closed() == (4002, "outbound queue overflowed; resume from history")
         await fast.aclose()
+
+
+async def test_a_consumer_that_never_reads_is_cut_after_the_frame_timeout(
+    autojump_clock: Any,
+) -> None:
+    async with open_hub(config(limits={"max_queue": 10})) as hub:
+        stuck = await connect_memory(hub, "stuck", subscribe={"news": None}, buffer=0)
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(11):
+            await hub.publish("news", n)  # the 11th overflows at t=0
+        while hub.connection_count:
+            await trio.sleep(0.01)
+        # its frame could not finish: cut without a close frame (it could not read one)
+        assert trio.current_time() == pytest.approx(wshub.connection.FINISH_FRAME_TIMEOUT, abs=0.011)
+        assert stuck.close_code == 1006
+        assert hub.metrics.disconnects == {4002: 1}
 
 
 async def test_sweeper_removes_idle_client_stats_after_client_ttl(autojump_clock: Any) -> None:

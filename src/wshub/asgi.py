@@ -110,6 +110,12 @@ class ASGITransport:
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
+    async def abort(self) -> None:
+        """Close with 1006's meaning: hypercorn never cuts a frame (its writes are shielded),
+        so the ASGI close event is all an application can send."""
+        await self.close(1011, "connection aborted")
+
+
 def _request_info(scope: Scope) -> RequestInfo:
     query = scope.get("query_string", b"").decode("latin-1")
     client = scope.get("client")

@@ -53,6 +53,9 @@ logger = logging.getLogger("wshub.connection")
 
 # How long closing a transport may take before we give up on the peer's close handshake.
 CLOSE_TIMEOUT = 2.0
+# How long a frame being sent when the connection is aborted may take to finish, so that the
+# close frame follows whole frames; past it the connection is cut without a close frame.
+FINISH_FRAME_TIMEOUT = 0.5
 
 QueueItem = StoredMessage | str
 
@@ -80,6 +83,8 @@ class Connection:
         self.close_reason = ""
         self.peer_close_code: int | None = None
         self.scope = trio.CancelScope()
+        self.send_guard: trio.CancelScope | None = None  # shields the frame being sent
+        self.cut = False  # a frame was interrupted: close without a close frame
         self.finished = trio.Event()
         self.last_heard = trio.current_time()
         self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
@@ -117,12 +122,20 @@ class Connection:
             self.close_reason = reason
             self.wake.set()
 
-    def abort(self, code: int, reason: str = "") -> None:
-        """Close with ``code`` now, dropping whatever is still queued."""
+    def abort(self, code: int, reason: str = "", *, finish_frame: bool = True) -> None:
+        """Close with ``code`` now, dropping whatever is still queued.
+
+        A frame already being sent may finish within FINISH_FRAME_TIMEOUT (or not at all
+        without ``finish_frame``); a frame that cannot finish is cut with the connection.
+        """
         if not self.scope.cancel_called:
             self.close_code = code
             self.close_reason = reason
             self.scope.cancel()
+        guard = self.send_guard
+        if guard is not None:
+            timeout = FINISH_FRAME_TIMEOUT if finish_frame else 0.0
+            guard.deadline = min(guard.deadline, trio.current_time() + timeout)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -151,7 +164,10 @@ class Connection:
         finally:
             hub.unregister(self)
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                await self.transport.close(self.close_code, self.close_reason)
+                if self.cut:
+                    await self.transport.abort()
+                else:
+                    await self.transport.close(self.close_code, self.close_reason)
             self.finished.set()
 
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
@@ -275,6 +291,8 @@ class Connection:
             self.dirty = False
             step = max_batch if self.batching else 1
             for start in range(0, len(items), step):
+                if self.scope.cancel_called:  # aborted: the sends below would be shielded
+                    return
                 chunk = items[start : start + step]
                 frames: list[str] = []
                 delivered = 0
@@ -285,7 +303,15 @@ class Connection:
                         frames.append(item.frame)  # type: ignore[union-attr]
                         delivered += 1
                 text = frames[0] if len(frames) == 1 else "\n".join(frames)
-                await send(text)
+                # A frame is sent whole or the connection is cut: cancelling a send part-way
+                # would leave half a frame on the wire with the close frame inside it.
+                with trio.CancelScope(shield=True) as guard:
+                    self.send_guard = guard
+                    await send(text)
+                self.send_guard = None
+                if guard.cancelled_caught:
+                    self.cut = True
+                    return
                 stats.messages_out += delivered
                 stats.bytes_out += len(text)
                 metrics.delivered += delivered

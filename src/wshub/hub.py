@@ -506,7 +506,9 @@ class Hub:
             for connection in list(self._connections):
                 await connection.finished.wait()
         for connection in list(self._connections):
-            connection.abort(CloseCode.GOING_AWAY, "the server is shutting down")
+            connection.abort(
+                CloseCode.GOING_AWAY, "the server is shutting down", finish_frame=False
+            )
         with trio.move_on_after(CLOSE_TIMEOUT + 1):
             for connection in list(self._connections):
                 await connection.finished.wait()

@@ -74,6 +74,17 @@ class MemoryTransport:
         client._to_hub_receive.close()
 
 
+    async def abort(self) -> None:
+        """End the client's stream of frames with no close frame: it sees 1006."""
+        await trio.lowlevel.checkpoint()
+        client = self._client
+        if client.close_code is None:
+            client.close_code = 1006
+            client.close_reason = ""
+        client._to_client_send.close()
+        client._to_hub_receive.close()
+
+
 class MemoryClient:
     """The client's side: send objects, receive decoded objects, see how it was closed."""
 

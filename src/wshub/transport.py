@@ -75,6 +75,11 @@ class Transport(Protocol):
         """Close with ``code`` (idempotent; never raises TransportClosed)."""
         ...
 
+    async def abort(self) -> None:
+        """Cut the connection without a close frame: a send was interrupted mid-frame, so
+        anything more written to the stream would land inside that frame (idempotent)."""
+        ...
+
 
 @functools.cache
 def _closed_errors() -> Sequence[tuple[type[BaseException], int]]:
