@@ -109,7 +109,6 @@ class ASGITransport:
         with contextlib.suppress(TransportClosed), translate_errors():
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
-
     async def abort(self) -> None:
         """Close with 1006's meaning: hypercorn never cuts a frame (its writes are shielded),
         so the ASGI close event is all an application can send."""

@@ -73,7 +73,6 @@ class MemoryTransport:
         client._to_client_send.close()
         client._to_hub_receive.close()
 
-
     async def abort(self) -> None:
         """End the client's stream of frames with no close frame: it sees 1006."""
         await trio.lowlevel.checkpoint()
