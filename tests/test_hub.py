@@ -425,6 +425,9 @@ async def test_slow_consumer_is_closed_with_4002_and_others_keep_pace(
         assert [m["data"] for m in got] == list(range(30))
         assert hub.metrics.queue_overflows == 1
         assert hub.metrics.dropped["slow_consumer"] == 11
+        rows = {row["client_id"]: row for row in hub.stats()["busiest_clients"]}
+        assert rows["slow"]["queue"] == 10  # still held while its frame may finish
+        assert rows["fast"]["queue"] == 0
         # The slow client reads again: the frame that was in flight arrives whole, then 4002.
         assert (await slow.receive())["type"] == "welcome"
         assert await slow.wait_closed() == (4002, "outbound queue overflowed; resume from history")

@@ -408,6 +408,16 @@ class Hub:
         self.metrics.queue_depth = total
         return total, largest
 
+    def queued_by_client(self) -> dict[str, int]:
+        """Messages waiting in outbound queues, summed per client id (over its tabs)."""
+        queued: dict[str, int] = {}
+        for connection in self._connections:
+            if connection.client_id is not None:
+                queued[connection.client_id] = queued.get(connection.client_id, 0) + len(
+                    connection.queue
+                )
+        return queued
+
     async def _release_writers(self) -> None:
         # One hub-wide tick: writers that have something queued wake together, then the
         # publishers run alone for ``write_delay`` while queues fill into bigger batches. The

@@ -88,6 +88,10 @@ def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
         busiest_clients=hub.metrics.client_snapshot(10),
     )
     report["clients"]["connected"] = hub.connection_count
+    queued = hub.queued_by_client()
+    for row in report["busiest_clients"]:
+        row["queue"] = queued.get(row["client_id"], 0)
+    report["history_points"] = hub.config.metrics.history_points
     if series:
         report["series"] = list(hub.series)
     return report

@@ -1,0 +1,525 @@
+"""The live dashboard (``GET /dashboard``) in Debian's Chromium against real hubs.
+
+The hubs run in subprocesses: ``wshub serve --preset development`` for most tests, and
+``tests/dashboard_server.py`` (the same app with an ``authenticate`` hook that fails on demand)
+for the circuit-breaker test. Metrics flush every ``FLUSH`` seconds so charts fill quickly.
+Traffic comes from plain ``websockets`` clients in threads and ``POST /api/publish``.
+
+Every wait is a condition with a deadline (Playwright's ``wait_for_function`` /
+``wait_for_selector``, or ``threading.Event.wait``); the only sleeps pace the background
+publisher. The breaker test also takes a screenshot (1280x800, full page); set
+WSHUB_SCREENSHOT=docs/dashboard.png to refresh the one in the docs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from dashboard_server import UNREACHABLE_TOKEN
+from serve_helpers import SUBPROTOCOL, WSHUB_SERVE_READY, Server, hello, objects, start, wshub_serve
+
+HERE = Path(__file__).parent
+# The picture in docs/ is refreshed on request (WSHUB_SCREENSHOT=docs/dashboard.png), so an
+# ordinary test run leaves the working tree as it was.
+SCREENSHOT_ENV = "WSHUB_SCREENSHOT"
+API_KEY = "dashboard-test-key"
+FLUSH = 0.5
+ENV = {"WSHUB_METRICS__FLUSH_INTERVAL": str(FLUSH), "WSHUB_ADMIN__API_KEY": API_KEY}
+CHART_IDS = [
+    "connections",
+    "throughput",
+    "dedup",
+    "queues",
+    "latency",
+    "resumes",
+    "retries",
+    "disconnects",
+    "cleanup",
+]
+#: Milliseconds for the page to show something the hub has (a flush or two, and rendering).
+SHOWN = 5_000
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``wshub serve --preset development`` with a fast flush and an admin key."""
+    log = tmp_path_factory.mktemp("dashboard") / "wshub-serve.log"
+    server = wshub_serve(log, "--preset", "development", env=ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def breaker_hub(tmp_path: Path) -> Iterator[Server]:
+    """A hub whose ``authenticate`` breaker trips after 2 failures and probes after 1 s."""
+    env = {
+        **ENV,
+        "WSHUB_BREAKER__FAILURE_THRESHOLD": "2",
+        "WSHUB_BREAKER__SUCCESS_THRESHOLD": "1",
+        "WSHUB_BREAKER__RETRIES": "0",
+        "WSHUB_BREAKER__OPEN_TIMEOUT": "1",
+        "WSHUB_CLEANUP__INTERVAL": "1",  # the cleanup chart gets runs and removals to show
+        "WSHUB_DEDUP__WINDOW": "2",
+    }
+    argv = [sys.executable, str(HERE / "dashboard_server.py")]
+    server = start(argv, env, tmp_path / "dashboard-server.log", WSHUB_SERVE_READY)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- the page
+
+
+@contextmanager
+def dashboard(
+    browser: Any,
+    server: Server,
+    query: str = f"api_key={API_KEY}",
+    *,
+    viewport: tuple[int, int] = (1280, 800),
+    init_script: str | None = None,
+) -> Iterator[tuple[Any, list[str]]]:
+    """The dashboard open in a fresh context; yields the page and its console problems."""
+    width, height = viewport
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        problems: list[str] = []
+
+        def on_request(request: Any) -> None:
+            # One self-contained page: nothing from any other origin (no CDN, no font).
+            if not request.url.startswith((server.http, "data:")):
+                problems.append(f"request: {request.url}")
+
+        def on_console(message: Any) -> None:
+            if message.type in ("error", "warning"):
+                problems.append(f"{message.type}: {message.text}")
+
+        page.on("request", on_request)
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+        if init_script is not None:
+            page.add_init_script(init_script)
+        response = page.goto(f"{server.http}/dashboard?{query}")
+        assert response is not None and response.status == 200
+        yield page, problems
+    finally:
+        context.close()
+
+
+CHARTS_DRAWN = """(strict) => {
+  const charts = [...document.querySelectorAll("figure.chart")];
+  return charts.length > 0 && charts.every((chart) => {
+    const lines = [...chart.querySelectorAll("path.line")].map((p) => Number(p.dataset.points));
+    return lines.length > 0 && (strict ? lines.every((n) => n >= 2) : lines.some((n) => n >= 2));
+  });
+}"""
+
+
+def wait_for_charts(page: Any, *, strict: bool) -> dict[str, list[int]]:
+    """Wait until every chart draws lines of >= 2 points; returns the points per line."""
+
+    def drawn() -> dict[str, list[int]]:
+        lines: dict[str, list[int]] = page.eval_on_selector_all(
+            "figure.chart",
+            """charts => Object.fromEntries(charts.map((c) => [c.dataset.chart,
+                 [...c.querySelectorAll("path.line")].map((p) => Number(p.dataset.points))]))""",
+        )
+        return lines
+
+    try:
+        page.wait_for_function(CHARTS_DRAWN, arg=strict, timeout=SHOWN)
+    except PlaywrightTimeoutError:
+        raise AssertionError(f"not every chart draws: {drawn()}") from None
+    lines = drawn()
+    assert list(lines) == CHART_IDS
+    return lines
+
+
+def wait_for_mode(page: Any, mode: str, timeout: float = SHOWN) -> None:
+    page.wait_for_selector(f'#mode[data-mode="{mode}"]', timeout=timeout)
+
+
+def figure(page: Any, name: str) -> int:
+    """A headline figure's value (``data-value`` of ``[data-figure=name]``)."""
+    return int(page.get_attribute(f'[data-figure="{name}"]', "data-value"))
+
+
+def wait_for_figure(page: Any, name: str, at_least: int) -> None:
+    try:
+        page.wait_for_function(
+            "([name, n]) => Number(document.querySelector(`[data-figure='${name}']`)"
+            "?.dataset.value) >= n",
+            arg=[name, at_least],
+            timeout=SHOWN,
+        )
+    except PlaywrightTimeoutError:
+        state = page.evaluate(
+            """() => ({mode: window.wshubDashboard.mode,
+                       points: window.wshubDashboard.store.points.slice(-6).map(
+                         (p) => [p._src, p._u, p.messages.published])})"""
+        )
+        raise AssertionError(f"{name} stays below {at_least}: {state}") from None
+
+
+def wait_for_points(page: Any, count: int) -> None:
+    """Wait until the page holds ``count`` snapshots (the hub flushes every ``FLUSH`` s)."""
+    page.wait_for_function(
+        "(n) => window.wshubDashboard.store.points.length >= n",
+        arg=count,
+        timeout=count * FLUSH * 1000 + SHOWN,
+    )
+
+
+def breaker_state(page: Any, name: str, state: str, timeout: float = SHOWN) -> None:
+    page.wait_for_selector(
+        f'.breaker[data-breaker="{name}"][data-state="{state}"]', timeout=timeout
+    )
+
+
+def wait_for_uptime(server: Server, seconds: float) -> float:
+    """Wait until the hub has been up ``seconds`` (by its own clock); returns its uptime."""
+    deadline = time.monotonic() + seconds + SHOWN / 1000
+    with httpx.Client(base_url=server.http, params={"api_key": API_KEY}, timeout=5.0) as http:
+        while (uptime := http.get("/api/stats").json()["uptime_seconds"]) <= seconds:
+            assert time.monotonic() < deadline, f"the hub's uptime stays at {uptime}"
+            time.sleep(0.05)  # polling the condition
+    return float(uptime)
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+class Traffic:
+    """Clients of one hub: subscribers to "news" in threads, publishes over HTTP and WebSocket.
+
+    Every thread stops when the block ends; an exception in one is raised there.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.url = f"{server.ws}/ws"
+        self.http = httpx.Client(
+            base_url=server.http, headers={"authorization": f"Bearer {API_KEY}"}, timeout=5.0
+        )
+        self.received: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8)
+        self._futures: list[Future[None]] = []
+        self._published = 0
+        self._prefix = uuid.uuid4().hex[:8]  # ids unique to this instance (the hub dedups by id)
+
+    def __enter__(self) -> Traffic:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        try:
+            for future in self._futures:
+                future.result(timeout=10)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.http.close()
+
+    def subscriber(self, client_id: str, *, publish_every: float | None = None) -> None:
+        """Start a subscriber to "news" (publishing too, if asked); returns once welcomed."""
+        welcomed = threading.Event()
+        self._futures.append(self._pool.submit(self._subscribe, client_id, welcomed, publish_every))
+        assert welcomed.wait(5.0), f"{client_id} was not welcomed"
+
+    def _subscribe(
+        self, client_id: str, welcomed: threading.Event, publish_every: float | None
+    ) -> None:
+        with self._connect() as websocket:
+            websocket.send(hello(client_id, {"news": None}))
+            due, n = time.monotonic(), 0
+            while not self._stop.is_set():
+                if publish_every and welcomed.is_set() and time.monotonic() >= due:
+                    n += 1
+                    frame = {"type": "publish", "stream": "news", "data": {"by": client_id, "n": n}}
+                    websocket.send(json.dumps(frame))
+                    due += publish_every
+                try:
+                    frame_text = websocket.recv(timeout=0.05)
+                except TimeoutError:
+                    continue
+                for obj in objects(frame_text):
+                    if obj["type"] == "welcome":
+                        welcomed.set()
+                    elif obj["type"] == "message":
+                        self.received[client_id] += 1
+
+    def _connect(self) -> ClientConnection:
+        return connect(
+            self.url, subprotocols=[SUBPROTOCOL], open_timeout=5, close_timeout=2, proxy=None
+        )
+
+    def publish(self, count: int, *, duplicate_every: int = 0) -> int:
+        """POST ``count`` messages to "news"; every ``duplicate_every``-th one repeats the
+        previous id (a de-duplicated publish). Returns how many were stored."""
+        stored = 0
+        for _ in range(count):
+            self._published += 1
+            n = self._published
+            repeat = duplicate_every and n % duplicate_every == 0
+            key = f"{self._prefix}-{n - 1 if repeat else n}"
+            response = self.http.post(
+                "/api/publish", json={"stream": "news", "data": {"n": n}, "id": key}
+            )
+            response.raise_for_status()
+            stored += not response.json()["duplicate"]
+        return stored
+
+    def publish_in_background(self) -> None:
+        """Publish until the block ends at a rate swinging between about 15 and 75 per second."""
+
+        def run() -> None:
+            began = time.monotonic()
+            while not self._stop.is_set():
+                self.publish(1, duplicate_every=5)
+                rate = 45 + 30 * math.sin((time.monotonic() - began) * 1.4)
+                self._stop.wait(1 / rate)  # pacing, not waiting for a condition
+
+        self._futures.append(self._pool.submit(run))
+
+    def hello_closed_with(self, client_id: str, token: str) -> int:
+        """Send a hello with ``token``; the close code the hub answers with."""
+        with self._connect() as websocket:
+            websocket.send(json.dumps({"type": "hello", "client_id": client_id, "token": token}))
+            with pytest.raises(ConnectionClosed) as closed:
+                self._drain(websocket)
+        assert closed.value.rcvd is not None, "the hub closed without a close frame"
+        return closed.value.rcvd.code
+
+    @staticmethod
+    def _drain(websocket: ClientConnection) -> None:
+        """Read until the hub closes (raises ConnectionClosed) or stays silent for 5 s."""
+        while True:
+            websocket.recv(timeout=5.0)
+
+    def welcome(self, client_id: str, subscribe: dict[str, Any]) -> dict[str, Any]:
+        """Connect, say hello, and return the welcome (then close normally)."""
+        with self._connect() as websocket:
+            websocket.send(hello(client_id, subscribe))
+            while True:
+                for obj in objects(websocket.recv(timeout=5.0)):
+                    if obj["type"] == "welcome":
+                        return obj
+
+    def resume(self, client_id: str) -> None:
+        """One resume that history covers and one it cannot (an unknown epoch)."""
+        news = self.welcome(client_id, {"news": None})["streams"]["news"]
+        position = {"offset": news["offset"], "epoch": news["epoch"]}
+        assert self.welcome(client_id, {"news": position})["streams"]["news"]["recovered"]
+        lost = {"offset": 1, "epoch": "an-epoch-long-gone"}
+        assert not self.welcome(f"{client_id}-late", {"news": lost})["streams"]["news"]["recovered"]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_the_dashboard_and_its_data_need_the_key(chromium_browser: Any, hub: Server) -> None:
+    with httpx.Client(base_url=hub.http, timeout=5.0) as http:
+        for path in ("/dashboard", "/api/stats", "/metrics"):
+            assert http.get(path).status_code == 401, path
+            assert http.get(path, params={"api_key": "wrong"}).status_code == 403, path
+        page = http.get("/dashboard", params={"api_key": API_KEY})
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'import("./client.js")' in page.text
+        assert http.get("/client.js").status_code == 200
+    context = chromium_browser.new_context()
+    try:
+        response = context.new_page().goto(f"{hub.http}/dashboard")
+        assert response is not None and response.status == 401
+    finally:
+        context.close()
+
+
+def test_live_charts_follow_the_traffic(chromium_browser: Any, hub: Server) -> None:
+    with dashboard(chromium_browser, hub) as (page, problems), Traffic(hub) as traffic:
+        wait_for_mode(page, "live")
+        wait_for_charts(page, strict=True)
+        assert page.get_attribute("#banner", "data-status") == "healthy"
+        assert page.eval_on_selector("#reasons", "list => list.children.length") == 0
+        before = {name: figure(page, name) for name in ("published", "delivered", "deduplicated")}
+
+        traffic.subscriber("alice")
+        traffic.subscriber("bob")
+        stored = traffic.publish(20, duplicate_every=4)  # 15 stored, 5 duplicates
+        assert stored == 15
+
+        wait_for_figure(page, "published", before["published"] + 15)
+        wait_for_figure(page, "delivered", before["delivered"] + 2 * 15)
+        wait_for_figure(page, "deduplicated", before["deduplicated"] + 5)
+        page.wait_for_function(
+            """() => ["alice", "bob"].every((id) => Number(document.querySelector(
+                 `#clients tr[data-client="${id}"] td[data-col="messages_out"]`
+               )?.textContent) >= 15)""",
+            timeout=SHOWN,
+        )
+        rate = page.eval_on_selector(
+            'figure[data-chart="throughput"] [data-current]', "e => e.textContent"
+        )
+        assert rate.endswith("delivered/s")
+        assert not problems, problems
+
+
+def test_the_dashboard_resumes_metrics_after_a_lost_connection(
+    chromium_browser: Any, hub: Server
+) -> None:
+    # Wrap WebSocket so that the test can cut the dashboard's connection and refuse new ones
+    # (a refused one closes at once, as a failed connection does, without console noise).
+    cut = """(() => {
+      const Real = window.WebSocket;
+      const state = (window.cutter = { blocked: false, sockets: [] });
+      class Refused {
+        constructor() {
+          this.readyState = 0;
+          setTimeout(() => ((this.readyState = 3), this.onclose?.({ code: 1006, reason: "" })), 10);
+        }
+        send() {}
+        close() {}
+      }
+      window.WebSocket = function WebSocket(url, protocols) {
+        if (state.blocked) return new Refused();
+        const socket = new Real(url, protocols);
+        state.sockets.push(socket);
+        return socket;
+      };
+    })();"""
+    # A long poll interval: whatever the gap holds must come from the stream's replay.
+    query = f"api_key={API_KEY}&poll=60"
+    with dashboard(chromium_browser, hub, query, init_script=cut) as (page, problems):
+        wait_for_mode(page, "live")
+        wait_for_charts(page, strict=False)
+        page.evaluate("window.cutter.blocked = true; window.cutter.sockets.at(-1).close()")
+        wait_for_mode(page, "reconnecting")
+        cut_at = page.evaluate("window.wshubDashboard.store.points.at(-1)._u")
+        # Stay away for several flushes, measured on the hub's own snapshots.
+        back_at = wait_for_uptime(hub, cut_at + 5 * FLUSH)
+        page.evaluate("window.cutter.blocked = false")
+        wait_for_mode(page, "live", timeout=10_000)  # the client's backoff may have grown
+        page.wait_for_function(  # the replay has come in, up to where the test let it back
+            """(t) => window.wshubDashboard.store.points
+                 .some((p) => p._src === "flush" && p._u >= t)""",
+            arg=back_at,
+            timeout=SHOWN,
+        )
+        flushed: list[float] = page.evaluate(
+            """() => window.wshubDashboard.store.points
+                 .filter((p) => p._src === "flush").map((p) => p._u)"""
+        )
+        across = [u for u in flushed if cut_at - FLUSH <= u <= back_at]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(across)]
+        # The flush just before back_at may be up to one interval earlier: at least 3 remain.
+        assert across and across[-1] - across[0] >= 3 * FLUSH, (cut_at, back_at, flushed)
+        assert max(gaps) < 1.5 * FLUSH, f"snapshots missing after the resume: {across}"
+        statistics = page.evaluate("window.wshubDashboard.client.statistics()")
+        assert statistics["reconnects"] >= 1 and statistics["gaps"] == 0, statistics
+        assert not problems, problems
+
+
+def test_without_websocket_the_dashboard_polls(chromium_browser: Any, hub: Server) -> None:
+    no_websocket = "delete window.WebSocket;"
+    with (
+        dashboard(
+            chromium_browser,
+            hub,
+            f"api_key={API_KEY}&poll=0.5",
+            viewport=(390, 844),  # a phone: the grid becomes one column
+            init_script=no_websocket,
+        ) as (page, problems),
+        Traffic(hub) as traffic,
+    ):
+        wait_for_mode(page, "polling")
+        traffic.subscriber("alice")  # deliveries, so that latency has something to show
+        traffic.publish(10)
+        wait_for_charts(page, strict=False)
+        before = figure(page, "published")
+        traffic.publish(10)
+        wait_for_figure(page, "published", before + 10)
+        assert page.get_attribute("#mode", "data-mode") == "polling"
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], f"the page scrolls sideways on a narrow screen: {widths}"
+        assert not problems, problems
+
+
+def test_an_open_breaker_turns_the_banner_degraded(
+    chromium_browser: Any, breaker_hub: Server, tmp_path: Path
+) -> None:
+    with (
+        dashboard(chromium_browser, breaker_hub) as (page, problems),
+        Traffic(breaker_hub) as traffic,
+    ):
+        traffic.subscriber("alice", publish_every=0.2)
+        traffic.subscriber("bob")
+        traffic.subscriber("carol")
+        traffic.publish_in_background()
+        traffic.resume("dave")
+        wait_for_mode(page, "live")
+        wait_for_charts(page, strict=True)
+        assert page.get_attribute("#banner", "data-status") == "healthy"
+        wait_for_points(page, 10)  # some history before the breaker trips, for the picture
+
+        # Two hellos the auth service cannot answer: the "authenticate" breaker opens.
+        for n in (1, 2):
+            assert traffic.hello_closed_with(f"mallory-{n}", UNREACHABLE_TOKEN) == 1013
+        opened = time.monotonic()
+        page.wait_for_selector('#banner[data-status="degraded"]', timeout=FLUSH * 1000 + 1500)
+        within = time.monotonic() - opened
+        reasons = page.eval_on_selector_all("#reasons li", "items => items.map((i) => i.innerText)")
+        assert "circuit breaker 'authenticate' is open" in reasons, reasons
+        assert within < FLUSH + 1.5
+        health = httpx.get(f"{breaker_hub.http}/health/websocket", timeout=5.0)
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        breaker_state(page, "authenticate", "open")
+
+        # After open_timeout the breaker lets a probe through; a good hello closes it.
+        breaker_state(page, "authenticate", "half_open")
+        assert traffic.welcome("erin", {})["type"] == "welcome"
+        breaker_state(page, "authenticate", "closed")
+        page.wait_for_selector('#banner[data-status="healthy"]', timeout=SHOWN)
+        timeline = '.breaker[data-breaker="authenticate"] .timeline'
+        assert page.get_attribute(timeline, "data-states") == "closed open half_open closed"
+        assert int(page.get_attribute(timeline, "data-transitions")) >= 3
+
+        # A picture of the page under traffic, for docs/dashboard.md, with some history after
+        # the recovery too.
+        wait_for_points(page, 24)
+        wait_for_charts(page, strict=True)
+        page.wait_for_function(
+            "() => Number(document.querySelector('[data-chart=cleanup]').dataset.markers) >= 2",
+            timeout=SHOWN,
+        )
+        page.evaluate("window.scrollTo(0, 0)")
+        target = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "dashboard.png")
+        page.screenshot(path=str(target), full_page=True)
+        assert target.stat().st_size > 10_000  # a real picture of a drawn page
+        assert not problems, problems
