@@ -53,6 +53,7 @@ INTEGER_MINIMUMS: dict[str, int] = {
 # key -> (lower bound, lower bound excluded, upper bound or None)
 NUMBER_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "limits.write_delay": (0, False, None),
+    "limits.flush_pause_ratio": (0, False, None),
     "limits.hello_timeout": (0, True, None),
     "limits.rate": (0, True, None),
     "history.ttl": (0, True, None),
@@ -164,6 +165,11 @@ def test_bool_is_rejected_where_a_number_is_expected(key: str) -> None:
     [
         ("limits.hello_timeout", 0, "limits.hello_timeout must be a number > 0, got 0"),
         ("limits.write_delay", -0.5, "limits.write_delay must be a number >= 0, got -0.5"),
+        (
+            "limits.flush_pause_ratio",
+            -1,
+            "limits.flush_pause_ratio must be a number >= 0, got -1",
+        ),
         ("shutdown.grace", -1, "shutdown.grace must be a number >= 0, got -1"),
         (
             "breaker.open_timeout_multiplier",

@@ -496,3 +496,23 @@ async def test_writer_batches_queued_messages_into_one_frame(autojump_clock: Any
         assert all("\n" not in f for f in plain.frames)
         await batched.aclose()
         await plain.aclose()
+
+
+@pytest.mark.parametrize(("ratio", "pause"), [(1.0, 0.1), (0.5, 0.05), (0.0, 0.005)])
+async def test_publishers_get_a_pause_as_long_as_the_flush_took(
+    autojump_clock: Any, ratio: float, pause: float
+) -> None:
+    cfg = config(limits={"write_delay": 0.005, "flush_pause_ratio": ratio})
+    async with open_hub(cfg) as hub:
+        client = await connect_memory(hub, "a", subscribe={"news": None}, buffer=0)
+        assert (await client.receive())["type"] == "welcome"
+        await trio.sleep(1)  # a quiet hub: the next message is released at once
+        await hub.publish("news", "first")
+        await trio.sleep(0.1)  # its send waits for this reader: that flush takes 0.1 s
+        assert (await client.receive())["data"] == "first"
+        flushed = trio.current_time()
+        await hub.publish("news", "second")  # during the pause after that flush
+        assert (await client.receive())["data"] == "second"
+        # released when the pause ends: max(write_delay, ratio * 0.1) after the flush
+        assert trio.current_time() - flushed == pytest.approx(pause)
+        await client.aclose()

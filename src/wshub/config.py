@@ -152,6 +152,7 @@ class LimitsConfig:
     max_queue: int = attrs.field(default=1000, validator=_integer(1))
     max_batch: int = attrs.field(default=64, validator=_integer(1))
     write_delay: float = attrs.field(default=0.003, validator=_number(0, exclusive=False))
+    flush_pause_ratio: float = attrs.field(default=1.0, validator=_number(0, exclusive=False))
     hello_timeout: float = attrs.field(default=10.0, validator=_number(0))
     rate: float = attrs.field(default=100.0, validator=_number(0))
     burst: int = attrs.field(default=200, validator=_integer(1))

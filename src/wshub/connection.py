@@ -84,6 +84,8 @@ class Connection:
         self.peer_close_code: int | None = None
         self.scope = trio.CancelScope()
         self.send_guard: trio.CancelScope | None = None  # shields the frame being sent
+        self.writer_alive = False
+        self.flush_tick: int | None = None  # the hub tick this writer was released by
         self.cut = False  # a frame was interrupted: close without a close frame
         self.finished = trio.Event()
         self.last_heard = trio.current_time()
@@ -269,6 +271,34 @@ class Connection:
             self.enqueue(encode_error("bad_request", "hello was already received"))
 
     async def _writer(self) -> None:
+        self.writer_alive = True
+        try:
+            await self._write_loop()
+        finally:
+            self.writer_alive = False
+            self._flushed()
+
+    def _flushed(self) -> None:
+        # Tell the hub's tick this writer has sent what the tick released it for.
+        if self.flush_tick is not None:
+            tick, self.flush_tick = self.flush_tick, None
+            self.hub.writer_flushed(tick)
+
+    async def _write_loop(self) -> None:
+        while True:
+            # Wait for the hub's flush tick (or a close request), never for a single message:
+            # between ticks the publishers run alone and this queue fills into bigger frames.
+            await self.wake.wait()
+            self.wake = trio.Event()
+            if self.queue and not await self._send_queued():
+                return
+            self._flushed()
+            if not self.queue and self.closing is not None:
+                self.abort(self.closing, self.close_reason)
+                return
+
+    async def _send_queued(self) -> bool:
+        """Send everything queued, batched; False once the connection is aborted or cut."""
         send = self.transport.send
         hub = self.hub
         metrics = hub.metrics
@@ -276,51 +306,42 @@ class Connection:
         max_queue = hub.config.limits.max_queue
         stats = self.stats
         assert stats is not None
-        while True:
-            # Wait for the hub's flush tick (or a close request), never for a single message:
-            # between ticks the publishers run alone and this queue fills into bigger frames.
-            await self.wake.wait()
-            self.wake = trio.Event()
-            if not self.queue:
-                if self.closing is not None:
-                    self.abort(self.closing, self.close_reason)
-                    return
-                continue
-            items, self.queue = self.queue, []
-            self.queue_limit = max_queue
-            self.dirty = False
-            step = max_batch if self.batching else 1
-            for start in range(0, len(items), step):
-                if self.scope.cancel_called:  # aborted: the sends below would be shielded
-                    return
-                chunk = items[start : start + step]
-                frames: list[str] = []
-                delivered = 0
+        items, self.queue = self.queue, []
+        self.queue_limit = max_queue
+        self.dirty = False
+        step = max_batch if self.batching else 1
+        for start in range(0, len(items), step):
+            if self.scope.cancel_called:  # aborted: the sends below would be shielded
+                return False
+            chunk = items[start : start + step]
+            frames: list[str] = []
+            delivered = 0
+            for item in chunk:
+                if item.__class__ is str:
+                    frames.append(item)
+                else:
+                    frames.append(item.frame)  # type: ignore[union-attr]
+                    delivered += 1
+            text = frames[0] if len(frames) == 1 else "\n".join(frames)
+            # A frame is sent whole or the connection is cut: cancelling a send part-way
+            # would leave half a frame on the wire with the close frame inside it.
+            with trio.CancelScope(shield=True) as guard:
+                self.send_guard = guard
+                await send(text)
+            self.send_guard = None
+            if guard.cancelled_caught:
+                self.cut = True
+                return False
+            stats.messages_out += delivered
+            stats.bytes_out += len(text)
+            metrics.delivered += delivered
+            if delivered and metrics.should_sample():
+                now = trio.current_time()
                 for item in chunk:
-                    if item.__class__ is str:
-                        frames.append(item)
-                    else:
-                        frames.append(item.frame)  # type: ignore[union-attr]
-                        delivered += 1
-                text = frames[0] if len(frames) == 1 else "\n".join(frames)
-                # A frame is sent whole or the connection is cut: cancelling a send part-way
-                # would leave half a frame on the wire with the close frame inside it.
-                with trio.CancelScope(shield=True) as guard:
-                    self.send_guard = guard
-                    await send(text)
-                self.send_guard = None
-                if guard.cancelled_caught:
-                    self.cut = True
-                    return
-                stats.messages_out += delivered
-                stats.bytes_out += len(text)
-                metrics.delivered += delivered
-                if delivered and metrics.should_sample():
-                    now = trio.current_time()
-                    for item in chunk:
-                        if item.__class__ is not str:
-                            metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
-            stats.last_activity = trio.current_time()
+                    if item.__class__ is not str:
+                        metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
+        stats.last_activity = trio.current_time()
+        return True
 
     async def _heartbeat(self) -> None:
         interval = self.hub.config.heartbeat.interval

@@ -109,6 +109,10 @@ class Hub:
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
         self._dirty: list[Connection] = []
         self._dirty_event = trio.Event()
+        self._tick = 0  # flush ticks so far
+        self._flushing = 0  # writers released by this tick that have not finished
+        self._stragglers = 0  # how many of them the tick does not wait for
+        self._flushed = trio.Event()
         self._idle_streams: dict[str, float] = {}
         self._overflows_at_last_flush = 0
         self._nursery: trio.Nursery | None = None
@@ -418,19 +422,48 @@ class Hub:
                 )
         return queued
 
+    def writer_flushed(self, tick: int) -> None:
+        """A writer released by flush tick ``tick`` has sent its queue."""
+        if tick == self._tick:
+            self._flushing -= 1
+            if self._flushing <= self._stragglers:
+                self._flushed.set()
+
     async def _release_writers(self) -> None:
-        # One hub-wide tick: writers that have something queued wake together, then the
-        # publishers run alone for ``write_delay`` while queues fill into bigger batches. The
-        # first message after a quiet spell goes out at once.
+        # One hub-wide tick: writers that have something queued wake together and send it;
+        # once they are done the publishers run alone for ``write_delay``, or for
+        # ``flush_pause_ratio`` times as long as the flush took if that is longer, while
+        # queues fill into bigger batches: under a heavy fan-out publishers and writers share
+        # the time, and batches grow with the load. (Sleeping from the release instead is no
+        # pause at all when a thousand sends outlast it: the publisher would get one step per
+        # scheduler round, and frames would carry one message each.) The wait ends when all
+        # but 2% of this tick's writers are done, so writers stuck on slow clients never hold
+        # the others up; a time limit backs that up for small fan-outs, and a writer still
+        # busy from an earlier tick is not waited for again. The first message after a quiet
+        # spell goes out at once; with write_delay 0 writers are released on every publish.
         delay = self.config.limits.write_delay
+        pause_ratio = self.config.limits.flush_pause_ratio
+        wait_limit = max(0.25, 50 * delay)
         while True:
             await self._dirty_event.wait()
             self._dirty_event = trio.Event()
             dirty, self._dirty = self._dirty, []
+            self._tick += 1
+            self._flushing = 0
+            self._flushed = trio.Event()
             for connection in dirty:
+                if delay and connection.writer_alive and connection.flush_tick is None:
+                    connection.flush_tick = self._tick
+                    self._flushing += 1
                 connection.wake.set()
+            self._stragglers = self._flushing // 50
+            started = trio.current_time()
+            if self._flushing:
+                with trio.move_on_after(wait_limit):
+                    await self._flushed.wait()
             if delay:
-                await trio.sleep(delay)
+                flush_time = trio.current_time() - started
+                await trio.sleep(max(delay, flush_time * pause_ratio))
 
     # ------------------------------------------------------------------ background tasks
 
