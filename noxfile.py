@@ -34,6 +34,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Micro-benchmarks of the pure core, printed side by side."""
-    session.install("-e", ".")
-    session.run("python", "benchmarks/micro.py", *session.posargs)
+    """Micro-benchmarks of the pure core, then the end-to-end suite (docs/benchmarks.md).
+
+    ``nox -s bench -- --quick`` takes about two minutes. ``--quick`` and ``--markdown`` go to
+    both; every other argument (``--check``, ``--json PATH``, ``--charts DIR``,
+    ``--no-profile``) to the end-to-end suite only.
+    """
+    session.install("-e", ".", "websockets>=13", "matplotlib", "py-spy")
+    shared = [arg for arg in session.posargs if arg in ("--quick", "--markdown")]
+    session.run("python", "benchmarks/micro.py", *shared)
+    session.run("python", "benchmarks/e2e.py", *session.posargs)

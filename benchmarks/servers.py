@@ -1,0 +1,411 @@
+"""The servers of the end-to-end benchmarks, one per process: wshub and its references.
+
+``python benchmarks/servers.py KIND`` serves on 127.0.0.1 (a free port) and is driven by
+``benchmarks/e2e.py`` through its standard input, one command a line; it answers each with one
+JSON line on standard output:
+
+- (at start) ``{"event": "ready", "port": P}`` once it listens;
+- ``publish RATE SECONDS``: publish for SECONDS, as fast as it can when RATE is 0, else RATE
+  messages per second; answers ``{"event": "published", "count", "start", "end"}`` (Unix
+  seconds) when done;
+- ``connections``: ``{"event": "connections", "count": N}``, the clients it holds;
+- ``fill STREAM N`` (wshub only): publish N messages to STREAM at once;
+- ``quit`` or end of input: exit at once. So does ``--lifetime`` seconds after start.
+
+KIND is one of:
+
+- ``wshub``: ``wshub.serve_websocket`` inside ``open_hub``; one publisher task calls
+  ``hub.publish`` in a loop (which checkpoints on every call);
+- ``wshub-hypercorn``: ``wshub.asgi.create_app`` under ``hypercorn.trio.serve``, configured
+  as ``wshub serve`` does; the publisher runs in the same Trio loop through ``app.hub``;
+- ``trio-websocket``: the ceiling of the embedded stack. Every connection has a task that
+  sends one pre-built frame of ``BATCH`` messages joined with newlines, again and again;
+- ``hypercorn``: the same for a raw ASGI app under hypercorn's Trio worker;
+- ``websockets``: the ``websockets`` library's asyncio server, one ``websockets.broadcast()``
+  per message from a publisher that yields (``asyncio.sleep(0)``) after each.
+
+Every message carries ``time.time_ns()`` at publish in ``data.t`` (the pre-built frames of the
+two ceilings carry a constant), and is about the size of a wshub ``message`` frame with a
+100-byte payload. Every server first sends ``{"type":"welcome"}``-like frame to a new
+connection (wshub its real ``welcome``), so the load generator knows it is subscribed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+PAYLOAD_BYTES = 100  # the JSON of ``data``
+BATCH = 64  # messages per pre-built frame of the ceilings; wshub's limits.max_batch default
+STREAM = "bench"
+WELCOME = '{"type":"welcome"}'
+_PAD = "x" * (PAYLOAD_BYTES - len(orjson.dumps({"t": time.time_ns(), "seq": 100000, "pad": ""})))
+
+
+def payload(seq: int) -> dict[str, Any]:
+    """The ``data`` of message ``seq``: its publish time in ``t``, padded to ~100 bytes."""
+    return {"t": time.time_ns(), "seq": seq, "pad": _PAD}
+
+
+def envelope(seq: int) -> str:
+    """A frame shaped like wshub's ``message`` (what the references send)."""
+    return orjson.dumps(
+        {
+            "type": "message",
+            "stream": STREAM,
+            "offset": seq,
+            "id": f"{seq:016x}",
+            "data": payload(seq),
+            "ts": time.time_ns() // 1_000_000,
+        }
+    ).decode()
+
+
+def batch_frame() -> str:
+    """The pre-built frame of the two ceilings: ``BATCH`` messages joined with newlines."""
+    return "\n".join(envelope(100_000 + i) for i in range(BATCH))
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's open-file limit to its hard limit (thousands of sockets)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def say(event: str, **fields: Any) -> None:
+    """Answer the orchestrator with one JSON line."""
+    sys.stdout.write(orjson.dumps({"event": event, **fields}).decode() + "\n")
+    sys.stdout.flush()
+
+
+def quit_now() -> None:
+    """Exit at once: benchmark servers have nothing to flush, and hypercorn may hold writes."""
+    sys.stdout.flush()
+    os._exit(0)
+
+
+# ------------------------------------------------------------------------------------- Trio
+
+Publisher = Callable[[float, float], Awaitable[int]]
+
+
+async def _trio_control(
+    publish: Publisher, connections: Callable[[], int], fill: Callable[[str, int], Awaitable[None]]
+) -> None:
+    import trio
+
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    buffer = b""
+    while True:
+        chunk = await stdin.receive_some(4096)
+        if not chunk:
+            quit_now()
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            command, *args = line.decode().split()
+            if command == "publish":
+                start = time.time()
+                count = await publish(float(args[0]), float(args[1]))
+                say("published", count=count, start=start, end=time.time())
+            elif command == "connections":
+                say("connections", count=connections())
+            elif command == "fill":
+                await fill(args[0], int(args[1]))
+                say("filled", count=int(args[1]))
+            else:
+                quit_now()
+
+
+async def _paced(rate: float, seconds: float, step: Callable[[int], Awaitable[None]]) -> int:
+    """Call ``step(seq)`` for ``seconds``: as fast as it goes (rate 0) or ``rate`` per second."""
+    import trio
+
+    now = trio.current_time()
+    deadline, due, interval = now + seconds, now, 1 / rate if rate else 0.0
+    count = 0
+    while trio.current_time() < deadline:
+        count += 1
+        await step(count)
+        if interval:
+            due += interval
+            await trio.sleep_until(due)
+    return count
+
+
+def _wshub_config() -> Any:
+    from wshub import HubConfig
+
+    return HubConfig.production().merged(
+        {
+            "server": {"allow_anonymous": True},
+            "limits": {"max_queue": 10_000, "max_connections": 20_000},
+            "heartbeat": {"interval": 3600.0, "timeout": 60.0},
+        }
+    )
+
+
+async def _control_wshub(hub: Any, port: int) -> None:
+    async def publish_one(seq: int) -> None:
+        await hub.publish(STREAM, payload(seq))
+
+    async def publish(rate: float, seconds: float) -> int:
+        return await _paced(rate, seconds, publish_one)
+
+    async def fill(stream: str, count: int) -> None:
+        for seq in range(count):
+            await hub.publish(stream, payload(seq))
+
+    say("ready", port=port)
+    await _trio_control(publish, lambda: hub.connection_count, fill)
+
+
+async def _serve_wshub(lifetime: float) -> None:
+    import trio
+
+    from wshub import open_hub, serve_websocket
+
+    with trio.move_on_after(lifetime):
+        async with open_hub(_wshub_config()) as hub, trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+            await _control_wshub(hub, server.port)
+    quit_now()
+
+
+async def _serve_wshub_hypercorn(lifetime: float) -> None:
+    import trio
+    from hypercorn.trio import serve
+
+    from wshub.asgi import create_app
+    from wshub.cli import hypercorn_config
+
+    config = _wshub_config()
+    app = create_app(config)
+    settings = hypercorn_config(config.merged({"server": {"port": 0}}))
+    settings.backlog = 4096
+    with trio.move_on_after(lifetime):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, app, settings)
+            await _control_wshub(app.hub, int(binds[0].rsplit(":", 1)[1]))
+    quit_now()
+
+
+class _Flood:
+    """The ceilings' shared state: what every connection's sender task sends, and when.
+
+    Publishing as fast as possible (rate 0), each sender sends the pre-built batch frame again
+    and again until the deadline. At a given rate (the latency floor), each message is one
+    frame, sent once by every sender: the stack's own cost of fanning one message out.
+    """
+
+    def __init__(self) -> None:
+        import trio
+
+        self.go = trio.Event()  # replaced by every publish; senders wait on the current one
+        self.until = 0.0
+        self.message = ""  # when paced: the message of the latest publish
+        self.sent = 0  # messages
+        self.connections = 0
+        self.frame = batch_frame()
+
+    async def publish(self, rate: float, seconds: float) -> int:
+        import trio
+
+        self.sent = 0
+        if rate:
+
+            async def one(seq: int) -> None:
+                self.message = envelope(seq)
+                go, self.go = self.go, trio.Event()
+                go.set()
+
+            await _paced(rate, seconds, one)
+            self.message = ""
+            return self.sent
+        self.until = trio.current_time() + seconds
+        go, self.go = self.go, trio.Event()
+        go.set()
+        await trio.sleep_until(self.until)
+        return self.sent
+
+    async def sender(self, send: Callable[[str], Awaitable[None]]) -> None:
+        import trio
+
+        frame = self.frame
+        while True:
+            await self.go.wait()
+            if self.message:
+                await send(self.message)
+                self.sent += 1
+                continue
+            until = self.until
+            while trio.current_time() < until:
+                await send(frame)
+                self.sent += BATCH
+
+
+async def _no_fill(stream: str, count: int) -> None:
+    raise ValueError("only wshub has streams to fill")
+
+
+async def _serve_trio_websocket(lifetime: float) -> None:
+    import trio
+    from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+    flood = _Flood()
+
+    async def handle(request: WebSocketRequest) -> None:
+        websocket = await request.accept()
+        flood.connections += 1
+        try:
+            await websocket.send_message(WELCOME)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood.sender, websocket.send_message)
+                while True:
+                    await websocket.get_message()
+        except* ConnectionClosed:
+            pass
+        finally:
+            flood.connections -= 1
+
+    with trio.move_on_after(lifetime):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, handle, "127.0.0.1", 0, None)
+            say("ready", port=server.port)
+            await _trio_control(flood.publish, lambda: flood.connections, _no_fill)
+    quit_now()
+
+
+async def _serve_hypercorn(lifetime: float) -> None:
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    flood = _Flood()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                kind = (await receive())["type"]
+                await send({"type": kind + ".complete"})
+                if kind == "lifespan.shutdown":
+                    return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        flood.connections += 1
+        try:
+
+            async def send_text(text: str) -> None:
+                await send({"type": "websocket.send", "text": text})
+
+            await send_text(WELCOME)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood.sender, send_text)
+                while (await receive())["type"] != "websocket.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            flood.connections -= 1
+
+    settings = Config()
+    settings.bind = ["127.0.0.1:0"]
+    settings.backlog = 4096
+    settings.accesslog = None
+    with trio.move_on_after(lifetime):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, app, settings)
+            say("ready", port=int(binds[0].rsplit(":", 1)[1]))
+            await _trio_control(flood.publish, lambda: flood.connections, _no_fill)
+    quit_now()
+
+
+# ---------------------------------------------------------------------------------- asyncio
+
+
+async def _serve_websockets(lifetime: float) -> None:
+    from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+    clients: set[ServerConnection] = set()
+
+    async def handle(websocket: ServerConnection) -> None:
+        clients.add(websocket)
+        try:
+            await websocket.send(WELCOME)
+            await websocket.wait_closed()
+        finally:
+            clients.discard(websocket)
+
+    async def publish(rate: float, seconds: float) -> int:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline, due, interval = now + seconds, now, 1 / rate if rate else 0.0
+        count = 0
+        while loop.time() < deadline:
+            count += 1
+            broadcast(clients, envelope(count))
+            if interval:
+                due += interval
+                await asyncio.sleep(max(0.0, due - loop.time()))
+            else:
+                await asyncio.sleep(0)
+        return count
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with (
+        asyncio.timeout(lifetime),
+        serve(handle, "127.0.0.1", 0, ping_interval=None, compression=None, backlog=4096) as server,
+    ):
+        say("ready", port=server.sockets[0].getsockname()[1])
+        while line := await reader.readline():
+            command, *args = line.decode().split()
+            if command == "publish":
+                start = time.time()
+                count = await publish(float(args[0]), float(args[1]))
+                say("published", count=count, start=start, end=time.time())
+            elif command == "connections":
+                say("connections", count=len(clients))
+            else:
+                break
+    quit_now()
+
+
+KINDS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets")
+
+
+def main() -> None:
+    """Serve one KIND until told to quit (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this long")
+    args = parser.parse_args()
+    raise_fd_limit()
+    if args.kind == "websockets":
+        try:
+            asyncio.run(_serve_websockets(args.lifetime))
+        except TimeoutError:
+            quit_now()
+        return
+    import trio
+
+    if args.kind == "wshub":
+        trio.run(_serve_wshub, args.lifetime)
+    elif args.kind == "wshub-hypercorn":
+        trio.run(_serve_wshub_hypercorn, args.lifetime)
+    elif args.kind == "trio-websocket":
+        trio.run(_serve_trio_websocket, args.lifetime)
+    else:
+        trio.run(_serve_hypercorn, args.lifetime)
+
+
+if __name__ == "__main__":
+    main()
