@@ -192,9 +192,9 @@ def wait_disconnected(server: Child, timeout: float = 20.0) -> None:
 
 def delivered_rate(results: list[dict[str, Any]], start: float, end: float) -> float:
     """Deliveries per second over the whole buckets inside ``[start, end]``."""
-    hz = results[0]["bucket_hz"]
+    hz: int = results[0]["bucket_hz"]
     first, last = int(start * hz) + 1, int(end * hz)  # whole buckets only
-    total = sum(
+    total: int = sum(
         count
         for result in results
         for bucket, count in result["buckets"].items()

@@ -277,7 +277,7 @@ def hold(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     _say("connected", connections=len(clients), failed=0, errors=[], seconds=seconds)
     poller = select.epoll()
-    by_fd = {}
+    by_fd: dict[int, Client] = {}
     for client in clients:
         client.sock.setblocking(False)
         poller.register(client.fd, select.EPOLLIN)
@@ -291,8 +291,9 @@ def hold(args: argparse.Namespace) -> None:
     while running and time.monotonic() < deadline:
         delivered = 0
         for fd, _ in poller.poll(0.5):
-            client = by_fd.get(fd)
-            if client is not None:
+            reader = by_fd.get(fd)
+            if reader is not None:
+                client = reader
                 try:
                     delivered += client.read()
                 except BlockingIOError:

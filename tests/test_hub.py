@@ -516,3 +516,27 @@ async def test_publishers_get_a_pause_as_long_as_the_flush_took(
         # released when the pause ends: max(write_delay, ratio * 0.1) after the flush
         assert trio.current_time() - flushed == pytest.approx(pause)
         await client.aclose()
+
+
+@pytest.mark.parametrize(("queued", "arrival"), [(9, 1.0), (10, 0.0)])
+async def test_a_queue_at_high_water_ends_the_publishers_pause(
+    autojump_clock: Any, queued: int, arrival: float
+) -> None:
+    # max_queue 40: high water is a quarter of it, 10 (max_batch 4 is smaller)
+    cfg = config(limits={"write_delay": 1.0, "max_queue": 40, "max_batch": 4})
+    async with open_hub(cfg) as hub:
+        assert hub.high_water == 10
+        client = await connect_memory(hub, "a", subscribe={"news": None})
+        await client.receive()
+        await trio.sleep(5)  # a quiet hub
+        start = trio.current_time()
+        await hub.publish("news", "first")  # released at once; a 1 s pause follows
+        assert (await client.receive())["data"] == "first"
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(queued):
+            await hub.publish("news", n)
+        got = [await client.receive() for _ in range(queued)]
+        assert [m["data"] for m in got] == list(range(queued))
+        # 9 queued wait for the pause to end; the 10th reaches high water and ends it now
+        assert trio.current_time() - start == pytest.approx(arrival)
+        await client.aclose()

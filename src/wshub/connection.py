@@ -104,6 +104,8 @@ class Connection:
             self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
             return
         queue.append(item)
+        if len(queue) == self.hub.high_water and self.flush_tick is None:
+            self.hub.queues_high()
         if not self.dirty:
             self.dirty = True
             self.hub.mark_dirty(self)

@@ -112,6 +112,8 @@ class Hub:
         self._tick = 0  # flush ticks so far
         self._flushing = 0  # writers released by this tick that have not finished
         self._stragglers = 0  # how many of them the tick does not wait for
+        self._queues_high = trio.Event()  # a waiting writer's queue passed high_water
+        self.high_water = max(config.limits.max_batch, config.limits.max_queue // 4)
         self._flushed = trio.Event()
         self._idle_streams: dict[str, float] = {}
         self._overflows_at_last_flush = 0
@@ -422,6 +424,10 @@ class Hub:
                 )
         return queued
 
+    def queues_high(self) -> None:
+        """A waiting writer has ``high_water`` messages queued: end the publishers' pause."""
+        self._queues_high.set()
+
     def writer_flushed(self, tick: int) -> None:
         """A writer released by flush tick ``tick`` has sent its queue."""
         if tick == self._tick:
@@ -463,7 +469,12 @@ class Hub:
                     await self._flushed.wait()
             if delay:
                 flush_time = trio.current_time() - started
-                await trio.sleep(max(delay, flush_time * pause_ratio))
+                # A safety valve: the pause ends early once a waiting writer has a quarter of
+                # limits.max_queue queued, so that a publisher which never waits cannot grow
+                # the queues round after round until every client is cut with 4002.
+                self._queues_high = trio.Event()
+                with trio.move_on_after(max(delay, flush_time * pause_ratio)):
+                    await self._queues_high.wait()
 
     # ------------------------------------------------------------------ background tasks
 
