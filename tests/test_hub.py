@@ -540,3 +540,39 @@ async def test_a_queue_at_high_water_ends_the_publishers_pause(
         # 9 queued wait for the pause to end; the 10th reaches high water and ends it now
         assert trio.current_time() - start == pytest.approx(arrival)
         await client.aclose()
+
+
+@pytest.mark.parametrize(("fast_clients", "second_at"), [(1, 1.255), (50, 1.005)])
+async def test_the_tick_waits_for_a_stuck_writer_at_most_once_and_never_among_many(
+    autojump_clock: Any, fast_clients: int, second_at: float
+) -> None:
+    # write_delay 0.005: the tick waits at most max(0.25, 50 * 0.005) = 0.25 s for its writers,
+    # and not for the last 2% of them; flush_pause_ratio 0 keeps the pause at write_delay.
+    cfg = config(limits={"write_delay": 0.005, "flush_pause_ratio": 0.0})
+    async with open_hub(cfg) as hub:
+        stuck = await connect_memory(hub, "stuck", subscribe={"news": None}, buffer=0)
+        assert (await stuck.receive())["type"] == "welcome"  # then it never reads again
+        fast = [
+            await connect_memory(hub, f"f{n}", subscribe={"news": None})
+            for n in range(fast_clients)
+        ]
+        for client in fast:
+            await client.receive()
+        await trio.sleep_until(1)  # a quiet hub
+        await hub.publish("news", "first")  # released at once; the stuck writer blocks
+        for client in fast:
+            assert (await client.receive())["data"] == "first"
+        assert trio.current_time() == 1
+        await hub.publish("news", "second")
+        for client in fast:
+            assert (await client.receive())["data"] == "second"
+        # alone with one other writer the stuck one is waited for, up to the limit (0.25 s),
+        # then the pause (0.005 s); one in 51 is a straggler the tick does not wait for
+        assert trio.current_time() == pytest.approx(second_at)
+        await trio.sleep_until(2)
+        await hub.publish("news", "third")  # the stuck writer is not waited for again
+        for client in fast:
+            assert (await client.receive())["data"] == "third"
+        assert trio.current_time() == 2
+        for client in fast:
+            await client.aclose()

@@ -100,15 +100,14 @@ class Connection:
         if len(queue) >= self.queue_limit:
             if self.scope.cancel_called:  # already being closed: count its overflow once
                 return
-            self.hub.record_overflow(self, len(queue) + 1)
+            self.hub.record_overflow(len(queue) + 1)
             self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
             return
         queue.append(item)
         if len(queue) == self.hub.high_water and self.flush_tick is None:
             self.hub.queues_high()
         if not self.dirty:
-            self.dirty = True
-            self.hub.mark_dirty(self)
+            self._mark_dirty()
 
     def enqueue_replay(self, items: list[StoredMessage]) -> None:
         """Append replayed messages; they are bounded by history, not by the queue limit."""
@@ -116,8 +115,11 @@ class Connection:
             self.queue.extend(items)
             self.queue_limit = len(self.queue) + self.hub.config.limits.max_queue
             if not self.dirty:
-                self.dirty = True
-                self.hub.mark_dirty(self)
+                self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        self.dirty = True
+        self.hub.mark_dirty(self)
 
     def start_closing(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once everything already queued has been sent."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -402,7 +402,7 @@ class Hub:
         self._dirty.append(connection)
         self._dirty_event.set()
 
-    def record_overflow(self, connection: Connection, dropped: int) -> None:
+    def record_overflow(self, dropped: int) -> None:
         """Count a slow consumer whose queue overflowed."""
         self.metrics.queue_overflows += 1
         self.metrics.record_drop("slow_consumer", dropped)
@@ -457,6 +457,8 @@ class Hub:
             self._tick += 1
             self._flushing = 0
             self._flushed = trio.Event()
+            # Made before the flush, so a queue reaching high water during it counts too.
+            self._queues_high = trio.Event()
             for connection in dirty:
                 if delay and connection.writer_alive and connection.flush_tick is None:
                     connection.flush_tick = self._tick
@@ -472,7 +474,6 @@ class Hub:
                 # A safety valve: the pause ends early once a waiting writer has a quarter of
                 # limits.max_queue queued, so that a publisher which never waits cannot grow
                 # the queues round after round until every client is cut with 4002.
-                self._queues_high = trio.Event()
                 with trio.move_on_after(max(delay, flush_time * pause_ratio)):
                     await self._queues_high.wait()
 
@@ -535,7 +536,7 @@ class Hub:
         """Whether a queue overflowed since the last metrics flush."""
         return self.metrics.queue_overflows > self._overflows_at_last_flush
 
-    async def _every(self, interval: float, action: Any) -> None:
+    async def _every(self, interval: float, action: Callable[[], object]) -> None:
         while True:
             await trio.sleep(interval)
             action()

@@ -30,8 +30,16 @@ def _timestamps(timezone: str) -> dict[str, str]:
     }
 
 
-def health_report(hub: Hub) -> dict[str, Any]:
-    """Status (healthy / degraded / shutting_down), reasons, and the figures behind them."""
+def health_report(
+    hub: Hub,
+    snapshot: dict[str, Any] | None = None,
+    depths: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Status (healthy / degraded / shutting_down), reasons, and the figures behind them.
+
+    ``snapshot`` and ``depths`` are ``hub.metrics.snapshot()`` and ``hub.queue_depths()``
+    when the caller has taken them already (in that order: depths first, they set a gauge).
+    """
     config = hub.config
     metrics = hub.metrics
     reasons: list[str] = []
@@ -46,14 +54,15 @@ def health_report(hub: Hub) -> dict[str, Any]:
         }
         if state != "closed":
             reasons.append(f"circuit breaker {name!r} is {state}")
-    total, largest = hub.queue_depths()
+    total, largest = depths if depths is not None else hub.queue_depths()
     threshold = config.health.queue_degraded_ratio * config.limits.max_queue
     if largest > threshold:
         reasons.append(f"an outbound queue holds {largest} of {config.limits.max_queue} messages")
     if hub.overflowing:
         reasons.append("outbound queues overflowed since the last metrics flush")
     status = "shutting_down" if hub.draining else "degraded" if reasons else "healthy"
-    snapshot = metrics.snapshot()
+    if snapshot is None:
+        snapshot = metrics.snapshot()
     return {
         "status": status,
         "reasons": reasons,
@@ -75,9 +84,9 @@ def health_report(hub: Hub) -> dict[str, Any]:
 
 def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
     """Every figure as JSON: metrics, streams, dedup, the busiest clients, health status."""
-    hub.queue_depths()  # refreshes the queue depth gauge
-    health = health_report(hub)
+    depths = hub.queue_depths()  # refreshes the queue depth gauge before the snapshot
     report = hub.metrics.snapshot()
+    health = health_report(hub, report, depths)
     report.update(
         time=health["timestamp_utc"],
         uptime_seconds=health["uptime_seconds"],
