@@ -576,3 +576,45 @@ async def test_the_tick_waits_for_a_stuck_writer_at_most_once_and_never_among_ma
         assert trio.current_time() == 2
         for client in fast:
             await client.aclose()
+
+
+async def test_without_ping_frames_silence_closes_4004_at_interval_plus_timeout(
+    autojump_clock: Any,
+) -> None:
+    async with open_hub(config()) as hub:  # heartbeat interval 2, timeout 1
+        silent = await connect_memory(hub, "silent", can_ping=False)
+        chatty = await connect_memory(hub, "chatty", can_ping=False)
+        await silent.receive()
+        await chatty.receive()
+        await trio.sleep_until(2)
+        await chatty.send({"type": "ping"})  # its own ping, as welcome.heartbeat asks
+        assert await chatty.receive() == {"type": "pong"}
+        await trio.sleep_until(2.999)
+        assert silent.close_code is None
+        await trio.sleep_until(3)  # interval + timeout after its hello
+        await trio.testing.wait_all_tasks_blocked()
+        assert silent.close_code == 4004
+        await trio.sleep_until(4.999)  # chatty: 2 + interval + timeout is 5
+        await chatty.send({"type": "ping"})
+        assert await chatty.receive() == {"type": "pong"}
+        assert hub.metrics.disconnects == {4004: 1}
+        await chatty.aclose()
+
+
+async def test_a_hanging_hook_times_out_and_is_retried_on_schedule(autojump_clock: Any) -> None:
+    calls: list[float] = []
+
+    async def hangs(client_id: str, stream: str, data: Any) -> Any:
+        calls.append(trio.current_time())
+        await trio.sleep_forever()
+
+    async with open_hub(config(), on_publish=hangs) as hub:  # call_timeout 1, 1 retry after 0.1
+        client = await connect_memory(hub, "alice")
+        await client.receive()
+        await client.send({"type": "publish", "stream": "news", "data": 1, "ref": "r"})
+        answer = await client.receive()
+        assert (answer["code"], answer["ref"]) == ("unavailable", "r")
+        assert calls == [0.0, 1.1]  # timed out at 1.0, retried after the 0.1 backoff
+        assert trio.current_time() == pytest.approx(2.1)
+        assert hub.metrics.retry_attempts == {"retry": 1, "exhausted": 1}
+        await client.aclose()

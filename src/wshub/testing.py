@@ -35,10 +35,12 @@ class ClientClosed(Exception):
 class MemoryTransport:
     """The hub's side of an in-memory connection."""
 
-    def __init__(self, client: MemoryClient, subprotocol: str | None) -> None:
+    def __init__(
+        self, client: MemoryClient, subprotocol: str | None, *, can_ping: bool = True
+    ) -> None:
         self._client = client
         self.subprotocol = subprotocol
-        self.can_ping = True
+        self.can_ping = can_ping  # False behaves like ASGI: no ping frames
 
     async def receive(self) -> str | bytes:
         """The client's next frame; raises TransportClosed once the client closed."""
@@ -162,13 +164,16 @@ async def connect_memory(
     request: RequestInfo | None = None,
     buffer: float = math.inf,
     answer_pings: bool = True,
+    can_ping: bool = True,
 ) -> MemoryClient:
     """Open an in-memory connection to ``hub``; sends a hello when ``client_id`` is given.
 
-    The connection task runs in the hub's nursery, as the embedded server's do.
+    The connection task runs in the hub's nursery, as the embedded server's do. With
+    ``can_ping`` False the transport has no ping frames, as under ASGI: only the client's own
+    frames keep it alive.
     """
     client = MemoryClient(buffer=buffer, answer_pings=answer_pings)
-    transport = MemoryTransport(client, subprotocol)
+    transport = MemoryTransport(client, subprotocol, can_ping=can_ping)
     hub.start_soon_in_hub(hub.serve_connection, transport, request or RequestInfo())
     if client_id is not None:
         await client.send(encode_hello(client_id, token=token, subscribe=subscribe or {}))
