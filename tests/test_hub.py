@@ -159,6 +159,36 @@ async def test_heartbeat_keeps_a_live_client(autojump_clock: Any) -> None:
         await client.aclose()
 
 
+async def test_heartbeat_pings_only_after_an_interval_of_silence(autojump_clock: Any) -> None:
+    async with open_hub(config()) as hub:  # heartbeat interval 2, timeout 1
+        client = await connect_memory(hub, "alice")
+        await client.receive()
+        await trio.sleep_until(4.5)
+        assert client.pings == [2, 4]  # answered at once, so the silence restarts at each
+        await client.send({"type": "ping"})  # any frame from the client counts as life
+        assert await client.receive() == {"type": "pong"}
+        await trio.sleep_until(9)
+        assert client.pings == [2, 4, 6.5, 8.5]
+        assert client.close_code is None
+        await client.aclose()
+
+
+async def test_a_client_busy_sending_is_never_pinged(autojump_clock: Any) -> None:
+    async with open_hub(config()) as hub:
+        client = await connect_memory(hub, "alice", answer_pings=False)
+        await client.receive()
+        for _ in range(10):
+            await trio.sleep(1.5)
+            await client.send({"type": "ping"})
+            assert await client.receive() == {"type": "pong"}
+        assert client.pings == []
+        assert client.close_code is None
+        await trio.sleep_until(15 + 2 + 1)  # then silence: a ping at 2 s, unanswered for 1 s
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.pings == [15 + 2]
+        assert client.close_code == 4004
+
+
 async def test_binary_frame_closes_with_1003(autojump_clock: Any) -> None:
     async with open_hub(config()) as hub:
         client = await connect_memory(hub, "alice")

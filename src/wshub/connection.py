@@ -1,4 +1,4 @@
-"""One client connection: hello, then a reader, a batching writer and a heartbeat.
+"""One client connection: hello, then a reader that keeps the heartbeat, and a batching writer.
 
 Theory of operation:
 - The hub appends to ``Connection.queue`` synchronously (fan-out never awaits a client). The
@@ -12,15 +12,20 @@ Theory of operation:
   the history); the limit applies to what arrives after them.
 - A connection ends by cancelling its scope after setting ``close_code``; the transport is
   closed with that code in ``finally``, shielded and bounded in time.
+- The heartbeat is the reader's deadline, not a task of its own: after ``heartbeat.interval``
+  without a frame the reader pings (where the transport can) and waits ``heartbeat.timeout`` for
+  the pong; without ping frames it waits ``interval + timeout`` for the client's own frames.
+  An idle connection costs two tasks (reader and writer) and no Event: the writer parks itself
+  until the hub's flush tick reschedules it.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from wshub.history import StoredMessage
@@ -77,7 +82,8 @@ class Connection:
         self.queue: list[QueueItem] = []
         self.queue_limit = config.limits.max_queue
         self.dirty = False
-        self.wake = trio.Event()
+        self._parked: trio.lowlevel.Task | None = None  # the writer, waiting for a wake-up
+        self._woken = False  # a wake-up came while the writer was busy
         self.closing: int | None = None  # close after the queue is flushed, with this code
         self.close_code: int = CloseCode.NORMAL
         self.close_reason = ""
@@ -87,7 +93,6 @@ class Connection:
         self.writer_alive = False
         self.flush_tick: int | None = None  # the hub tick this writer was released by
         self.cut = False  # a frame was interrupted: close without a close frame
-        self.finished = trio.Event()
         self.last_heard = trio.current_time()
         self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
         self.strikes = 0
@@ -121,12 +126,21 @@ class Connection:
         self.dirty = True
         self.hub.mark_dirty(self)
 
+    def wake_writer(self) -> None:
+        """Let the writer send what is queued (the hub's flush tick calls this)."""
+        task = self._parked
+        if task is None:
+            self._woken = True
+        else:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
     def start_closing(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once everything already queued has been sent."""
         if self.closing is None:
             self.closing = code
             self.close_reason = reason
-            self.wake.set()
+            self.wake_writer()
 
     def abort(self, code: int, reason: str = "", *, finish_frame: bool = True) -> None:
         """Close with ``code`` now, dropping whatever is still queued.
@@ -157,11 +171,16 @@ class Connection:
                 hello = await self._receive_hello()
                 if hello is None or not await self._authenticate(hello):
                     return
+                # Only the headers are dropped: hooks have seen them, nothing reads them later,
+                # and they are the biggest part of an idle connection's own memory.
+                self.request = attrs.evolve(self.request, headers=())
                 hub.register(self, hello)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._guarded, self._writer)
-                    nursery.start_soon(self._guarded, self._heartbeat)
-                    await self._guarded(self._reader)
+                    nursery.start_soon(self._writer)
+                    try:  # the reader runs in this task: one coroutine frame less per client
+                        await self._reader()
+                    except Exception as error:
+                        self._stop_for(error)
         except BaseException:  # re-raised; only chooses the close code
             # ``abort`` cancels ``self.scope``, which catches it: what escapes stopped this
             # connection from outside, e.g. hypercorn's deadline when nobody drained the hub.
@@ -174,17 +193,15 @@ class Connection:
                     await self.transport.abort()
                 else:
                     await self.transport.close(self.close_code, self.close_reason)
-            self.finished.set()
 
-    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
-        # Each of the three tasks ends the connection on its own terms; none lets an
-        # exception escape into the nursery, so the caller never sees an ExceptionGroup.
-        try:
-            await task()
-        except TransportClosed as closed:
-            self.peer_close_code = closed.code
-            self.abort(closed.code)
-        except Exception:
+    def _stop_for(self, error: Exception) -> None:
+        # The reader and the writer each end the connection on their own terms; neither lets
+        # an exception escape into the nursery, so the caller never sees an ExceptionGroup.
+        # Called from their ``except`` clauses, so the log carries the traceback.
+        if isinstance(error, TransportClosed):
+            self.peer_close_code = error.code
+            self.abort(error.code)
+        else:
             logger.exception("connection %s (%s) failed", self.session, self.client_id)
             self.abort(CloseCode.INTERNAL_ERROR, "internal error")
 
@@ -225,15 +242,29 @@ class Connection:
         self.client_id = self.identity.client_id
         return True
 
-    # ------------------------------------------------------------------ the three tasks
+    # ------------------------------------------------------------------ the two tasks
 
     async def _reader(self) -> None:
-        receive = self.transport.receive
+        transport = self.transport
+        receive = transport.receive
         limits = self.hub.config.limits
+        heartbeat = self.hub.config.heartbeat
+        # How long a silence is allowed before the client must show it is alive: with ping
+        # frames a ping then has ``timeout`` to be answered; without them the client's own
+        # pings (every ``welcome.heartbeat`` seconds) are the only sign of life.
+        silence = (
+            heartbeat.interval if transport.can_ping else heartbeat.interval + heartbeat.timeout
+        )
         stats = self.stats
         assert stats is not None
         while True:
-            raw = await receive()
+            with trio.move_on_at(self.last_heard + silence) as waiting:
+                raw = await receive()
+            if waiting.cancelled_caught:
+                if not await self._answers_ping(heartbeat.timeout):
+                    self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                    return
+                continue
             self.last_heard = trio.current_time()
             if isinstance(raw, bytes):
                 self.abort(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
@@ -274,10 +305,31 @@ class Connection:
         elif isinstance(event, Hello):
             self.enqueue(encode_error("bad_request", "hello was already received"))
 
+    async def _answers_ping(self, timeout: float) -> bool:
+        """Ping and wait up to ``timeout`` for the pong; False without ping frames."""
+        if not self.transport.can_ping:
+            return False
+        with trio.move_on_after(timeout):
+            await self.transport.ping()
+            self.last_heard = trio.current_time()
+            return True
+        return False
+
     async def _writer(self) -> None:
         self.writer_alive = True
         try:
-            await self._write_loop()
+            while True:
+                # Wait for the hub's flush tick (or a close request), never for one message:
+                # between ticks the publishers run alone and the queue fills into bigger frames.
+                await self._wait_for_wake()
+                if self.queue and not await self._send_queued():
+                    return
+                self._flushed()
+                if not self.queue and self.closing is not None:
+                    self.abort(self.closing, self.close_reason)
+                    return
+        except Exception as error:
+            self._stop_for(error)
         finally:
             self.writer_alive = False
             self._flushed()
@@ -288,18 +340,19 @@ class Connection:
             tick, self.flush_tick = self.flush_tick, None
             self.hub.writer_flushed(tick)
 
-    async def _write_loop(self) -> None:
-        while True:
-            # Wait for the hub's flush tick (or a close request), never for a single message:
-            # between ticks the publishers run alone and this queue fills into bigger frames.
-            await self.wake.wait()
-            self.wake = trio.Event()
-            if self.queue and not await self._send_queued():
-                return
-            self._flushed()
-            if not self.queue and self.closing is not None:
-                self.abort(self.closing, self.close_reason)
-                return
+    async def _wait_for_wake(self) -> None:
+        # An Event per connection would cost a set and an object per idle client; the writer
+        # parks itself instead, and ``wake_writer`` reschedules it (or leaves a note).
+        if self._woken:
+            self._woken = False
+            await trio.lowlevel.checkpoint()
+            return
+        self._parked = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._unpark)
+
+    def _unpark(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def _send_queued(self) -> bool:
         """Send everything queued, batched; False once the connection is aborted or cut."""
@@ -346,29 +399,6 @@ class Connection:
                         metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
         stats.last_activity = trio.current_time()
         return True
-
-    async def _heartbeat(self) -> None:
-        interval = self.hub.config.heartbeat.interval
-        timeout = self.hub.config.heartbeat.timeout
-        transport = self.transport
-        while True:
-            due = self.last_heard + interval
-            if trio.current_time() < due:
-                await trio.sleep_until(due)
-                continue
-            if transport.can_ping:
-                with trio.move_on_after(timeout):
-                    await transport.ping()
-                    self.last_heard = trio.current_time()
-                    continue
-            else:
-                # No ping frames on this transport: the client's own frames (its protocol
-                # pings, every ``heartbeat`` seconds) are the only sign of life.
-                await trio.sleep_until(due + timeout)
-                if trio.current_time() < self.last_heard + interval + timeout:
-                    continue
-            self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-            return
 
 
 def _ref_of(raw: str) -> Any:

@@ -87,12 +87,10 @@ class StreamHistory:
         default=trio.current_time, on_setattr=attrs.setters.frozen
     )
     epoch: str = attrs.field(factory=new_epoch, on_setattr=attrs.setters.frozen)
-    _messages: deque[StoredMessage] = attrs.field(init=False)
+    # The deque is made by the first append and dropped when trimmed empty: an empty
+    # ``deque(maxlen=...)`` is about 600 bytes, and most personal streams hold nothing.
+    _messages: deque[StoredMessage] | tuple[()] = attrs.field(init=False, default=())
     _last_offset: int = attrs.field(init=False, default=0)
-
-    @_messages.default
-    def _new_messages(self) -> deque[StoredMessage]:
-        return deque(maxlen=self.size)
 
     @property
     def last_offset(self) -> int:
@@ -132,7 +130,10 @@ class StreamHistory:
                 f"stream {self.stream!r}: stored_at {message.stored_at} is older than the "
                 f"newest message's {self._messages[-1].stored_at}"
             )
-        self._messages.append(message)  # the deque's maxlen drops the oldest, in O(1)
+        held = self._messages
+        if not isinstance(held, deque):
+            held = self._messages = deque(maxlen=self.size)
+        held.append(message)  # the deque's maxlen drops the oldest, in O(1)
         self._last_offset = message.offset
 
     def read_from(self, position: Position | None) -> Replay:
@@ -175,9 +176,14 @@ class StreamHistory:
         ttl = self.ttl
         held = self._messages
         dropped = 0
+        if not held:
+            return 0
+        assert isinstance(held, deque)
         while held and held[0].stored_at + ttl <= now:
             held.popleft()
             dropped += 1
+        if not held:
+            self._messages = ()
         return dropped
 
     def __len__(self) -> int:

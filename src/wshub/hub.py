@@ -104,6 +104,8 @@ class Hub:
         self._authenticate = authenticate
         self._on_publish = on_publish
         self._connections: set[Connection] = set()
+        self._running = 0  # connection tasks not yet finished, closing handshake included
+        self._all_finished: trio.Event | None = None  # made by drain, set at _running == 0
         self._registered = 0
         self._subscribers: dict[str, set[Connection]] = {}
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
@@ -154,8 +156,15 @@ class Hub:
     async def serve_connection(self, transport: Transport, request: RequestInfo) -> None:
         """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
         connection = Connection(self, transport, request)
+        del request  # the connection drops its headers after the hello: keep no other copy
         self._connections.add(connection)
-        await connection.run()
+        self._running += 1
+        try:
+            await connection.run()
+        finally:
+            self._running -= 1
+            if not self._running and self._all_finished is not None:
+                self._all_finished.set()
 
     def start_soon_in_hub(self, function: Any, *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
@@ -463,7 +472,7 @@ class Hub:
                 if delay and connection.writer_alive and connection.flush_tick is None:
                     connection.flush_tick = self._tick
                     self._flushing += 1
-                connection.wake.set()
+                connection.wake_writer()
             self._stragglers = self._flushing // 50
             started = trio.current_time()
             if self._flushing:
@@ -541,6 +550,12 @@ class Hub:
             await trio.sleep(interval)
             action()
 
+    async def _wait_all_finished(self) -> None:
+        # One hub-wide event rather than one per connection: idle connections stay small.
+        while self._running:
+            self._all_finished = trio.Event()
+            await self._all_finished.wait()
+
     async def drain(self) -> None:
         """Stop accepting, flush every queue and close each connection with 1001.
 
@@ -558,15 +573,13 @@ class Hub:
             else:
                 connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
         with trio.move_on_after(grace):
-            for connection in list(self._connections):
-                await connection.finished.wait()
+            await self._wait_all_finished()
         for connection in list(self._connections):
             connection.abort(
                 CloseCode.GOING_AWAY, "the server is shutting down", finish_frame=False
             )
         with trio.move_on_after(CLOSE_TIMEOUT + 1):
-            for connection in list(self._connections):
-                await connection.finished.wait()
+            await self._wait_all_finished()
         self.flush_metrics()
         self._drained.set()
 

@@ -54,15 +54,19 @@ class TrioWebSocketTransport:
         await self._websocket._close_stream()
 
 
-def _request_info(request: WebSocketRequest) -> RequestInfo:
-    remote = request.remote
+def _remote(request: WebSocketRequest) -> str:
+    remote = request.remote  # getpeername(): raises OSError once the peer has reset
+    return remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
+
+
+def _request_info(request: WebSocketRequest, remote: str) -> RequestInfo:
     return RequestInfo(
         path=request.path,
         headers=tuple(
             (name.decode("latin-1").lower(), value.decode("latin-1"))
             for name, value in request.headers
         ),
-        remote=remote if isinstance(remote, str) else f"{remote.address}:{remote.port}",
+        remote=remote,
         subprotocols=tuple(request.proposed_subprotocols),
     )
 
@@ -94,10 +98,14 @@ async def serve_websocket(
                 websocket = await request.accept(
                     subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
                 )
-                info = _request_info(request)
+                remote = _remote(request)
         except (TransportClosed, OSError):  # reset mid-upgrade; getpeername() -> ENOTCONN
             return
-        await hub.serve_connection(TrioWebSocketTransport(websocket), info)
+        # Built in the call, so that no local variable keeps the headers for the connection's
+        # lifetime: the connection drops them after the hello.
+        await hub.serve_connection(
+            TrioWebSocketTransport(websocket), _request_info(request, remote)
+        )
 
     await _trio_serve_websocket(
         handle,

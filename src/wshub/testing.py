@@ -60,6 +60,7 @@ class MemoryTransport:
         """Answered at once while ``client.answer_pings`` is true; never otherwise."""
         if self._client.close_code is not None:
             raise TransportClosed(self._client.close_code)
+        self._client.pings.append(trio.current_time())
         if self._client.answer_pings:
             await trio.lowlevel.checkpoint()
         else:
@@ -97,6 +98,7 @@ class MemoryClient:
         self.close_code: int | None = None
         self.close_reason = ""
         self.frames: list[str] = []  # every raw frame received, for assertions on batching
+        self.pings: list[float] = []  # when the hub pinged (trio time), answered or not
 
     async def send(self, frame: Mapping[str, Any] | str | bytes) -> None:
         """Send a frame: a mapping is encoded as JSON, text and bytes go as they are."""
