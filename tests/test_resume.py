@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from wshub.config import HubConfig
+from wshub.connection import CLOSE_TIMEOUT
 from wshub.hub import open_hub
 from wshub.protocol import Position
 from wshub.testing import MemoryClient, connect_memory
@@ -230,6 +231,21 @@ async def test_shutdown_cuts_a_stuck_client_after_grace(autojump_clock: Any) -> 
     assert trio.current_time() - started == pytest.approx(hub.config.shutdown.grace)
     assert stuck.close_code == 1006
     assert fine.close_code == 1001
+    assert hub.connection_count == 0
+
+
+async def test_a_peer_that_never_answers_the_close_is_left_after_close_timeout(
+    autojump_clock: Any,
+) -> None:
+    async with open_hub(config()) as hub:
+        mute = await connect_memory(hub, "mute", answer_close=False)
+        await mute.receive()
+        started = trio.current_time()
+    # 1001 went out at once; the closing handshake was abandoned after exactly CLOSE_TIMEOUT
+    # (longer than shutdown.grace here, so the drain waited for it, and no longer)
+    assert hub.config.shutdown.grace < CLOSE_TIMEOUT
+    assert trio.current_time() - started == CLOSE_TIMEOUT
+    assert mute.close_code == 1001
     assert hub.connection_count == 0
 
 

@@ -67,13 +67,19 @@ class MemoryTransport:
             await trio.sleep_forever()
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Record the close for the client and end its stream of frames."""
+        """Record the close for the client and end its stream of frames.
+
+        With ``client.answer_close`` false the client gets the close frame but never answers
+        it, so this waits forever, as a closing handshake with a vanished peer does.
+        """
         await trio.lowlevel.checkpoint()
         client = self._client
         if client.close_code is None:
             client.close_code = code
             client.close_reason = reason
         client._to_client_send.close()
+        if not client.answer_close:
+            await trio.sleep_forever()
         client._to_hub_receive.close()
 
     async def abort(self) -> None:
@@ -90,11 +96,14 @@ class MemoryTransport:
 class MemoryClient:
     """The client's side: send objects, receive decoded objects, see how it was closed."""
 
-    def __init__(self, *, buffer: float = math.inf, answer_pings: bool = True) -> None:
+    def __init__(
+        self, *, buffer: float = math.inf, answer_pings: bool = True, answer_close: bool = True
+    ) -> None:
         self._to_client_send, self._to_client_receive = trio.open_memory_channel[str](buffer)
         self._to_hub_send, self._to_hub_receive = trio.open_memory_channel[str | bytes](math.inf)
         self._pending: list[dict[str, Any]] = []
         self.answer_pings = answer_pings
+        self.answer_close = answer_close  # False: never completes the closing handshake
         self.close_code: int | None = None
         self.close_reason = ""
         self.frames: list[str] = []  # every raw frame received, for assertions on batching
@@ -167,14 +176,16 @@ async def connect_memory(
     buffer: float = math.inf,
     answer_pings: bool = True,
     can_ping: bool = True,
+    answer_close: bool = True,
 ) -> MemoryClient:
     """Open an in-memory connection to ``hub``; sends a hello when ``client_id`` is given.
 
     The connection task runs in the hub's nursery, as the embedded server's do. With
     ``can_ping`` False the transport has no ping frames, as under ASGI: only the client's own
-    frames keep it alive.
+    frames keep it alive. With ``answer_close`` False the client never completes the closing
+    handshake.
     """
-    client = MemoryClient(buffer=buffer, answer_pings=answer_pings)
+    client = MemoryClient(buffer=buffer, answer_pings=answer_pings, answer_close=answer_close)
     transport = MemoryTransport(client, subprotocol, can_ping=can_ping)
     hub.start_soon_in_hub(hub.serve_connection, transport, request or RequestInfo())
     if client_id is not None:
