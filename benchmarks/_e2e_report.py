@@ -18,10 +18,12 @@ LABELS = {
     "trio-websocket": "raw trio-websocket, pre-batched (ceiling)",
     "hypercorn": "raw hypercorn ASGI, pre-batched (ceiling)",
     "websockets": "websockets asyncio, broadcast() per message",
+    "raw-socket": "raw sockets, one send() per client, pre-batched (ceiling)",
 }
 FLOORS = {  # the raw stacks in the latency table: one frame per message, at a low rate
     "trio-websocket": "raw trio-websocket, one frame per message (floor)",
     "hypercorn": "raw hypercorn ASGI, one frame per message (floor)",
+    "raw-socket": "raw sockets, one send() per client per frame (floor)",
 }
 CONFIG = (
     "HubConfig.production() merged with server.allow_anonymous = true, limits.max_queue = 10000, "

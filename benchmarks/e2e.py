@@ -15,7 +15,8 @@ What it measures, all on 127.0.0.1 (servers in ``servers.py``, clients in ``load
 2. Latency, publish to receive, at 1000 subscribers and half of the rate the server reached in
    the same round, timed on one connection in ten with the kernel's receive timestamps. The
    two raw stacks are timed sending each message as its own frame at 10 messages per second:
-   the floor that any server on them starts from.
+   the floor that any server on them starts from; so is ``raw-socket``, one non-blocking
+   ``send()`` per client from a single loop, the floor of any fan-out in Python on the machine.
 3. Memory per idle connection at 5,000 connections (hello'd and subscribed): the growth of the
    server's RSS from before they connect (after 50 warm-up connections came and went) to after,
    divided by the connections.
@@ -46,12 +47,12 @@ import _e2e_report as report
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SUBSCRIBERS = (1, 100, 1000)
-SERVERS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets")
+SERVERS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets", "raw-socket")
 LATENCY_SERVERS = ("wshub", "wshub-hypercorn", "websockets")  # at half their maximum
 # The floors: the raw stacks sending each message as its own frame to every client, at a rate
 # low enough for them to keep up. What one message costs to fan out to 1000 clients there
 # bounds what any server built on that stack can reach.
-FLOOR_SERVERS = ("trio-websocket", "hypercorn")
+FLOOR_SERVERS = ("trio-websocket", "hypercorn", "raw-socket")
 FLOOR_RATE = 10.0
 MEMORY_SERVERS = ("wshub", "trio-websocket")
 LOADGEN_PROCESSES = 2

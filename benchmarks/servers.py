@@ -22,7 +22,14 @@ KIND is one of:
   sends one pre-built frame of ``BATCH`` messages joined with newlines, again and again;
 - ``hypercorn``: the same for a raw ASGI app under hypercorn's Trio worker;
 - ``websockets``: the ``websockets`` library's asyncio server, one ``websockets.broadcast()``
-  per message from a publisher that yields (``asyncio.sleep(0)``) after each.
+  per message from a publisher that yields (``asyncio.sleep(0)``) after each;
+- ``raw-socket``: the physical floor of a fan-out in Python, no framework at all: a
+  ``selectors`` loop with a hand-written handshake, then every message framed once and written
+  with one non-blocking ``socket.send()`` per client from a single loop (a client whose socket
+  is full keeps the rest in its own buffer until it is writable). At a rate, messages that
+  come due while a fan-out runs go out together in the next frame, stamped with their due
+  time; as fast as it can (rate 0), it sends the pre-built batch frame to every client with
+  nothing pending, round after round.
 
 Every message carries ``time.time_ns()`` at publish in ``data.t`` (the pre-built frames of the
 two ceilings carry a constant), and is about the size of a wshub ``message`` frame with a
@@ -34,8 +41,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import os
+import re
 import resource
+import selectors
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -50,21 +62,22 @@ WELCOME = '{"type":"welcome"}'
 _PAD = "x" * (PAYLOAD_BYTES - len(orjson.dumps({"t": time.time_ns(), "seq": 100000, "pad": ""})))
 
 
-def payload(seq: int) -> dict[str, Any]:
-    """The ``data`` of message ``seq``: its publish time in ``t``, padded to ~100 bytes."""
-    return {"t": time.time_ns(), "seq": seq, "pad": _PAD}
+def payload(seq: int, at: int = 0) -> dict[str, Any]:
+    """The ``data`` of message ``seq``: its publish time (``at`` or now) in ``t``, ~100 bytes."""
+    return {"t": at or time.time_ns(), "seq": seq, "pad": _PAD}
 
 
-def envelope(seq: int) -> str:
+def envelope(seq: int, at: int = 0) -> str:
     """A frame shaped like wshub's ``message`` (what the references send)."""
+    data = payload(seq, at)
     return orjson.dumps(
         {
             "type": "message",
             "stream": STREAM,
             "offset": seq,
             "id": f"{seq:016x}",
-            "data": payload(seq),
-            "ts": time.time_ns() // 1_000_000,
+            "data": data,
+            "ts": data["t"] // 1_000_000,
         }
     ).decode()
 
@@ -379,7 +392,186 @@ async def _serve_websockets(lifetime: float) -> None:
     quit_now()
 
 
-KINDS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets")
+# ------------------------------------------------------------------------------- raw socket
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_KEY = re.compile(rb"^sec-websocket-key:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked server text frame holding ``text``."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        return bytes([0x81, size]) + payload
+    if size < 65536:
+        return bytes([0x81, 126]) + size.to_bytes(2, "big") + payload
+    return bytes([0x81, 127]) + size.to_bytes(8, "big") + payload
+
+
+class _RawClient:
+    """One accepted socket: the upgrade request so far, then what it could not take yet."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.request = b""
+        self.open = False  # upgraded
+        self.pending = bytearray()  # written by a send() that took only part
+
+
+class _RawServer:
+    """A single-threaded ``selectors`` loop: accept, upgrade, discard input, fan out."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.stdin = os.dup(sys.stdin.fileno())
+        self.selector.register(self.stdin, selectors.EVENT_READ)
+        self.commands = b""
+        self.clients: list[_RawClient] = []  # upgraded
+        self.deadline = time.monotonic() + lifetime
+        self.welcome = text_frame(WELCOME)
+
+    def serve(self) -> None:
+        """Answer commands until told to quit, or until the lifetime is over."""
+        say("ready", port=self.listener.getsockname()[1])
+        while time.monotonic() < self.deadline:
+            self.poll(self.deadline - time.monotonic())
+            while b"\n" in self.commands:
+                line, self.commands = self.commands.split(b"\n", 1)
+                command, *args = line.decode().split() or ["quit"]
+                if command == "publish":
+                    start = time.time()
+                    count = self.publish(float(args[0]), float(args[1]))
+                    say("published", count=count, start=start, end=time.time())
+                elif command == "connections":
+                    say("connections", count=len(self.clients))
+                else:
+                    quit_now()
+        quit_now()
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, then handle whatever is ready."""
+        for key, events in self.selector.select(max(0.0, timeout)):
+            if key.fileobj is self.listener:
+                self.accept()
+            elif key.fileobj == self.stdin:
+                chunk = os.read(self.stdin, 4096)
+                self.commands += chunk or b"quit\n"
+            else:
+                client: _RawClient = key.data
+                if events & selectors.EVENT_WRITE:
+                    self.write(client, b"")
+                if events & selectors.EVENT_READ and client.sock.fileno() >= 0:
+                    self.read(client)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.selector.register(sock, selectors.EVENT_READ, _RawClient(sock))
+
+    def read(self, client: _RawClient) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(client)
+        elif not client.open:  # the upgrade request; a client's frames are read and dropped
+            client.request += data
+            if b"\r\n\r\n" in client.request:
+                match = _KEY.search(client.request)
+                if match is None:
+                    self.drop(client)
+                    return
+                accept = base64.b64encode(hashlib.sha1(match[1] + _GUID).digest())
+                answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                answer += b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                client.open = True
+                client.request = b""
+                self.clients.append(client)
+                self.write(client, answer + self.welcome)
+
+    def write(self, client: _RawClient, frame: bytes) -> bool:
+        """Send ``frame`` after what is pending; False if the client still has bytes pending."""
+        pending = client.pending
+        if pending:
+            pending += frame
+            data: bytes | bytearray = pending
+        else:
+            data = frame
+        try:
+            sent = client.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.drop(client)
+            return False
+        if sent == len(data):
+            if pending:
+                pending.clear()
+                self.selector.modify(client.sock, selectors.EVENT_READ, client)
+            return True
+        if pending:
+            del pending[:sent]
+        else:
+            pending += frame[sent:]
+            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+        return False
+
+    def drop(self, client: _RawClient) -> None:
+        if client.open:
+            client.open = False
+            self.clients.remove(client)
+        self.selector.unregister(client.sock)
+        client.sock.close()
+
+    def publish(self, rate: float, seconds: float) -> int:
+        """Fan out for ``seconds``: one frame per message at ``rate``, or batches (rate 0)."""
+        now = time.monotonic()
+        deadline, due = now + seconds, now
+        count = 0
+        if rate:
+            # Each message is due at its own time and stamped with it. One frame each, unless
+            # a fan-out outlasts the interval: the messages that came due meanwhile (their
+            # wait counts in their latency) go out together in the next frame.
+            interval, wall = 1 / rate, time.time_ns() - time.monotonic_ns()
+            while now < deadline:
+                texts = []
+                while due <= now and due < deadline:
+                    count += 1
+                    texts.append(envelope(count, wall + int(due * 1e9)))
+                    due += interval
+                frame = text_frame("\n".join(texts))
+                for client in list(self.clients):
+                    self.write(client, frame)
+                while (now := time.monotonic()) < due:
+                    self.poll(due - now)
+            return count
+        frame = text_frame(batch_frame())
+        while time.monotonic() < deadline:
+            self.poll(0)
+            busy = 0
+            for client in list(self.clients):
+                if client.pending:
+                    busy += 1
+                elif self.write(client, frame) or client.pending:
+                    count += BATCH
+            if busy == len(self.clients):  # every socket is full: wait for one to drain
+                self.poll(max(0.0, min(0.05, deadline - time.monotonic())))
+        return count
+
+
+KINDS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets", "raw-socket")
 
 
 def main() -> None:
@@ -389,6 +581,9 @@ def main() -> None:
     parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this long")
     args = parser.parse_args()
     raise_fd_limit()
+    if args.kind == "raw-socket":
+        _RawServer(args.lifetime).serve()
+        return
     if args.kind == "websockets":
         try:
             asyncio.run(_serve_websockets(args.lifetime))

@@ -542,9 +542,35 @@ async def test_publishers_get_a_pause_as_long_as_the_flush_took(
         assert (await client.receive())["data"] == "first"
         flushed = trio.current_time()
         await hub.publish("news", "second")  # during the pause after that flush
-        assert (await client.receive())["data"] == "second"
+
+        async def busy_publisher() -> None:  # never blocks: the pause goes past write_delay
+            while True:
+                autojump_clock.jump(0.0005)  # the time its work takes
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy_publisher)
+            assert (await client.receive())["data"] == "second"
+            nursery.cancel_scope.cancel()
         # released when the pause ends: max(write_delay, ratio * 0.1) after the flush
-        assert trio.current_time() - flushed == pytest.approx(pause)
+        assert trio.current_time() - flushed == pytest.approx(pause, abs=0.004)
+        await client.aclose()
+
+
+async def test_the_pause_ends_once_every_task_waits(autojump_clock: Any) -> None:
+    # Past write_delay, publishers that are all idle have nothing to add to the batches.
+    cfg = config(limits={"write_delay": 0.005, "flush_pause_ratio": 1.0})
+    async with open_hub(cfg) as hub:
+        client = await connect_memory(hub, "a", subscribe={"news": None}, buffer=0)
+        assert (await client.receive())["type"] == "welcome"
+        await trio.sleep(1)
+        await hub.publish("news", "first")
+        await trio.sleep(0.1)  # that flush takes 0.1 s: a pause of up to 0.1 s follows
+        assert (await client.receive())["data"] == "first"
+        flushed = trio.current_time()
+        await hub.publish("news", "second")
+        assert (await client.receive())["data"] == "second"
+        assert trio.current_time() - flushed == pytest.approx(0.005)  # write_delay only
         await client.aclose()
 
 

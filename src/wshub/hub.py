@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
 from wshub.breaker import BreakerRegistry
 from wshub.config import HubConfig
@@ -483,8 +484,25 @@ class Hub:
                 # A safety valve: the pause ends early once a waiting writer has a quarter of
                 # limits.max_queue queued, so that a publisher which never waits cannot grow
                 # the queues round after round until every client is cut with 4002.
-                with trio.move_on_after(max(delay, flush_time * pause_ratio)):
+                with trio.move_on_after(delay):
                     await self._queues_high.wait()
+                longer = flush_time * pause_ratio - delay
+                if longer > 0 and not self._queues_high.is_set():
+                    await self._pause(longer)
+
+    async def _pause(self, seconds: float) -> None:
+        # The publishers' pause past write_delay: it ends after ``seconds``, at the valve, or
+        # as soon as every task is blocked. Publishers that are all waiting have nothing more
+        # to add to the batches, and holding what they queued only adds to its latency.
+        async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.deadline = trio.current_time() + seconds
+
+            async def end_on(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(end_on, self._queues_high.wait)
+            nursery.start_soon(end_on, trio.testing.wait_all_tasks_blocked)
 
     # ------------------------------------------------------------------ background tasks
 
