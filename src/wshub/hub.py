@@ -455,8 +455,11 @@ class Hub:
         # scheduler round, and frames would carry one message each.) The wait ends when all
         # but 2% of this tick's writers are done, so writers stuck on slow clients never hold
         # the others up; a time limit backs that up for small fan-outs, and a writer still
-        # busy from an earlier tick is not waited for again. The first message after a quiet
-        # spell goes out at once; with write_delay 0 writers are released on every publish.
+        # busy from an earlier tick is not waited for again. Past ``write_delay`` the pause
+        # also ends as soon as every task of the program is blocked (``_pause``): publishers
+        # that are all waiting add nothing to the batches, and holding what they queued would
+        # only add to its latency. The first message after a quiet spell goes out at once;
+        # with write_delay 0 writers are released on every publish.
         delay = self.config.limits.write_delay
         pause_ratio = self.config.limits.flush_pause_ratio
         wait_limit = max(0.25, 50 * delay)
@@ -492,8 +495,9 @@ class Hub:
 
     async def _pause(self, seconds: float) -> None:
         # The publishers' pause past write_delay: it ends after ``seconds``, at the valve, or
-        # as soon as every task is blocked. Publishers that are all waiting have nothing more
-        # to add to the batches, and holding what they queued only adds to its latency.
+        # as soon as every task is blocked. ``wait_all_tasks_blocked`` lives in trio.testing
+        # but is the run loop's own idle signal, the one Trio offers for "nothing else can
+        # run"; a program that never idles simply gets the whole pause.
         async with trio.open_nursery() as nursery:
             nursery.cancel_scope.deadline = trio.current_time() + seconds
 
