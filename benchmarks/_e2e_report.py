@@ -24,6 +24,7 @@ FLOORS = {  # the raw stacks in the latency table: one frame per message, at a l
     "trio-websocket": "raw trio-websocket, one frame per message (floor)",
     "hypercorn": "raw hypercorn ASGI, one frame per message (floor)",
     "raw-socket": "raw sockets, one send() per client per frame (floor)",
+    "raw-socket@wshub-rate": "raw sockets, at wshub's half-load rate (floor)",
 }
 CONFIG = (
     "HubConfig.production() merged with server.allow_anonymous = true, limits.max_queue = 10000, "

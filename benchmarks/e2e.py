@@ -54,6 +54,7 @@ LATENCY_SERVERS = ("wshub", "wshub-hypercorn", "websockets")  # at half their ma
 # bounds what any server built on that stack can reach.
 FLOOR_SERVERS = ("trio-websocket", "hypercorn", "raw-socket")
 FLOOR_RATE = 10.0
+AT_WSHUB_RATE = "raw-socket@wshub-rate"  # raw-socket's latency at wshub's half-load rate
 MEMORY_SERVERS = ("wshub", "trio-websocket")
 LOADGEN_PROCESSES = 2
 SAMPLE_EVERY = 10  # time every message on one connection in ten
@@ -253,6 +254,10 @@ def fanout(run: Run, kind: str, profile: bool) -> None:
                     measure_latency(run, kind, server, clients, rate / subscribers / 2)
                 elif subscribers == 1000 and kind in FLOOR_SERVERS:
                     measure_latency(run, kind, server, clients, FLOOR_RATE)
+                    if kind == "raw-socket" and "wshub" in run.latency:
+                        # and at wshub's own half-load rate of this round: the target's floor
+                        wshub_rate = run.latency["wshub"]["rates"][-1]
+                        measure_latency(run, AT_WSHUB_RATE, server, clients, wshub_rate)
                 if profile and subscribers == 1000 and kind == "wshub":
                     run.profile = profile_server(server, s.profile_seconds)
             finally:

@@ -138,16 +138,21 @@ async def _trio_control(
                 quit_now()
 
 
-async def _paced(rate: float, seconds: float, step: Callable[[int], Awaitable[None]]) -> int:
-    """Call ``step(seq)`` for ``seconds``: as fast as it goes (rate 0) or ``rate`` per second."""
+async def _paced(rate: float, seconds: float, step: Callable[[int, int], Awaitable[None]]) -> int:
+    """Call ``step(seq, at)`` for ``seconds``: as fast as it goes (rate 0) or ``rate`` per second.
+
+    At a rate, ``at`` is the Unix time (ns) the message was due, so a publisher held up by the
+    server counts in the latency; as fast as it goes, ``at`` is 0 (stamped when built).
+    """
     import trio
 
     now = trio.current_time()
     deadline, due, interval = now + seconds, now, 1 / rate if rate else 0.0
+    wall = time.time_ns() - int(now * 1e9)
     count = 0
     while trio.current_time() < deadline:
         count += 1
-        await step(count)
+        await step(count, wall + int(due * 1e9) if interval else 0)
         if interval:
             due += interval
             await trio.sleep_until(due)
@@ -167,8 +172,8 @@ def _wshub_config() -> Any:
 
 
 async def _control_wshub(hub: Any, port: int) -> None:
-    async def publish_one(seq: int) -> None:
-        await hub.publish(STREAM, payload(seq))
+    async def publish_one(seq: int, at: int) -> None:
+        await hub.publish(STREAM, payload(seq, at))
 
     async def publish(rate: float, seconds: float) -> int:
         return await _paced(rate, seconds, publish_one)
@@ -235,8 +240,8 @@ class _Flood:
         self.sent = 0
         if rate:
 
-            async def one(seq: int) -> None:
-                self.message = envelope(seq)
+            async def one(seq: int, at: int) -> None:
+                self.message = envelope(seq, at)
                 go, self.go = self.go, trio.Event()
                 go.set()
 
@@ -360,10 +365,11 @@ async def _serve_websockets(lifetime: float) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline, due, interval = now + seconds, now, 1 / rate if rate else 0.0
+        wall = time.time_ns() - int(now * 1e9)  # stamps the due time, as _paced does
         count = 0
         while loop.time() < deadline:
             count += 1
-            broadcast(clients, envelope(count))
+            broadcast(clients, envelope(count, wall + int(due * 1e9) if interval else 0))
             if interval:
                 due += interval
                 await asyncio.sleep(max(0.0, due - loop.time()))
