@@ -234,7 +234,7 @@ def _tables(out: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
     ]
     latency_rows = [
         [
-            FLOORS.get(kind, LABELS[kind]),
+            (FLOORS.get(kind) or LABELS[kind]),
             f"{entry['rate']:,.0f}/s",
             *(f"{entry[q]:.2f}" for q in ("p50", "p90", "p99", "p99.9", "max")),
             f"{entry['samples']:,}",
@@ -374,7 +374,7 @@ def charts(out: dict[str, Any], directory: Path) -> list[Path]:
         entry = out["latency"][kind]
         xs = [x + (i - (len(kinds) - 1) / 2) * width for x in range(len(quantiles))]
         values = [entry[q] for q in quantiles]
-        label = f"{FLOORS.get(kind, LABELS[kind])}, {entry['rate']:,.0f} msg/s"
+        label = f"{(FLOORS.get(kind) or LABELS[kind])}, {entry['rate']:,.0f} msg/s"
         bars = axes.bar(xs, values, width, label=label)
         axes.bar_label(bars, [f"{v:.1f}" for v in values], fontsize=7, padding=2)
     axes.set_yscale("log")

@@ -205,6 +205,25 @@ def delivered_rate(results: list[dict[str, Any]], start: float, end: float) -> f
     return total * hz / max(1, last - first)
 
 
+def wait_quiet(clients: list[Child], quiet: float = 0.3, timeout: float = 20.0) -> None:
+    """Wait until no client has received anything for ``quiet`` seconds.
+
+    After a point published as fast as it can, a server may still hold a backlog in its
+    queues; the latency that follows is measured at half load, not behind that backlog.
+    """
+    previous = -1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for client in clients:
+            client.send("report")
+        results = [client.expect("result", 60) for client in clients]
+        total = sum(sum(result["buckets"].values()) for result in results)
+        if total == previous:
+            return
+        previous = total
+        time.sleep(quiet)
+
+
 def closes(results: list[dict[str, Any]]) -> dict[str, int]:
     """Connections the server closed (or lost) during a point, by close code."""
     merged: dict[str, int] = {}
@@ -250,6 +269,8 @@ def fanout(run: Run, kind: str, profile: bool) -> None:
                 table.setdefault(str(subscribers), []).append(rate)
                 sent = run.published.setdefault(kind, {})
                 sent.setdefault(str(subscribers), []).append(published["count"])
+                if subscribers == 1000 and kind in LATENCY_SERVERS + FLOOR_SERVERS:
+                    wait_quiet(clients)
                 if subscribers == 1000 and kind in LATENCY_SERVERS:
                     measure_latency(run, kind, server, clients, rate / subscribers / 2)
                 elif subscribers == 1000 and kind in FLOOR_SERVERS:
