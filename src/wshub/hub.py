@@ -186,12 +186,14 @@ class Hub:
         previous = self.dedup.get(key)
         if previous is not None:
             self.metrics.deduplicated += 1
-            assert isinstance(previous, PublishResult)
-            return attrs.evolve(previous, duplicate=True)
+            assert isinstance(previous, int)
+            return PublishResult(stream, previous, mid, True)
         message = self._append(stream, data, mid)
-        result = PublishResult(stream, message.offset, mid, False)
-        self.dedup.record(key, result)
-        return result
+        # The offset alone is remembered (stream and id are in the key): an entry of atoms
+        # only, which the garbage collector stops tracking. A window of PublishResult objects
+        # made full collections slow enough to show in the p99 (docs/benchmarks.md).
+        self.dedup.record(key, message.offset)
+        return PublishResult(stream, message.offset, mid, False)
 
     def _append(self, stream: str, data: Any, mid: str) -> StoredMessage:
         history = self.histories.get_or_create(stream)
@@ -234,7 +236,8 @@ class Hub:
         previous = self.dedup.get(key)
         if previous is not None:
             self.metrics.deduplicated += 1
-            return encode_published(event.ref, event.stream, previous.offset, mid, True)  # type: ignore[attr-defined]
+            assert isinstance(previous, int)
+            return encode_published(event.ref, event.stream, previous, mid, True)
         data = event.data
         if self._on_publish is not None:
             done = self._pending[key] = trio.Event()
@@ -264,7 +267,7 @@ class Hub:
             return encode_error("unavailable", str(error), event.ref)
         except ValueError as error:
             return encode_error("bad_request", str(error), event.ref)
-        self.dedup.record(key, PublishResult(event.stream, message.offset, mid, False))
+        self.dedup.record(key, message.offset)
         return encode_published(event.ref, event.stream, message.offset, mid, False)
 
     # ------------------------------------------------------------------ connections
