@@ -581,7 +581,7 @@ async def test_a_queue_at_high_water_ends_the_publishers_pause(
     # max_queue 40: high water is a quarter of it, 10 (max_batch 4 is smaller)
     cfg = config(limits={"write_delay": 1.0, "max_queue": 40, "max_batch": 4})
     async with open_hub(cfg) as hub:
-        assert hub.high_water == 10
+        assert hub.flush.high_water == 10
         client = await connect_memory(hub, "a", subscribe={"news": None})
         await client.receive()
         await trio.sleep(5)  # a quiet hub

@@ -71,6 +71,7 @@ class Connection:
     def __init__(self, hub: Hub, transport: Transport, request: RequestInfo) -> None:
         config = hub.config
         self.hub = hub
+        self._flush = hub.flush
         self.transport = transport
         self.request = request
         self.session = secrets.token_urlsafe(9)
@@ -109,8 +110,8 @@ class Connection:
             self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
             return
         queue.append(item)
-        if len(queue) == self.hub.high_water and self.flush_tick is None:
-            self.hub.queues_high()
+        if len(queue) == self._flush.high_water and self.flush_tick is None:
+            self._flush.queues_high()
         if not self.dirty:
             self._mark_dirty()
 
@@ -124,7 +125,7 @@ class Connection:
 
     def _mark_dirty(self) -> None:
         self.dirty = True
-        self.hub.mark_dirty(self)
+        self._flush.mark_dirty(self)
 
     def wake_writer(self) -> None:
         """Let the writer send what is queued (the hub's flush tick calls this)."""
@@ -338,7 +339,7 @@ class Connection:
         # Tell the hub's tick this writer has sent what the tick released it for.
         if self.flush_tick is not None:
             tick, self.flush_tick = self.flush_tick, None
-            self.hub.writer_flushed(tick)
+            self._flush.writer_flushed(tick)
 
     async def _wait_for_wake(self) -> None:
         # An Event per connection would cost a set and an object per idle client; the writer

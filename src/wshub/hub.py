@@ -21,18 +21,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
-import trio.testing
 
 from wshub.breaker import BreakerRegistry
 from wshub.config import HubConfig
 from wshub.connection import CLOSE_TIMEOUT, Connection
 from wshub.dedup import Deduplicator, message_id, scoped_key
+from wshub.flush import FlushTick
 from wshub.history import HistoryFull, HistoryStore, Replay, StoredMessage
 from wshub.hooks import (
     AuthenticateHook,
@@ -110,14 +110,7 @@ class Hub:
         self._registered = 0
         self._subscribers: dict[str, set[Connection]] = {}
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
-        self._dirty: list[Connection] = []
-        self._dirty_event = trio.Event()
-        self._tick = 0  # flush ticks so far
-        self._flushing = 0  # writers released by this tick that have not finished
-        self._stragglers = 0  # how many of them the tick does not wait for
-        self._queues_high = trio.Event()  # a waiting writer's queue passed high_water
-        self.high_water = max(config.limits.max_batch, config.limits.max_queue // 4)
-        self._flushed = trio.Event()
+        self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
         self._idle_streams: dict[str, float] = {}
         self._overflows_at_last_flush = 0
         self._nursery: trio.Nursery | None = None
@@ -410,11 +403,6 @@ class Hub:
 
     # ------------------------------------------------------------------ writers and queues
 
-    def mark_dirty(self, connection: Connection) -> None:
-        """Schedule a connection's writer for the next flush tick."""
-        self._dirty.append(connection)
-        self._dirty_event.set()
-
     def record_overflow(self, dropped: int) -> None:
         """Count a slow consumer whose queue overflowed."""
         self.metrics.queue_overflows += 1
@@ -436,80 +424,6 @@ class Hub:
                     connection.queue
                 )
         return queued
-
-    def queues_high(self) -> None:
-        """A waiting writer has ``high_water`` messages queued: end the publishers' pause."""
-        self._queues_high.set()
-
-    def writer_flushed(self, tick: int) -> None:
-        """A writer released by flush tick ``tick`` has sent its queue."""
-        if tick == self._tick:
-            self._flushing -= 1
-            if self._flushing <= self._stragglers:
-                self._flushed.set()
-
-    async def _release_writers(self) -> None:
-        # One hub-wide tick: writers that have something queued wake together and send it;
-        # once they are done the publishers run alone for ``write_delay``, or for
-        # ``flush_pause_ratio`` times as long as the flush took if that is longer, while
-        # queues fill into bigger batches: under a heavy fan-out publishers and writers share
-        # the time, and batches grow with the load. (Sleeping from the release instead is no
-        # pause at all when a thousand sends outlast it: the publisher would get one step per
-        # scheduler round, and frames would carry one message each.) The wait ends when all
-        # but 2% of this tick's writers are done, so writers stuck on slow clients never hold
-        # the others up; a time limit backs that up for small fan-outs, and a writer still
-        # busy from an earlier tick is not waited for again. Past ``write_delay`` the pause
-        # also ends as soon as every task of the program is blocked (``_pause``): publishers
-        # that are all waiting add nothing to the batches, and holding what they queued would
-        # only add to its latency. The first message after a quiet spell goes out at once;
-        # with write_delay 0 writers are released on every publish.
-        delay = self.config.limits.write_delay
-        pause_ratio = self.config.limits.flush_pause_ratio
-        wait_limit = max(0.25, 50 * delay)
-        while True:
-            await self._dirty_event.wait()
-            self._dirty_event = trio.Event()
-            dirty, self._dirty = self._dirty, []
-            self._tick += 1
-            self._flushing = 0
-            self._flushed = trio.Event()
-            # Made before the flush, so a queue reaching high water during it counts too.
-            self._queues_high = trio.Event()
-            for connection in dirty:
-                if delay and connection.writer_alive and connection.flush_tick is None:
-                    connection.flush_tick = self._tick
-                    self._flushing += 1
-                connection.wake_writer()
-            self._stragglers = self._flushing // 50
-            started = trio.current_time()
-            if self._flushing:
-                with trio.move_on_after(wait_limit):
-                    await self._flushed.wait()
-            if delay:
-                flush_time = trio.current_time() - started
-                # A safety valve: the pause ends early once a waiting writer has a quarter of
-                # limits.max_queue queued, so that a publisher which never waits cannot grow
-                # the queues round after round until every client is cut with 4002.
-                with trio.move_on_after(delay):
-                    await self._queues_high.wait()
-                longer = flush_time * pause_ratio - delay
-                if longer > 0 and not self._queues_high.is_set():
-                    await self._pause(longer)
-
-    async def _pause(self, seconds: float) -> None:
-        # The publishers' pause past write_delay: it ends after ``seconds``, at the valve, or
-        # as soon as every task is blocked. ``wait_all_tasks_blocked`` lives in trio.testing
-        # but is the run loop's own idle signal, the one Trio offers for "nothing else can
-        # run"; a program that never idles simply gets the whole pause.
-        async with trio.open_nursery() as nursery:
-            nursery.cancel_scope.deadline = trio.current_time() + seconds
-
-            async def end_on(wait: Callable[[], Awaitable[object]]) -> None:
-                await wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(end_on, self._queues_high.wait)
-            nursery.start_soon(end_on, trio.testing.wait_all_tasks_blocked)
 
     # ------------------------------------------------------------------ background tasks
 
@@ -628,7 +542,7 @@ async def open_hub(
     hub = Hub(config or HubConfig(), authenticate=authenticate, on_publish=on_publish)
     async with trio.open_nursery() as nursery:
         hub._nursery = nursery
-        nursery.start_soon(hub._release_writers)
+        nursery.start_soon(hub.flush.run)
         nursery.start_soon(hub._every, hub.config.cleanup.interval, hub.sweep)
         nursery.start_soon(hub._every, hub.config.metrics.flush_interval, hub.flush_metrics)
         try:

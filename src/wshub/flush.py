@@ -1,0 +1,115 @@
+"""The hub-wide flush tick: writers are released together, then publishers get a pause.
+
+Theory of operation:
+- A connection whose queue goes from empty to non-empty is marked dirty (``mark_dirty``). The
+  tick takes every dirty connection at once and wakes its writer; each writer sends its whole
+  queue, in frames of up to ``limits.max_batch`` messages.
+- The tick waits until all but 2% of the writers it released are done (``writer_flushed``),
+  so writers stuck on slow clients never hold the others up; a time limit backs that up for
+  small fan-outs, and a writer still busy from an earlier tick is not waited for again.
+- Then the publishers run alone for ``write_delay``, or up to ``flush_pause_ratio`` times as
+  long as the flush took if that is longer, while queues fill into bigger batches: under a
+  heavy fan-out publishers and writers share the time, and batches grow with the load.
+  (Sleeping from the release instead is no pause at all when a thousand sends outlast it:
+  the publisher would get one step per scheduler round, and frames would carry one message
+  each.) Past ``write_delay`` the pause ends as soon as every task of the program is waiting
+  (publishers idle between messages add nothing to the batches, and holding what they queued
+  would only add to its latency), or when a waiting writer's queue reaches ``high_water``
+  (a publisher that never waits cannot grow the queues until every client is cut with 4002).
+- The first message after a quiet spell goes out at once; with ``write_delay`` 0 writers are
+  released on every publish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+import trio.testing
+
+from wshub.config import LimitsConfig
+
+if TYPE_CHECKING:
+    from wshub.connection import Connection
+
+__all__ = ["FlushTick"]
+
+
+class FlushTick:
+    """Releases dirty connections' writers together; ``run`` is a task of the hub's nursery."""
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.write_delay = limits.write_delay
+        self.pause_ratio = limits.flush_pause_ratio
+        # A queue this long (of a writer not sending) ends the publishers' pause.
+        self.high_water = max(limits.max_batch, limits.max_queue // 4)
+        self._dirty: list[Connection] = []
+        self._dirty_event = trio.Event()
+        self._tick = 0  # ticks so far
+        self._flushing = 0  # writers released by this tick that have not finished
+        self._stragglers = 0  # how many of them the tick does not wait for
+        self._flushed = trio.Event()
+        self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
+
+    def mark_dirty(self, connection: Connection) -> None:
+        """Schedule a connection's writer for the next tick."""
+        self._dirty.append(connection)
+        self._dirty_event.set()
+
+    def queues_high(self) -> None:
+        """A waiting writer has ``high_water`` messages queued: end the publishers' pause."""
+        self._queues_high.set()
+
+    def writer_flushed(self, tick: int) -> None:
+        """A writer released by tick ``tick`` has sent its queue."""
+        if tick == self._tick:
+            self._flushing -= 1
+            if self._flushing <= self._stragglers:
+                self._flushed.set()
+
+    async def run(self) -> None:
+        """Tick until cancelled: release, wait for the flush, pause."""
+        delay = self.write_delay
+        wait_limit = max(0.25, 50 * delay)
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            dirty, self._dirty = self._dirty, []
+            self._tick += 1
+            self._flushing = 0
+            self._flushed = trio.Event()
+            # Made before the flush, so a queue reaching high water during it counts too.
+            self._queues_high = trio.Event()
+            for connection in dirty:
+                if delay and connection.writer_alive and connection.flush_tick is None:
+                    connection.flush_tick = self._tick
+                    self._flushing += 1
+                connection.wake_writer()
+            self._stragglers = self._flushing // 50
+            started = trio.current_time()
+            if self._flushing:
+                with trio.move_on_after(wait_limit):
+                    await self._flushed.wait()
+            if delay:
+                flush_time = trio.current_time() - started
+                with trio.move_on_after(delay):
+                    await self._queues_high.wait()
+                longer = flush_time * self.pause_ratio - delay
+                if longer > 0 and not self._queues_high.is_set():
+                    await self._pause(longer)
+
+    async def _pause(self, seconds: float) -> None:
+        # The publishers' pause past write_delay: it ends after ``seconds``, at the valve, or
+        # as soon as every task is blocked. ``wait_all_tasks_blocked`` lives in trio.testing
+        # but is the run loop's own idle signal, the one Trio offers for "nothing else can
+        # run"; a program that never idles simply gets the whole pause.
+        async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.deadline = trio.current_time() + seconds
+
+            async def end_on(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(end_on, self._queues_high.wait)
+            nursery.start_soon(end_on, trio.testing.wait_all_tasks_blocked)
