@@ -81,7 +81,8 @@ class Connection:
         self.stats: ClientStats | None = None
         self.subscriptions: set[str] = set()
         self.queue: list[QueueItem] = []
-        self.queue_limit = config.limits.max_queue
+        self.queue_limit = self._quiet_below = 0
+        self._set_queue_limit(config.limits.max_queue)
         self.dirty = False
         self._parked: trio.lowlevel.Task | None = None  # the writer, waiting for a wake-up
         self._woken = False  # a wake-up came while the writer was busy
@@ -103,6 +104,9 @@ class Connection:
     def enqueue(self, item: QueueItem) -> None:
         """Append one frame for this client without awaiting; overflow closes with 4002."""
         queue = self.queue
+        if len(queue) < self._quiet_below and self.dirty:
+            queue.append(item)  # the common case: scheduled already, far from any limit
+            return
         if len(queue) >= self.queue_limit:
             if self.scope.cancel_called:  # already being closed: count its overflow once
                 return
@@ -119,9 +123,15 @@ class Connection:
         """Append replayed messages; they are bounded by history, not by the queue limit."""
         if items:
             self.queue.extend(items)
-            self.queue_limit = len(self.queue) + self.hub.config.limits.max_queue
+            self._set_queue_limit(len(self.queue) + self.hub.config.limits.max_queue)
             if not self.dirty:
                 self._mark_dirty()
+
+    def _set_queue_limit(self, limit: int) -> None:
+        # Below ``_quiet_below`` an append into a dirty queue can neither overflow nor reach
+        # high water: ``enqueue`` then only appends (it runs once per subscriber per publish).
+        self.queue_limit = limit
+        self._quiet_below = min(limit, self._flush.high_water - 1)
 
     def _mark_dirty(self) -> None:
         self.dirty = True
@@ -365,7 +375,7 @@ class Connection:
         stats = self.stats
         assert stats is not None
         items, self.queue = self.queue, []
-        self.queue_limit = max_queue
+        self._set_queue_limit(max_queue)
         self.dirty = False
         step = max_batch if self.batching else 1
         for start in range(0, len(items), step):
