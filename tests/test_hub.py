@@ -189,6 +189,26 @@ async def test_a_client_busy_sending_is_never_pinged(autojump_clock: Any) -> Non
         assert client.close_code == 4004
 
 
+async def test_frames_waiting_behind_a_slow_hook_count_as_life(autojump_clock: Any) -> None:
+    async def slow(client_id: str, stream: str, data: Any) -> Any:
+        await trio.sleep(0.9)  # under call_timeout (1 s)
+        return data
+
+    async with open_hub(config(), on_publish=slow) as hub:  # heartbeat interval 2, timeout 1
+        client = await connect_memory(hub, "alice", answer_pings=False)
+        await client.receive()
+        for n in range(8):  # each publish waits 0.9 s for the hook; they queue up behind it
+            await client.send({"type": "publish", "stream": "news", "data": n, "ref": n})
+        answers = [await client.receive() for _ in range(8)]
+        assert [answer["ref"] for answer in answers] == list(range(8))
+        assert trio.current_time() == pytest.approx(8 * 0.9)  # 7.2 s with no wait for a frame
+        assert client.pings == []  # so no ping, and no 4004 for the silence
+        # then a real silence: a ping 2 s later, unanswered, and 4004 after 1 s more
+        assert (await client.wait_closed())[0] == 4004
+        assert client.pings == [pytest.approx(7.2 + 2)]
+        assert trio.current_time() == pytest.approx(7.2 + 2 + 1)
+
+
 async def test_binary_frame_closes_with_1003(autojump_clock: Any) -> None:
     async with open_hub(config()) as hub:
         client = await connect_memory(hub, "alice")

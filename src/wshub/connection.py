@@ -12,9 +12,10 @@ Theory of operation:
   the history); the limit applies to what arrives after them.
 - A connection ends by cancelling its scope after setting ``close_code``; the transport is
   closed with that code in ``finally``, shielded and bounded in time.
-- The heartbeat is the reader's deadline, not a task of its own: after ``heartbeat.interval``
-  without a frame the reader pings (where the transport can) and waits ``heartbeat.timeout`` for
-  the pong; without ping frames it waits ``interval + timeout`` for the client's own frames.
+- The heartbeat is the reader's deadline, not a task of its own: after waiting
+  ``heartbeat.interval`` for a frame the reader pings (where the transport can) and waits
+  ``heartbeat.timeout`` for the pong; without ping frames it waits ``interval + timeout`` for
+  the client's own frames.
   An idle connection costs two tasks (reader and writer) and no Event: the writer parks itself
   until the hub's flush tick reschedules it.
 """
@@ -95,7 +96,6 @@ class Connection:
         self.writer_alive = False
         self.flush_tick: int | None = None  # the hub tick this writer was released by
         self.cut = False  # a frame was interrupted: close without a close frame
-        self.last_heard = trio.current_time()
         self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
         self.strikes = 0
 
@@ -236,7 +236,6 @@ class Connection:
             if not isinstance(event, Hello):
                 self.abort(CloseCode.BAD_HELLO, "the first frame must be a hello")
                 return None
-            self.last_heard = trio.current_time()
             return event
         self.abort(CloseCode.BAD_HELLO, f"no hello within {limits.hello_timeout:g} seconds")
         return None
@@ -260,29 +259,30 @@ class Connection:
         receive = transport.receive
         limits = self.hub.config.limits
         heartbeat = self.hub.config.heartbeat
-        # How long a silence is allowed before the client must show it is alive: with ping
-        # frames a ping then has ``timeout`` to be answered; without them the client's own
-        # pings (every ``welcome.heartbeat`` seconds) are the only sign of life.
+        # How long the reader waits for a frame before the client must show it is alive: with
+        # ping frames a ping then has ``timeout`` to be answered; without them the client's
+        # own pings (every ``welcome.heartbeat`` seconds) are the only sign of life. Counted
+        # from when the reader starts waiting, so frames that arrived while it was busy (a
+        # slow hook) count as life, and a ping is never stuck behind them.
         silence = (
             heartbeat.interval if transport.can_ping else heartbeat.interval + heartbeat.timeout
         )
         stats = self.stats
         assert stats is not None
         while True:
-            with trio.move_on_at(self.last_heard + silence) as waiting:
+            with trio.move_on_after(silence) as waiting:
                 raw = await receive()
             if waiting.cancelled_caught:
                 if not await self._answers_ping(heartbeat.timeout):
                     self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                     return
                 continue
-            self.last_heard = trio.current_time()
             if isinstance(raw, bytes):
                 self.abort(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
                 return
             stats.messages_in += 1
             stats.bytes_in += len(raw)
-            stats.last_activity = self.last_heard
+            stats.last_activity = trio.current_time()
             if not self.bucket.try_acquire():
                 self.strikes += 1
                 stats.errors += 1
@@ -322,7 +322,6 @@ class Connection:
             return False
         with trio.move_on_after(timeout):
             await self.transport.ping()
-            self.last_heard = trio.current_time()
             return True
         return False
 
