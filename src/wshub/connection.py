@@ -377,36 +377,42 @@ class Connection:
         self._set_queue_limit(max_queue)
         self.dirty = False
         step = max_batch if self.batching else 1
-        for start in range(0, len(items), step):
-            if self.scope.cancel_called:  # aborted: the sends below would be shielded
-                return False
-            chunk = items[start : start + step]
-            frames: list[str] = []
-            delivered = 0
-            for item in chunk:
-                if item.__class__ is str:
-                    frames.append(item)
-                else:
-                    frames.append(item.frame)  # type: ignore[union-attr]
-                    delivered += 1
-            text = frames[0] if len(frames) == 1 else "\n".join(frames)
-            # A frame is sent whole or the connection is cut: cancelling a send part-way
-            # would leave half a frame on the wire with the close frame inside it.
-            with trio.CancelScope(shield=True) as guard:
-                self.send_guard = guard
-                await send(text)
-            self.send_guard = None
-            if guard.cancelled_caught:
-                self.cut = True
-                return False
-            stats.messages_out += delivered
-            stats.bytes_out += len(text)
-            metrics.delivered += delivered
-            if delivered and metrics.should_sample():
-                now = trio.current_time()
+        aborted = False
+        # A frame is sent whole or the connection is cut: cancelling a send part-way would
+        # leave half a frame on the wire with the close frame inside it. One shielded scope
+        # for the whole flush; ``abort`` gives the frame being sent a deadline through it,
+        # and no frame starts once the connection is aborted.
+        with trio.CancelScope(shield=True) as guard:
+            self.send_guard = guard
+            for start in range(0, len(items), step):
+                if self.scope.cancel_called:
+                    aborted = True
+                    break
+                chunk = items[start : start + step]
+                frames: list[str] = []
+                delivered = 0
                 for item in chunk:
-                    if item.__class__ is not str:
-                        metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
+                    if item.__class__ is str:
+                        frames.append(item)
+                    else:
+                        frames.append(item.frame)  # type: ignore[union-attr]
+                        delivered += 1
+                text = frames[0] if len(frames) == 1 else "\n".join(frames)
+                await send(text)
+                stats.messages_out += delivered
+                stats.bytes_out += len(text)
+                metrics.delivered += delivered
+                if delivered and metrics.should_sample():
+                    now = trio.current_time()
+                    for item in chunk:
+                        if item.__class__ is not str:
+                            metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
+        self.send_guard = None
+        if guard.cancelled_caught:
+            self.cut = True
+            return False
+        if aborted:
+            return False
         stats.last_activity = trio.current_time()
         return True
 
