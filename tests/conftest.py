@@ -31,9 +31,13 @@ def require_tool(path_or_name: str, why: str) -> str:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright; never a downloaded browser."""
+    """Headless Debian Chromium driven by Playwright; never a downloaded browser.
+
+    Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread while it
+    is open, and a test module run after it that calls ``asyncio.run`` must not find one.
+    """
     executable = require_tool(CHROMIUM, "the browser tests")
     from playwright.sync_api import sync_playwright
 
