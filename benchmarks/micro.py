@@ -17,6 +17,7 @@ import gc
 import hashlib
 import json
 import random
+import statistics
 import sys
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from _harness import (
     FULL,
     MB,
+    MS,
     QUICK,
     US,
     FakeClock,
@@ -48,10 +50,15 @@ from _harness import (
     stmt,
 )
 from wshub.breaker import CircuitBreaker
+from wshub.config import HubConfig
+from wshub.connection import Connection
 from wshub.dedup import Deduplicator, canonical_json, message_id, scoped_key
 from wshub.history import HistoryStore, StoredMessage, StreamHistory
+from wshub.hub import Hub, PublishResult
 from wshub.metrics import LATENCY_BUCKETS, HubMetrics
-from wshub.protocol import encode_message
+from wshub.protocol import SUBPROTOCOL, encode_message
+from wshub.testing import MemoryClient, MemoryTransport
+from wshub.transport import RequestInfo
 
 Key = tuple[str, str, str]
 
@@ -353,6 +360,102 @@ def encode_rows(s: Settings) -> list[Row]:
     return [Row(group, k, b, m, "ns", detail, ratio(b, baseline)) for k, (b, m) in results.items()]
 
 
+# ------------------------------------------------------------------ 8. fan-out and collector
+
+
+def enqueue_rows(s: Settings) -> list[Row]:
+    """Connection.enqueue, as the fan-out calls it: once per subscriber of each publish."""
+    group = "8. Fan-out and the garbage collector"
+    count = 1_000
+    message = StoredMessage("news", 1, MID, NEWS, 0, "frame", 0.0)
+
+    async def fan_out(n: int) -> float:
+        hub = Hub(HubConfig.production())
+        connections = [
+            Connection(hub, MemoryTransport(MemoryClient(), SUBPROTOCOL), RequestInfo())
+            for _ in range(count)
+        ]
+        for connection in connections:
+            connection.enqueue(message)  # scheduled (dirty), as after a publish
+        rounds = max(1, n // count)
+        elapsed = 0
+        for done in range(0, rounds, 100):  # queues emptied every 100, as a flush would
+            chunk = min(100, rounds - done)
+            started = perf_counter_ns()
+            for _ in range(chunk):
+                for connection in connections:
+                    connection.enqueue(message)
+            elapsed += perf_counter_ns() - started
+            for connection in connections:
+                del connection.queue[1:]
+        return elapsed / (rounds * count) * n
+
+    ((best, median),) = compare({"enqueue": in_trio(fan_out)}, s).values()
+    name = "Connection.enqueue into 1000 scheduled queues"
+    return [Row(group, name, best, median, "ns", "per subscriber", target=150)]
+
+
+def collector_rows(s: Settings) -> list[Row]:
+    """One full collection with a full de-duplication window, as the hub keeps it and before."""
+    group = "8. Fan-out and the garbage collector"
+    entries = 100_000
+    keys = [scoped_key("news", "", f"{i:016x}") for i in range(entries)]
+    variants: dict[str, Callable[[int], object]] = {
+        "no table (the process as it is)": lambda i: None,
+        "100k entries as the hub keeps them (the offset)": lambda i: i,
+        "100k entries holding a PublishResult (before)": lambda i: PublishResult(
+            "news", i, keys[i][2], False
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(max(3, s.repeats // 3)):
+        for name, value in variants.items():
+            table = Deduplicator(window=300, max_entries=entries, clock=FakeClock())
+            if value(0) is not None:
+                for i, key in enumerate(keys):
+                    table.record(key, value(i))
+            gc.collect()  # the first pass untracks what it can, as a running hub's would
+            started = perf_counter_ns()
+            gc.collect()
+            times[name].append(perf_counter_ns() - started)
+            del table
+    alone = times["no table (the process as it is)"]
+    rows = []
+    for name, samples in times.items():
+        best, median = min(samples), statistics.median(samples)
+        more = f"+{(median - statistics.median(alone)) / MS:.1f} ms" if samples is not alone else ""
+        rows.append(Row(group, f"gc.collect(), {name}", best, median, "ns", more))
+    added: dict[str, list[float]] = {}
+    for label, name in (
+        ("as kept", "100k entries as the hub keeps them (the offset)"),
+        ("holding PublishResult", "100k entries holding a PublishResult (before)"),
+    ):
+        added[label] = [k - a for k, a in zip(times[name], alone, strict=True)]
+    kept, before = added["as kept"], added["holding PublishResult"]
+    rows.append(
+        Row(
+            group,
+            "what 100k entries as kept add to a full collection",
+            min(kept),
+            statistics.median(kept),
+            "ns",
+            target=10 * MS,
+        )
+    )
+    rows.append(
+        Row(
+            group,
+            "what 100k entries holding PublishResult added (before)",
+            min(before),
+            statistics.median(before),
+            "ns",
+            "reference",
+            ratio(statistics.median(before), statistics.median(kept)),
+        )
+    )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every section, print the report; 1 only with ``--check`` and a failed target."""
     parser = argparse.ArgumentParser(description="Micro-benchmarks of wshub's pure core.")
@@ -371,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: metrics_rows(settings),
         lambda: memory_rows(settings),
         lambda: encode_rows(settings),
+        lambda: enqueue_rows(settings),
+        lambda: collector_rows(settings),
     ]
     rows: list[Row] = []
     for number, section in enumerate(sections, 1):
