@@ -3,10 +3,10 @@
 Theory of operation: text in, frozen attrs events out; events in, text out. Nothing here touches a
 socket or Trio, so it is tested with plain strings. ``parse_client_frame`` checks every field the
 protocol defines (unknown fields are ignored) and raises :class:`ProtocolError` with a protocol
-error code; *who* may subscribe or publish is the hub's business, not this module's. Events
-compare by value; those holding a dict (``Hello.subscribe``, ``Welcome.streams``, JSON data) are
-not hashable. An absent ``ref`` is :data:`NO_REF`, distinct from ``null`` (``None``), so replies
-echo ``ref`` only when the client sent one. JSON is ``orjson`` (compact, never a raw newline).
+error code; *who* may subscribe or publish is the hub's business, not this module's. The
+events themselves are in ``wshub.events`` (re-exported here). An absent ``ref`` is
+:data:`NO_REF`, distinct from ``null`` (``None``), so replies echo ``ref`` only when the client
+sent one. JSON is ``orjson`` (compact, never a raw newline).
 """
 
 from __future__ import annotations
@@ -17,28 +17,75 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias
 
-import attrs
 import orjson
+
+from wshub.events import (
+    NO_REF,
+    ClientEvent,
+    Error,
+    Hello,
+    Message,
+    NoRef,
+    Ping,
+    Pong,
+    Position,
+    Publish,
+    Published,
+    ServerEvent,
+    StreamStatus,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+)
+
+__all__ = [  # the events are defined in wshub.events and re-exported here
+    "ERROR_CODES",
+    "NO_REF",
+    "SUBPROTOCOL",
+    "ClientEvent",
+    "CloseCode",
+    "Error",
+    "Hello",
+    "Message",
+    "NoRef",
+    "Ping",
+    "Pong",
+    "Position",
+    "ProtocolError",
+    "Publish",
+    "Published",
+    "ServerEvent",
+    "StreamStatus",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "Welcome",
+    "encode_error",
+    "encode_hello",
+    "encode_message",
+    "encode_ping",
+    "encode_pong",
+    "encode_publish",
+    "encode_published",
+    "encode_subscribe",
+    "encode_subscribed",
+    "encode_unsubscribe",
+    "encode_unsubscribed",
+    "encode_welcome",
+    "is_valid_client_id",
+    "join_batch",
+    "parse_client_frame",
+    "parse_server_frame",
+    "personal_stream",
+    "split_batch",
+    "stream_kind",
+]
 
 SUBPROTOCOL = "wshub.v1"
 
-
-@attrs.frozen
-class Position:
-    """A client's position in a stream: it has seen every message up to ``offset`` of ``epoch``."""
-
-    offset: int
-    epoch: str
-
-
-class NoRef(enum.Enum):
-    """The type of :data:`NO_REF`."""
-
-    NO_REF = "NO_REF"
-
-
-#: Marks an absent ``ref`` (a client that sent ``"ref": null`` gets ``null`` echoed back).
-NO_REF: Final = NoRef.NO_REF
 
 #: Every error code an ``error`` frame may carry.
 ERROR_CODES: Final = frozenset(
@@ -99,125 +146,6 @@ def stream_kind(name: str) -> Literal["topic", "personal", "system"] | None:
     if name[:1] == "$":
         return "system" if _NAME.fullmatch(name, 1) else None
     return "topic" if _NAME.fullmatch(name) else None
-
-
-# --- events --------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Hello:
-    """``hello``: the first frame; ``subscribe`` maps streams to positions (None: from now on)."""
-
-    client_id: str
-    token: str | None
-    subscribe: Mapping[str, Position | None]
-
-
-@attrs.frozen
-class Subscribe:
-    """``subscribe``: start receiving ``stream``, replaying after ``position`` when given."""
-
-    stream: str
-    position: Position | None
-
-
-@attrs.frozen
-class Unsubscribe:
-    """``unsubscribe``: stop receiving ``stream``."""
-
-    stream: str
-
-
-@attrs.frozen
-class Publish:
-    """``publish``: append ``data`` to ``stream``; ``id`` is an idempotency key, ``ref`` an echo."""
-
-    stream: str
-    data: Any
-    id: str | None
-    ref: Any
-
-
-@attrs.frozen
-class Ping:
-    """``ping``: answered by ``pong``."""
-
-
-ClientEvent: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | Ping
-
-
-@attrs.frozen
-class StreamStatus:
-    """A stream's state: ``offset`` is its newest message, ``first`` the oldest still held."""
-
-    epoch: str
-    offset: int
-    first: int | None
-    recovered: bool
-
-
-@attrs.frozen
-class Welcome:
-    """``welcome``: answers ``hello`` with the status of every subscribed stream."""
-
-    client_id: str
-    session: str
-    heartbeat: float
-    streams: Mapping[str, StreamStatus]
-
-
-@attrs.frozen
-class Message:
-    """``message``: one message of ``stream``; ``ts`` is Unix milliseconds at publish."""
-
-    stream: str
-    offset: int
-    id: str
-    data: Any
-    ts: int
-
-
-@attrs.frozen
-class Subscribed:
-    """``subscribed``: answers ``subscribe``, before its replay."""
-
-    stream: str
-    status: StreamStatus
-
-
-@attrs.frozen
-class Unsubscribed:
-    """``unsubscribed``: answers ``unsubscribe``."""
-
-    stream: str
-
-
-@attrs.frozen
-class Published:
-    """``published``: answers ``publish``; ``ref`` is :data:`NO_REF` when none was sent."""
-
-    ref: Any
-    stream: str
-    offset: int
-    id: str
-    duplicate: bool
-
-
-@attrs.frozen
-class Pong:
-    """``pong``: answers ``ping``."""
-
-
-@attrs.frozen
-class Error:
-    """``error``: a non-fatal error; ``ref`` is :data:`NO_REF` when none was echoed."""
-
-    code: str
-    message: str
-    ref: Any
-
-
-ServerEvent: TypeAlias = Welcome | Message | Subscribed | Unsubscribed | Published | Pong | Error
 
 
 # --- parsing: each frame type has a spec giving each field its rule -----------------------------
