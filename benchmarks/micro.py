@@ -49,16 +49,16 @@ from _harness import (
     ratio,
     stmt,
 )
-from wshub.breaker import CircuitBreaker
-from wshub.config import HubConfig
-from wshub.connection import Connection
-from wshub.dedup import Deduplicator, canonical_json, message_id, scoped_key
-from wshub.history import HistoryStore, StoredMessage, StreamHistory
-from wshub.hub import Hub, PublishResult
-from wshub.metrics import LATENCY_BUCKETS, HubMetrics
-from wshub.protocol import SUBPROTOCOL, encode_message
+from wshub.core.breaker import CircuitBreaker
+from wshub.core.config import HubConfig
+from wshub.core.dedup import Deduplicator, canonical_json, message_id, scoped_key
+from wshub.core.history import HistoryStore, StoredMessage, StreamHistory
+from wshub.core.metrics import LATENCY_BUCKETS, HubMetrics
+from wshub.core.protocol import SUBPROTOCOL, encode_message
+from wshub.hub.connection import Connection
+from wshub.hub.hub import Hub, PublishResult
+from wshub.hub.transport import RequestInfo
 from wshub.testing import MemoryClient, MemoryTransport
-from wshub.transport import RequestInfo
 
 Key = tuple[str, str, str]
 

@@ -202,8 +202,8 @@ async def _serve_wshub_hypercorn(lifetime: float) -> None:
     import trio
     from hypercorn.trio import serve
 
-    from wshub.asgi import create_app
     from wshub.cli import hypercorn_config
+    from wshub.servers.asgi import create_app
 
     config = _wshub_config()
     app = create_app(config)

@@ -19,11 +19,11 @@ import sys
 
 import trio
 
-from wshub.asgi import create_app
 from wshub.cli import build_serve_config, hypercorn_config, serve
-from wshub.hooks import Identity
-from wshub.protocol import Hello
-from wshub.transport import RequestInfo
+from wshub.core.protocol import Hello
+from wshub.hub.hooks import Identity
+from wshub.hub.transport import RequestInfo
+from wshub.servers.asgi import create_app
 
 UNREACHABLE_TOKEN = "auth-service-down"
 

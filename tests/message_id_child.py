@@ -10,7 +10,7 @@ import sys
 
 import orjson
 
-from wshub.dedup import message_id
+from wshub.core.dedup import message_id
 
 
 def main() -> None:

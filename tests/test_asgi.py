@@ -37,10 +37,10 @@ from serve_helpers import (
     receive_objects,
     wshub_serve,
 )
-from wshub.asgi import create_app
-from wshub.config import HubConfig
-from wshub.endpoints import Message
-from wshub.hub import Hub, open_hub
+from wshub.core.config import HubConfig
+from wshub.hub.hub import Hub, open_hub
+from wshub.servers.asgi import create_app
+from wshub.servers.endpoints import Message
 
 KEY = "s3cret-key"
 AUTH = {"authorization": f"Bearer {KEY}"}

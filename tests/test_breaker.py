@@ -12,7 +12,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub.breaker import (
+from wshub.core.breaker import (
     BreakerPermit,
     BreakerRegistry,
     BreakerRegistryFull,
@@ -21,7 +21,7 @@ from wshub.breaker import (
     CircuitBreaker,
     CircuitOpenError,
 )
-from wshub.config import BreakerConfig, HubConfig
+from wshub.core.config import BreakerConfig, HubConfig
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

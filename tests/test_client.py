@@ -20,10 +20,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub import protocol
-from wshub.backoff import Backoff
-from wshub.breaker import CircuitBreaker
-from wshub.client import (
+from wshub.client.client import (
     Client,
     ClientError,
     ClientRejected,
@@ -34,19 +31,23 @@ from wshub.client import (
     SubscribeError,
     open_client,
 )
-from wshub.config import HubConfig
-from wshub.history import StoredMessage, StreamHistory
-from wshub.hub import Hub, PublishResult, open_hub
-from wshub.protocol import SUBPROTOCOL, Position, StreamStatus
-from wshub.resume import (
+from wshub.client.resume import (
     ANY_EPOCH,
     JsonFilePositionStore,
     MemoryPositionStore,
     StreamTracker,
 )
+from wshub.core import protocol
+from wshub.core.backoff import Backoff
+from wshub.core.breaker import CircuitBreaker
+from wshub.core.config import HubConfig
+from wshub.core.errors import TransportClosed
+from wshub.core.history import StoredMessage, StreamHistory
+from wshub.core.protocol import SUBPROTOCOL, Position, StreamStatus
+from wshub.hub.hub import Hub, PublishResult, open_hub
+from wshub.hub.transport import RequestInfo
 from wshub.testing import MemoryClient, connect_memory
 from wshub.tools import PublishHTTPError, publish_http, tail
-from wshub.transport import RequestInfo, TransportClosed
 
 URL = "ws://hub.test/ws"
 

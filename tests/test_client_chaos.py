@@ -23,11 +23,11 @@ import trio
 from trio_websocket import WebSocketRequest
 from trio_websocket import serve_websocket as trio_serve_websocket
 
-from wshub.client import ClientRejected, ConnectFailed, Gap, Message, open_client
-from wshub.config import HubConfig
-from wshub.hub import Hub, open_hub
-from wshub.protocol import Position
-from wshub.server import serve_websocket
+from wshub.client.client import ClientRejected, ConnectFailed, Gap, Message, open_client
+from wshub.core.config import HubConfig
+from wshub.core.protocol import Position
+from wshub.hub.hub import Hub, open_hub
+from wshub.servers.websocket import serve_websocket
 from wshub.tools import PublishHTTPError, publish_http
 
 STREAMS = [f"chaos.{n}" for n in range(5)]

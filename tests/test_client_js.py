@@ -27,9 +27,9 @@ import trio
 from conftest import require_tool
 from serve_helpers import wshub_serve
 from wshub import serve_websocket
-from wshub.config import HubConfig
-from wshub.hub import Hub, open_hub
-from wshub.protocol import CloseCode, Position
+from wshub.core.config import HubConfig
+from wshub.core.protocol import CloseCode, Position
+from wshub.hub.hub import Hub, open_hub
 
 SCRIPTS = Path(__file__).parent / "js"
 CONFIG = HubConfig.testing().merged(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub.config import (
+from wshub.core.config import (
     AdminConfig,
     BreakerConfig,
     ConfigError,

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from wshub.dedup import Deduplicator, DedupStatistics, canonical_json, message_id, scoped_key
+from wshub.core.dedup import Deduplicator, DedupStatistics, canonical_json, message_id, scoped_key
 
 CHILD = Path(__file__).with_name("message_id_child.py")
 

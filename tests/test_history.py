@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-from wshub.history import (
+from wshub.core.history import (
     HistoryFull,
     HistoryStatistics,
     HistoryStore,
@@ -17,7 +17,7 @@ from wshub.history import (
     StreamHistory,
     new_epoch,
 )
-from wshub.protocol import Position
+from wshub.core.protocol import Position
 
 
 def publish(history: StreamHistory, count: int = 1) -> None:

@@ -10,9 +10,9 @@ import trio
 import trio.testing
 
 import wshub
-from wshub.config import HubConfig
-from wshub.hooks import Identity, PublishRejected
-from wshub.hub import open_hub
+from wshub.core.config import HubConfig
+from wshub.hub.hooks import Identity, PublishRejected
+from wshub.hub.hub import open_hub
 from wshub.testing import connect_memory
 
 
@@ -492,7 +492,7 @@ async def test_a_consumer_that_never_reads_is_cut_after_the_frame_timeout(
         await trio.testing.wait_all_tasks_blocked()
         for n in range(11):
             await hub.publish("news", n)  # the 11th overflows at t=0
-        timeout = wshub.connection.FINISH_FRAME_TIMEOUT
+        timeout = wshub.hub.connection.FINISH_FRAME_TIMEOUT
         await trio.sleep_until(timeout - 0.001)
         assert hub.connection_count == 1  # its welcome frame still has a chance to finish
         await trio.sleep_until(timeout)

@@ -36,7 +36,7 @@ from ws_clients import (
     position,
 )
 from wshub import HubConfig, serve_websocket
-from wshub.hub import Hub, open_hub
+from wshub.hub.hub import Hub, open_hub
 
 HOST = "127.0.0.1"
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from wshub.metrics import LATENCY_BUCKETS, ClientStats, HubMetrics
+from wshub.core.metrics import LATENCY_BUCKETS, ClientStats, HubMetrics
 
 
 class FakeClock:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub.protocol import (
+from wshub.core.protocol import (
     ERROR_CODES,
     NO_REF,
     SUBPROTOCOL,

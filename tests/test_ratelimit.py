@@ -6,7 +6,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from wshub.ratelimit import TokenBucket, TokenBucketStatistics
+from wshub.core.ratelimit import TokenBucket, TokenBucketStatistics
 
 
 async def test_bucket_starts_full_and_allows_a_burst(autojump_clock: MockClock) -> None:

@@ -8,10 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from wshub.config import HubConfig
-from wshub.connection import CLOSE_TIMEOUT
-from wshub.hub import open_hub
-from wshub.protocol import Position
+from wshub.core.config import HubConfig
+from wshub.core.protocol import Position
+from wshub.hub.connection import CLOSE_TIMEOUT
+from wshub.hub.hub import open_hub
 from wshub.testing import MemoryClient, connect_memory
 
 

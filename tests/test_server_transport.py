@@ -20,8 +20,8 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from wshub.server import TrioWebSocketTransport
-from wshub.transport import TransportClosed
+from wshub.core.errors import TransportClosed
+from wshub.servers.websocket import TrioWebSocketTransport
 
 BIG = 8_000_000  # far more than a loopback socket with a small receive buffer takes at once
 

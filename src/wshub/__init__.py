@@ -11,20 +11,22 @@ from wshub import (
     client,
     testing,
 )
-from wshub.breaker import (
+from wshub.core.breaker import (
     BreakerRegistry,
     BreakerState,
     BreakerStatistics,
     CircuitBreaker,
     CircuitOpenError,
 )
-from wshub.config import ConfigError, HubConfig
-from wshub.dedup import Deduplicator, message_id
-from wshub.hooks import AuthenticationError, HookUnavailable, Identity, PublishRejected
-from wshub.hub import Hub, PublishResult, open_hub
-from wshub.protocol import SUBPROTOCOL, CloseCode, Position
-from wshub.server import serve_websocket
-from wshub.transport import RequestInfo, Transport, TransportClosed
+from wshub.core.config import ConfigError, HubConfig
+from wshub.core.dedup import Deduplicator, message_id
+from wshub.core.errors import TransportClosed
+from wshub.core.events import PublishResult
+from wshub.core.protocol import SUBPROTOCOL, CloseCode, Position
+from wshub.hub.hooks import AuthenticationError, HookUnavailable, Identity, PublishRejected
+from wshub.hub.hub import Hub, open_hub
+from wshub.hub.transport import RequestInfo, Transport
+from wshub.servers.websocket import serve_websocket
 
 __version__ = "0.1.0"
 

@@ -26,9 +26,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
-from wshub.asgi import HubApp, create_app
-from wshub.config import ConfigError, HubConfig
-from wshub.protocol import is_valid_client_id, stream_kind
+from wshub.core.config import ConfigError, HubConfig
+from wshub.core.protocol import is_valid_client_id, stream_kind
+from wshub.servers.asgi import HubApp, create_app
 
 __all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
 
@@ -263,7 +263,7 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
 
 
 def _run_tail(args: argparse.Namespace) -> int:
-    from wshub.client import ClientError
+    from wshub.client.client import ClientError
     from wshub.tools import tail
 
     if not is_valid_client_id(args.client_id):

@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 import trio
 
-from wshub.hub import Hub
-from wshub.protocol import SUBPROTOCOL, Position, encode_hello, split_batch
-from wshub.transport import RequestInfo, TransportClosed
+from wshub.core.errors import TransportClosed
+from wshub.core.protocol import SUBPROTOCOL, Position, encode_hello, split_batch
+from wshub.hub.hub import Hub
+from wshub.hub.transport import RequestInfo
 
 __all__ = ["ClientClosed", "MemoryClient", "MemoryTransport", "connect_memory"]
 

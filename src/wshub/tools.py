@@ -13,8 +13,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from wshub.client import Gap, open_client
-from wshub.resume import ANY_EPOCH, Position
+from wshub.client.client import Gap, open_client
+from wshub.client.resume import ANY_EPOCH, Position
 
 __all__ = ["PublishHTTPError", "event_json", "publish_http", "tail"]
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from wshub.history import StoredMessage
-from wshub.hooks import AuthenticationError, HookUnavailable, Identity
-from wshub.metrics import ClientStats
-from wshub.protocol import (
+from wshub.core.errors import TransportClosed
+from wshub.core.history import StoredMessage
+from wshub.core.metrics import ClientStats
+from wshub.core.protocol import (
     NO_REF,
     SUBPROTOCOL,
     CloseCode,
@@ -47,11 +47,12 @@ from wshub.protocol import (
     encode_unsubscribed,
     parse_client_frame,
 )
-from wshub.ratelimit import TokenBucket
-from wshub.transport import RequestInfo, Transport, TransportClosed
+from wshub.core.ratelimit import TokenBucket
+from wshub.hub.hooks import AuthenticationError, HookUnavailable, Identity
+from wshub.hub.transport import RequestInfo, Transport
 
 if TYPE_CHECKING:
-    from wshub.hub import Hub
+    from wshub.hub.hub import Hub
 
 __all__ = ["Connection"]
 

@@ -18,10 +18,10 @@ from typing import Any, TypeAlias
 import attrs
 import trio
 
-from wshub import protocol
-from wshub.protocol import NO_REF, Position, StreamStatus
-from wshub.reconnect import ClientError, Counters, Session, SessionOver
-from wshub.resume import Gap, Message, PositionStore, StreamTracker
+from wshub.client.reconnect import ClientError, Counters, Session, SessionOver
+from wshub.client.resume import Gap, Message, PositionStore, StreamTracker
+from wshub.core import protocol
+from wshub.core.protocol import NO_REF, Position, StreamStatus
 
 __all__ = ["ClientEvent", "ClientState", "PendingPublish", "PublishError", "SubscribeError"]
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import trio
 import trio.testing
 
-from wshub.config import LimitsConfig
+from wshub.core.config import LimitsConfig
 
 if TYPE_CHECKING:
-    from wshub.connection import Connection
+    from wshub.hub.connection import Connection
 
 __all__ = ["FlushTick"]
 

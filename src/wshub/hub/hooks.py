@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from wshub.breaker import BreakerRegistry, CircuitOpenError
-from wshub.config import BreakerConfig
-from wshub.metrics import HubMetrics
-from wshub.protocol import Hello
-from wshub.transport import RequestInfo
+from wshub.core.breaker import BreakerRegistry, CircuitOpenError
+from wshub.core.config import BreakerConfig
+from wshub.core.metrics import HubMetrics
+from wshub.core.protocol import Hello
+from wshub.hub.transport import RequestInfo
 
 __all__ = [
     "AuthenticateHook",

@@ -29,27 +29,27 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from wshub import protocol
-from wshub.backoff import Backoff
-from wshub.breaker import CircuitBreaker
-from wshub.client_state import (
-    ClientEvent,
-    ClientState,
-    PendingPublish,
-    PublishError,
-    SubscribeError,
-)
-from wshub.hub import PublishResult
-from wshub.protocol import Position
-from wshub.reconnect import (
+from wshub.client.reconnect import (
     ClientError,
     ClientRejected,
     ConnectFailed,
     Reconnector,
     SessionOver,
 )
-from wshub.resume import Gap, MemoryPositionStore, Message, PositionStore
-from wshub.websocket_client import ClientTransport, Connector, websocket_connector
+from wshub.client.resume import Gap, MemoryPositionStore, Message, PositionStore
+from wshub.client.state import (
+    ClientEvent,
+    ClientState,
+    PendingPublish,
+    PublishError,
+    SubscribeError,
+)
+from wshub.client.transport import ClientTransport, Connector, websocket_connector
+from wshub.core import protocol
+from wshub.core.backoff import Backoff
+from wshub.core.breaker import CircuitBreaker
+from wshub.core.events import PublishResult
+from wshub.core.protocol import Position
 
 __all__ = [
     "Client",

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import trio
 
-from wshub.protocol import Position
+from wshub.core.protocol import Position
 
 __all__ = [
     "HistoryFull",

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from wshub.hub import Hub
+    from wshub.hub.hub import Hub
 
 __all__ = ["health_report", "stats_report"]
 

@@ -21,7 +21,7 @@ from typing import Protocol, TypeAlias
 from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
 from trio_websocket import open_websocket_url as _open_websocket_url
 
-from wshub.transport import TransportClosed, translate_errors
+from wshub.core.errors import TransportClosed, translate_errors
 
 __all__ = ["ClientTransport", "Connector", "TrioWebSocketClientTransport", "websocket_connector"]
 

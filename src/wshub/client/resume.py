@@ -23,8 +23,8 @@ from typing import Any, Final, Protocol
 import attrs
 import orjson
 
-from wshub import protocol
-from wshub.protocol import Position, StreamStatus
+from wshub.core import protocol
+from wshub.core.protocol import Position, StreamStatus
 
 __all__ = [
     "ANY_EPOCH",

@@ -23,12 +23,12 @@ from typing import Protocol
 import attrs
 import trio
 
-from wshub import protocol
-from wshub.backoff import Backoff
-from wshub.breaker import BreakerPermit, CircuitBreaker, CircuitOpenError
-from wshub.protocol import SUBPROTOCOL, CloseCode
-from wshub.transport import TransportClosed
-from wshub.websocket_client import ClientTransport, Connector
+from wshub.client.transport import ClientTransport, Connector
+from wshub.core import protocol
+from wshub.core.backoff import Backoff
+from wshub.core.breaker import BreakerPermit, CircuitBreaker, CircuitOpenError
+from wshub.core.errors import TransportClosed
+from wshub.core.protocol import SUBPROTOCOL, CloseCode
 
 __all__ = [
     "ClientError",

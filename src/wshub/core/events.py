@@ -26,6 +26,7 @@ __all__ = [
     "Pong",
     "Position",
     "Publish",
+    "PublishResult",
     "Published",
     "ServerEvent",
     "StreamStatus",
@@ -169,3 +170,16 @@ class Error:
 
 
 ServerEvent: TypeAlias = Welcome | Message | Subscribed | Unsubscribed | Published | Pong | Error
+
+
+@attrs.frozen
+class PublishResult:
+    """The answer to a publish: where the message is, and whether it was a duplicate.
+
+    Returned by ``Hub.publish`` and by the Trio client's ``Client.publish`` alike.
+    """
+
+    stream: str
+    offset: int
+    id: str
+    duplicate: bool

@@ -25,26 +25,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import trio
 
-from wshub.breaker import BreakerRegistry
-from wshub.config import HubConfig
-from wshub.connection import CLOSE_TIMEOUT, Connection
-from wshub.dedup import Deduplicator, message_id, scoped_key
-from wshub.flush import FlushTick
-from wshub.history import HistoryFull, HistoryStore, Replay, StoredMessage
-from wshub.hooks import (
-    AuthenticateHook,
-    AuthenticationError,
-    HookUnavailable,
-    Identity,
-    OnPublishHook,
-    PublishRejected,
-    call_guarded,
-)
-from wshub.metrics import HubMetrics
-from wshub.protocol import (
+from wshub.core.breaker import BreakerRegistry
+from wshub.core.config import HubConfig
+from wshub.core.dedup import Deduplicator, message_id, scoped_key
+from wshub.core.events import PublishResult
+from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
+from wshub.core.metrics import HubMetrics
+from wshub.core.protocol import (
     CloseCode,
     Hello,
     Position,
@@ -58,8 +47,19 @@ from wshub.protocol import (
     personal_stream,
     stream_kind,
 )
-from wshub.reports import health_report, stats_report
-from wshub.transport import RequestInfo, Transport
+from wshub.hub.connection import CLOSE_TIMEOUT, Connection
+from wshub.hub.flush import FlushTick
+from wshub.hub.hooks import (
+    AuthenticateHook,
+    AuthenticationError,
+    HookUnavailable,
+    Identity,
+    OnPublishHook,
+    PublishRejected,
+    call_guarded,
+)
+from wshub.hub.reports import health_report, stats_report
+from wshub.hub.transport import RequestInfo, Transport
 
 __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
 
@@ -67,16 +67,6 @@ logger = logging.getLogger("wshub.hub")
 
 SYS_METRICS = "$sys.metrics"
 SERVER_PUBLISHER = ""  # the server API's publisher scope; no client id can be empty
-
-
-@attrs.frozen
-class PublishResult:
-    """The answer to a publish: where the message is, and whether it was a duplicate."""
-
-    stream: str
-    offset: int
-    id: str
-    duplicate: bool
 
 
 class Hub:

@@ -23,9 +23,9 @@ import orjson
 import trio
 from prometheus_client.exposition import choose_encoder
 
-from wshub.history import HistoryFull
-from wshub.hub import Hub
-from wshub.protocol import ProtocolError, Publish, parse_client_frame
+from wshub.core.history import HistoryFull
+from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
+from wshub.hub.hub import Hub
 
 __all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
 

@@ -9,9 +9,10 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from trio_websocket import serve_websocket as _trio_serve_websocket
 from wsproto.events import TextMessage
 
-from wshub.hub import Hub
-from wshub.protocol import SUBPROTOCOL
-from wshub.transport import RequestInfo, TransportClosed, translate_errors
+from wshub.core.errors import TransportClosed, translate_errors
+from wshub.core.protocol import SUBPROTOCOL
+from wshub.hub.hub import Hub
+from wshub.hub.transport import RequestInfo
 
 __all__ = ["TrioWebSocketTransport", "serve_websocket"]
 

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from wshub.events import (
+from wshub.core.events import (
     NO_REF,
     ClientEvent,
     Error,

@@ -1,0 +1,7 @@
+"""The sans-IO core: pure state on the Trio clock, shared by the hub and the client.
+
+Configuration, the wire protocol and its events, circuit breakers, de-duplication, stream
+history, rate limiting, metrics and backoff. Nothing here opens a socket or a file descriptor,
+and time is read only through ``trio.current_time()``, so ``trio.testing.MockClock`` drives all
+of it. It may import no other wshub layer (``tests/test_layers.py`` enforces this).
+"""

@@ -1,0 +1,71 @@
+"""The small interface between the hub and a WebSocket implementation.
+
+The hub serves every client through the same connection code; what differs between
+trio-websocket (``servers/websocket.py``), hypercorn's ASGI (``servers/asgi.py``) and the
+in-memory transport (``testing.py``) is hidden behind ``Transport``. Lower-level errors become
+``TransportClosed`` in ``core/errors.py``, so the connection code never sees a library's
+exception type.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from wshub.core.errors import TransportClosed
+
+__all__ = ["RequestInfo", "Transport", "TransportClosed"]
+
+
+@attrs.frozen
+class RequestInfo:
+    """What the hub knows about the HTTP upgrade request of a connection."""
+
+    path: str = "/ws"
+    headers: tuple[tuple[str, str], ...] = ()  # lower-case names, in request order
+    remote: str = ""
+    subprotocols: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class Transport(Protocol):
+    """One accepted WebSocket, as the hub's connection code uses it."""
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol (``wshub.v1``) or None."""
+        ...
+
+    @property
+    def can_ping(self) -> bool:
+        """Whether ``ping()`` sends a WebSocket ping frame and waits for its pong."""
+        ...
+
+    async def receive(self) -> str | bytes:
+        """The next whole message; raises TransportClosed once the peer is gone."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; raises TransportClosed once the peer is gone."""
+        ...
+
+    async def ping(self) -> None:
+        """Send a ping frame and wait for the pong; raises TransportClosed."""
+        ...
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` (idempotent; never raises TransportClosed)."""
+        ...
+
+    async def abort(self) -> None:
+        """Cut the connection without a close frame: a send was interrupted mid-frame, so
+        anything more written to the stream would land inside that frame (idempotent)."""
+        ...
