@@ -123,6 +123,9 @@ def _as_tuple(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Sections
 
+#: The largest ``limits.max_depth``: orjson encodes at most 254 levels.
+MAX_DEPTH_CEILING = 250
+
 
 @attrs.frozen
 class ServerConfig:
@@ -157,6 +160,16 @@ class LimitsConfig:
     rate: float = attrs.field(default=100.0, validator=_number(0))
     burst: int = attrs.field(default=200, validator=_integer(1))
     rate_limit_strikes: int = attrs.field(default=20, validator=_integer(1))
+    max_depth: int = attrs.field(default=32, validator=_integer(3))
+
+    def __attrs_post_init__(self) -> None:
+        # A hello with positions nests 3 levels; orjson encodes at most 254, and a frame the
+        # hub accepted must stay encodable when it is echoed or delivered.
+        if self.max_depth > MAX_DEPTH_CEILING:
+            raise ConfigError(
+                f"limits.max_depth must be an integer from 3 to {MAX_DEPTH_CEILING}, "
+                f"got {self.max_depth}"
+            )
 
 
 @attrs.frozen

@@ -230,7 +230,7 @@ class Connection:
                 self.abort(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
                 return None
             try:
-                event = parse_client_frame(raw)
+                event = parse_client_frame(raw, max_depth=limits.max_depth)
             except ProtocolError as error:
                 self.abort(CloseCode.BAD_HELLO, f"bad hello: {error.message}")
                 return None
@@ -292,11 +292,12 @@ class Connection:
                     return
                 wait = self.bucket.retry_after()
                 message = f"rate limit exceeded; retry in {wait:.3f} s"
-                self.enqueue(encode_error("rate_limited", message, _ref_of(raw)))
+                ref = _ref_of(raw, limits.max_depth)
+                self.enqueue(encode_error("rate_limited", message, ref))
                 continue
             self.strikes = 0
             try:
-                event = parse_client_frame(raw)
+                event = parse_client_frame(raw, max_depth=limits.max_depth)
             except ProtocolError as error:
                 stats.errors += 1
                 self.enqueue(encode_error(error.code, error.message, error.ref))
@@ -418,10 +419,10 @@ class Connection:
         return True
 
 
-def _ref_of(raw: str) -> Any:
+def _ref_of(raw: str, max_depth: int) -> Any:
     """The ``ref`` of a frame that will not be served, so the client can tell which one."""
     try:
-        event = parse_client_frame(raw)
+        event = parse_client_frame(raw, max_depth=max_depth)
     except ProtocolError as error:
         return error.ref
     return getattr(event, "ref", NO_REF)

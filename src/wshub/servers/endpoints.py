@@ -24,7 +24,7 @@ import trio
 from prometheus_client.exposition import choose_encoder
 
 from wshub.core.history import HistoryFull
-from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
+from wshub.core.protocol import ProtocolError, parse_publish_body
 from wshub.hub.hub import Hub
 
 __all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
@@ -176,20 +176,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def _parse_publish(body: bytes) -> Publish:
-    """The body as a ``publish`` frame, checked by the protocol's own rules."""
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ProtocolError("bad_request", f"invalid JSON: {error}") from None
-    if not isinstance(fields, dict):
-        raise ProtocolError("bad_request", "the body must be a JSON object")
-    fields["type"] = "publish"
-    event = parse_client_frame(orjson.dumps(fields))
-    assert isinstance(event, Publish)
-    return event
-
-
 async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
     config = hub.config
     api_key = config.admin.api_key
@@ -211,7 +197,7 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
     if body is None:
         return too_large
     try:
-        event = _parse_publish(body)
+        event = parse_publish_body(body, max_depth=config.limits.max_depth)
         result = await hub.publish(event.stream, event.data, id=event.id)
     except ProtocolError as error:
         return error_response(400, error.message)

@@ -1,0 +1,223 @@
+"""Hostile input against the hub (in memory, under the mock clock) and the HTTP publish endpoint.
+
+Every bad frame gets the PROTOCOL.md answer (an ``error`` frame or a close code), the
+connection that sent it is the only one affected, and nothing is logged at ERROR (any client
+could otherwise flood the log). The same inputs over real sockets, on both servers, are in
+``test_hostile_sockets.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import orjson
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wshub.core.config import HubConfig
+from wshub.hub.hub import open_hub
+from wshub.servers.asgi import create_app
+from wshub.testing import connect_memory
+
+KEY = "s3cret-key"
+AUTH = {"authorization": f"Bearer {KEY}"}
+DEPTH_MESSAGE = "a frame nests deeper than limits.max_depth (32 levels)"
+
+
+def config(**sections: dict[str, Any]) -> HubConfig:
+    """The testing preset with some keys changed."""
+    return HubConfig.testing().merged(sections)
+
+
+def nested(depth: int, leaf: Any = 0) -> Any:
+    """``leaf`` inside ``depth`` levels of alternating arrays and objects."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --------------------------------------------------------------------------- deep nesting
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "bogus", "ref": nested(300)},
+        {"type": "publish", "stream": "news", "data": nested(300), "ref": "r1"},
+        {"type": "publish", "stream": "news", "data": 1, "ref": nested(300)},
+        {"type": "subscribe", "stream": "news", "position": nested(300)},
+    ],
+)
+async def test_a_deeply_nested_frame_gets_bad_request_and_the_connection_stays_up(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture, frame: dict[str, Any]
+) -> None:
+    async with open_hub(config()) as hub:
+        client = await connect_memory(hub, "alice")
+        await client.receive()
+        await client.send(json.dumps(frame))  # ~620 bytes: orjson cannot even write it
+        error = await client.receive()
+        assert (error["type"], error["code"], error["message"]) == (
+            "error",
+            "bad_request",
+            DEPTH_MESSAGE,
+        )
+        assert error.get("ref") == ("r1" if frame.get("ref") == "r1" else None)
+        await client.send({"type": "ping"})
+        assert await client.receive() == {"type": "pong"}
+        assert len(hub.histories.get_or_create("news")) == 0
+        await client.aclose()
+    assert errors_logged(caplog) == []
+
+
+async def test_a_deeply_nested_hello_closes_4000_naming_the_limit(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_hub(config()) as hub:
+        client = await connect_memory(hub)
+        hello = {"type": "hello", "client_id": "alice", "ref": nested(300)}
+        await client.send(json.dumps(hello))
+        with trio.fail_after(1):
+            assert await client.wait_closed() == (4000, f"bad hello: {DEPTH_MESSAGE}")
+    assert errors_logged(caplog) == []
+
+
+async def test_max_depth_is_configurable(autojump_clock: Any) -> None:
+    async with open_hub(config(limits={"max_depth": 5})) as hub:
+        client = await connect_memory(hub, "alice")
+        await client.receive()
+        await client.send({"type": "publish", "stream": "news", "data": nested(4)})
+        assert (await client.receive())["type"] == "published"
+        await client.send({"type": "publish", "stream": "news", "data": nested(5)})
+        error = await client.receive()
+        assert error["message"] == "a frame nests deeper than limits.max_depth (5 levels)"
+        await client.aclose()
+
+
+async def test_a_rate_limited_deep_frame_is_answered_without_its_ref(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(limits={"burst": 1, "rate": 0.001, "rate_limit_strikes": 10})
+    async with open_hub(cfg) as hub:
+        client = await connect_memory(hub, "alice")
+        await client.receive()
+        await client.send({"type": "ping"})
+        assert await client.receive() == {"type": "pong"}
+        await client.send(json.dumps({"type": "bogus", "ref": nested(300)}))
+        error = await client.receive()
+        assert error["code"] == "rate_limited" and "ref" not in error
+        await client.aclose()
+    assert errors_logged(caplog) == []
+
+
+# --------------------------------------------------------------------------- HTTP publish
+
+
+async def http_publish(app: Any, body: bytes) -> tuple[int, Any]:
+    """POST /api/publish to the ASGI app with ``body``; the status and the JSON answer."""
+    sent: list[dict[str, Any]] = []
+    chunks = [body]
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(), "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/publish",
+        "query_string": b"",
+        "headers": [(b"authorization", AUTH["authorization"].encode())],
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"], orjson.loads(sent[1]["body"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"stream": "news", "data": nested(300)},
+        {"stream": "news", "data": 1, "ref": nested(300)},
+        {"stream": "news", "data": 1, "id": nested(300)},
+    ],
+)
+async def test_http_publish_of_deep_json_is_400_naming_the_limit(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture, body: dict[str, Any]
+) -> None:
+    cfg = HubConfig.development().merged({"admin": {"api_key": KEY}, "metrics": {"log": False}})
+    async with open_hub(cfg) as hub:
+        app = create_app(hub=hub)
+        status, answer = await http_publish(app, json.dumps(body).encode())
+        assert (status, answer) == (
+            400,
+            {"error": "the body nests deeper than limits.max_depth (32 levels)"},
+        )
+        assert len(hub.histories.get_or_create("news")) == 0
+    assert errors_logged(caplog) == []
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+#: JSON text a hostile client might send: deep nesting, huge and tiny numbers, odd strings.
+HUGE_NUMBERS = st.sampled_from(
+    ["1e400", "-1e400", "1e-400", "18446744073709551616", "-9223372036854775809", "1" * 400]
+) | st.integers().map(str)
+NESTING = st.integers(min_value=0, max_value=400).map(lambda depth: "[" * depth + "]" * depth)
+FIELDS = st.one_of(
+    HUGE_NUMBERS,
+    NESTING,
+    st.integers(min_value=0, max_value=300).map(lambda depth: json.dumps(nested(depth))),
+    st.text(max_size=20).map(json.dumps),
+)
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> str:
+    """A frame-shaped JSON object whose fields hold hostile values."""
+    kind = draw(st.sampled_from(["publish", "subscribe", "ping", "bogus", "hello"]))
+    # Subscribed to a stream nobody publishes to, so every frame gets exactly one answer.
+    stream = "quiet" if kind == "subscribe" else "news"
+    fields = {"type": json.dumps(kind), "stream": json.dumps(stream)}
+    for name in draw(st.lists(st.sampled_from(["data", "ref", "id", "position"]), unique=True)):
+        fields[name] = draw(FIELDS)
+    return "{" + ",".join(f'"{name}":{value}' for name, value in fields.items()) + "}"
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(hostile_frames(), min_size=1, max_size=8))
+async def test_hostile_frames_get_answers_and_never_break_the_connection(
+    frames: list[str],
+) -> None:
+    # Each frame gets exactly one answer (an error, published, subscribed or pong), in order,
+    # and the connection stays up: a ping after them is still answered.
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("wshub").addHandler(handler)
+    try:
+        with trio.fail_after(10):
+            async with open_hub(config(limits={"burst": 100})) as hub:
+                client = await connect_memory(hub, "fuzz")
+                await client.receive()
+                for frame in frames:
+                    await client.send(frame)
+                    answer = await client.receive()
+                    assert answer["type"] in {"error", "published", "subscribed", "pong"}, answer
+                await client.send({"type": "ping"})
+                assert await client.receive() == {"type": "pong"}
+                await client.aclose()
+    finally:
+        logging.getLogger("wshub").removeHandler(handler)
+    assert logged == []
