@@ -89,7 +89,9 @@ def test_constants_match_the_protocol() -> None:
     assert {code.name: int(code) for code in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
         "UNSUPPORTED_DATA": 1003,
+        "INVALID_PAYLOAD": 1007,
         "POLICY_VIOLATION": 1008,
         "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,

@@ -106,7 +106,9 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  #: Normal close.
     GOING_AWAY = 1001  #: The server is shutting down; reconnect (to another node) and resume.
+    PROTOCOL_ERROR = 1002  #: A frame broke RFC 6455, e.g. its fragmentation rules.
     UNSUPPORTED_DATA = 1003  #: A binary frame was received.
+    INVALID_PAYLOAD = 1007  #: A text frame that is not valid UTF-8.
     POLICY_VIOLATION = 1008  #: Authentication failed, origin refused or client id not allowed.
     MESSAGE_TOO_BIG = 1009  #: A frame was larger than ``limits.max_message_bytes``.
     INTERNAL_ERROR = 1011  #: Internal server error.

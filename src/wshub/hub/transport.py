@@ -15,7 +15,12 @@ import attrs
 
 from wshub.core.errors import TransportClosed
 
-__all__ = ["RequestInfo", "Transport", "TransportClosed"]
+__all__ = ["LINGER_BYTES", "RequestInfo", "Transport", "TransportClosed"]
+
+#: Most a transport reads (and discards) after sending its close frame, while it waits for
+#: the peer's close: enough for a client to finish writing an oversized frame and then read
+#: why it was closed, rather than have its kernel drop the close frame on a reset.
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -62,7 +67,9 @@ class Transport(Protocol):
         ...
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code`` (idempotent; never raises TransportClosed)."""
+        """Close with ``code`` (idempotent; never raises TransportClosed). After the close
+        frame the transport keeps reading, discarding up to LINGER_BYTES, until the peer's
+        close frame, so that the peer can read the code; the caller bounds the time."""
         ...
 
     async def abort(self) -> None:
