@@ -20,7 +20,8 @@ from wshub.core.breaker import (
     CircuitOpenError,
 )
 from wshub.core.breaker_registry import BreakerRegistry, BreakerRegistryFull
-from wshub.core.config import BreakerConfig, HubConfig
+from wshub.core.config import HubConfig
+from wshub.core.sections import BreakerConfig
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

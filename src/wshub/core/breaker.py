@@ -23,7 +23,7 @@ from typing import TypeVar, TypeVarTuple
 import attrs
 import trio
 
-from wshub.core.config import BreakerConfig
+from wshub.core.sections import BreakerConfig
 
 __all__ = [
     "BreakerPermit",

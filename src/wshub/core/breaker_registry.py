@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from wshub.core.breaker import BreakerStatistics, CircuitBreaker, TransitionListener
-from wshub.core.config import BreakerConfig
+from wshub.core.sections import BreakerConfig
 
 __all__ = ["BreakerRegistry", "BreakerRegistryFull"]
 

@@ -19,9 +19,9 @@ import trio
 
 from wshub.core.breaker import CircuitOpenError
 from wshub.core.breaker_registry import BreakerRegistry
-from wshub.core.config import BreakerConfig
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import Hello
+from wshub.core.sections import BreakerConfig
 from wshub.hub.transport import RequestInfo
 
 __all__ = [
