@@ -226,6 +226,6 @@ async def serve_websocket(
 
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            functools.partial(trio.serve_listeners, handle, listeners, handler_nursery=hub._nursery)
+            functools.partial(trio.serve_listeners, handle, listeners, handler_nursery=hub.nursery)
         )
         task_status.started(EmbeddedServer(tuple(listeners)))
