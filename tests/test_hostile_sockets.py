@@ -6,8 +6,9 @@ close frame away), and must not take the server down or hurt another client. The
 UTF-8, broken fragmentation. Writes that fail with a reset (EPIPE, ECONNRESET) are failures:
 they mean the server closed its socket while the client was still sending.
 
-``embedded`` runs a hub and ``serve_websocket`` in the test's own Trio run; ``serve`` is a
-``wshub serve`` subprocess (hypercorn) shared by the module. Everything listens on 127.0.0.1
+``embedded`` runs a hub and ``serve_websocket`` (trio-websocket) in the test's own Trio run,
+``fast`` the same with ``serve_fast``; ``serve`` is a ``wshub serve --server hypercorn``
+subprocess shared by the module. Everything listens on 127.0.0.1
 and every wait is bounded.
 """
 
@@ -26,6 +27,7 @@ from raw_websocket import CONTINUATION, PING, TEXT, RawWebSocket, frame
 from serve_helpers import Server, wshub_serve
 from wshub import HubConfig, serve_websocket
 from wshub.hub.hub import open_hub
+from wshub.servers.fast import serve_fast
 
 MB = 1_000_000
 LIMIT = 65536
@@ -47,35 +49,38 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("hostile") / "wshub.log"
     env = {f"WSHUB_LIMITS__{key.upper()}": str(value) for key, value in LIMITS.items()}
     env["WSHUB_METRICS__LOG"] = "false"
-    running = wshub_serve(log, "--preset", "development", env=env)
+    running = wshub_serve(log, "--preset", "development", "--server", "hypercorn", env=env)
     yield running
     running.stop()
     assert "Traceback" not in running.log(), running.log()
 
 
 @asynccontextmanager
-async def embedded() -> AsyncIterator[int]:
-    """A development hub with the same limits, served by ``serve_websocket``; yields the port."""
+async def embedded(kind: str = "embedded") -> AsyncIterator[int]:
+    """A development hub with the same limits, served in this Trio run by ``serve_websocket``
+    (trio-websocket) or ``serve_fast``; yields the port."""
     cfg = HubConfig.development().merged({"limits": LIMITS, "metrics": {"log": False}})
+    serve_function = serve_fast if kind == "fast" else serve_websocket
     async with open_hub(cfg) as hub, trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+        server = await nursery.start(serve_function, hub, "127.0.0.1", 0)
         yield server.port
         nursery.cancel_scope.cancel()
 
 
-@pytest.fixture(params=["embedded", "serve"])
-def served_by(request: pytest.FixtureRequest) -> Server | None:
-    """The ``wshub serve`` process, or None for the embedded server."""
-    return request.getfixturevalue("serve") if request.param == "serve" else None
+@pytest.fixture(params=["embedded", "fast", "serve"])
+def served_by(request: pytest.FixtureRequest) -> str | Server:
+    """The ``wshub serve`` process (hypercorn), or which server to run in-process."""
+    kind: str = request.param
+    return request.getfixturevalue("serve") if kind == "serve" else kind
 
 
 @pytest.fixture
-async def port(served_by: Server | None) -> AsyncIterator[int]:
-    """The port of a running server of either kind."""
-    if served_by is not None:
+async def port(served_by: str | Server) -> AsyncIterator[int]:
+    """The port of a running server of any kind."""
+    if isinstance(served_by, Server):
         yield served_by.port
         return
-    async with embedded() as bound:
+    async with embedded(served_by) as bound:
         yield bound
 
 
@@ -118,10 +123,11 @@ async def test_an_oversized_frame_gets_1009_and_the_sender_is_never_reset(
         await still_served(port)
 
 
-async def test_the_embedded_server_never_buffers_an_oversized_frame() -> None:
-    # trio-websocket keeps at most max_message_bytes of a message; past its 1009 the rest is
-    # read and dropped chunk by chunk, never kept.
-    async with embedded() as bound:
+@pytest.mark.parametrize("kind", ["embedded", "fast"])
+async def test_the_embedded_servers_never_buffer_an_oversized_frame(kind: str) -> None:
+    # Each keeps at most max_message_bytes of a message; past its 1009 the rest is read and
+    # dropped chunk by chunk, never kept.
+    async with embedded(kind) as bound:
         client = await welcomed(bound, "big")
         data = frame(TEXT, b'"' + b"x" * (50 * MB) + b'"')  # made before tracing starts
         tracemalloc.start()
@@ -204,13 +210,14 @@ BROKEN_FRAMES = {
 }
 
 
+@pytest.mark.parametrize("kind", ["embedded", "fast"])
 @pytest.mark.parametrize("name", sorted(BROKEN_FRAMES))
-async def test_frames_wsproto_refuses_close_with_the_rfc_code_on_the_embedded_server(
-    name: str,
+async def test_frames_wsproto_refuses_close_with_the_rfc_code_on_the_embedded_servers(
+    name: str, kind: str
 ) -> None:
     data, expected = BROKEN_FRAMES[name]
     with trio.fail_after(10):
-        async with embedded() as bound:
+        async with embedded(kind) as bound:
             client = await welcomed(bound, "broken")
             await client.send_raw(data)
             assert (await client.wait_closed())[0] == expected

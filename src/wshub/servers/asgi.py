@@ -24,7 +24,7 @@ from wshub.core.errors import TransportClosed, translate_errors
 from wshub.core.protocol import SUBPROTOCOL, CloseCode
 from wshub.hub.hooks import AuthenticateHook, OnPublishHook
 from wshub.hub.hub import Hub, open_hub
-from wshub.hub.transport import LINGER_BYTES, RequestInfo
+from wshub.hub.transport import DISCARD_BYTES, RequestInfo
 from wshub.servers.endpoints import Message, Receive, Scope, Send, error_response, handle_http
 
 __all__ = ["ASGITransport", "HubApp", "app", "create_app"]
@@ -106,7 +106,7 @@ class ASGITransport:
         raise NotImplementedError("ASGI has no WebSocket ping frames")
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code``, then discard what the peer still sends (up to LINGER_BYTES)
+        """Close with ``code``, then discard what the peer still sends (up to DISCARD_BYTES)
         until its close; idempotent, never raises TransportClosed. The caller bounds the
         time."""
         await self._send_close(code, reason)
@@ -114,7 +114,7 @@ class ASGITransport:
             return
         discarded = 0
         with contextlib.suppress(TransportClosed), translate_errors():
-            while discarded <= LINGER_BYTES:
+            while discarded <= DISCARD_BYTES:
                 message = await self._receive()
                 if message["type"] != "websocket.receive":
                     break

@@ -11,8 +11,9 @@ Theory of operation:
   releases it (trio-websocket reads and writes no more). The server's handler closes the
   socket itself once the connection has ended (``close_lingering``): it writes the close frame
   trio-websocket did not write (1002 or 1007 after a parse failure), half-closes (FIN), then
-  reads and discards until the peer closes too, for at most ``LINGER_TIMEOUT`` seconds and
-  ``LINGER_BYTES`` bytes, as HTTP servers do in their lingering close.
+  reads and discards until the peer closes too, for at most ``CLOSE_SECONDS`` seconds and
+  ``DISCARD_BYTES`` bytes (as the fast server does, and HTTP servers in their lingering
+  close).
 - Whether trio-websocket wrote a close frame is seen on the wire: each of its writes is one
   whole frame, and a close frame's first byte is 0x88 (FIN and opcode 8, RFC 6455 section
   5.2). The hub's direct writes of text frames go to the socket stream itself, not through
@@ -26,13 +27,9 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection as WSProtoConnection
 from wsproto.events import CloseConnection
 
-from wshub.hub.transport import LINGER_BYTES
+from wshub.hub.transport import CLOSE_SECONDS, DISCARD_BYTES
 
-__all__ = ["LINGER_TIMEOUT", "ClosingStream", "close_frame"]
-
-#: Longest a closed connection is read (and the input discarded) while waiting for the peer
-#: to close its side.
-LINGER_TIMEOUT = 2.0
+__all__ = ["ClosingStream", "close_frame"]
 
 _CLOSE_FRAME_FIRST_BYTE = b"\x88"  # FIN + opcode 0x8; servers never mask (RFC 6455 5.2)
 _RESERVED_CODES = frozenset({1004, 1005, 1006, 1015})  # never sent on the wire
@@ -94,7 +91,7 @@ class ClosingStream(trio.abc.HalfCloseableStream):
     async def close_lingering(self, frame: bytes | None) -> None:
         """Close the socket so that the peer can read what was sent: write ``frame`` (the
         close frame) unless a close frame went out already, half-close, discard the peer's
-        input until it closes (bounded by LINGER_TIMEOUT and LINGER_BYTES), then close."""
+        input until it closes (bounded by CLOSE_SECONDS and DISCARD_BYTES), then close."""
         self.released = True
         try:
             if not self.aborted:
@@ -102,9 +99,9 @@ class ClosingStream(trio.abc.HalfCloseableStream):
                     self.close_frame_written = True
                     await self.stream.send_all(frame)
                 await self.stream.send_eof()
-                with trio.move_on_after(LINGER_TIMEOUT):
+                with trio.move_on_after(CLOSE_SECONDS):
                     discarded = 0
-                    while discarded <= LINGER_BYTES:
+                    while discarded <= DISCARD_BYTES:
                         data = await self.stream.receive_some(65536)
                         if not data:
                             break
