@@ -8,6 +8,7 @@ could otherwise flood the log). The same inputs over real sockets, on both serve
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any
@@ -116,6 +117,35 @@ async def test_a_rate_limited_deep_frame_is_answered_without_its_ref(
         assert error["code"] == "rate_limited" and "ref" not in error
         await client.aclose()
     assert errors_logged(caplog) == []
+
+
+# --------------------------------------------------------------------------- the admin key
+
+
+async def test_the_hello_token_is_compared_with_the_api_key_in_constant_time(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Constant time cannot be timed reliably in a test; what can be pinned is that the
+    # comparison is hmac.compare_digest's (as on the HTTP side), on bytes, so any token works.
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(given: bytes, expected: bytes) -> bool:
+        compared.append((given, expected))
+        return real(given, expected)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    cfg = config(admin={"api_key": "s3cret"}, server={"allow_anonymous": False})
+    async with open_hub(cfg) as hub:
+        admin = await connect_memory(hub, "ops", token="s3cret", subscribe={"$sys.metrics": None})
+        welcome = await admin.receive()
+        assert welcome["type"] == "welcome" and "$sys.metrics" in welcome["streams"]
+        for token in ("s3crex", "x3cret", "clé", ""):
+            refused = await connect_memory(hub, "eve", token=token)
+            assert (await refused.wait_closed())[0] == 1008
+        await admin.aclose()
+    assert compared[0] == (b"s3cret", b"s3cret")
+    assert [given for given, _ in compared[1:]] == [b"s3crex", b"x3cret", "clé".encode(), b""]
 
 
 # --------------------------------------------------------------------------- HTTP publish

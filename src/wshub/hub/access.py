@@ -9,6 +9,8 @@ publish only to topics, when their identity or ``server.client_publish`` allows.
 
 from __future__ import annotations
 
+import hmac
+
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.metrics import HubMetrics
@@ -16,9 +18,17 @@ from wshub.core.protocol import Hello, personal_stream, stream_kind
 from wshub.hub.hooks import AuthenticateHook, AuthenticationError, Identity, call_guarded
 from wshub.hub.transport import RequestInfo
 
-__all__ = ["SYS_METRICS", "authenticate", "publish_refusal", "subscribe_refusal"]
+__all__ = ["SYS_METRICS", "api_key_matches", "authenticate", "publish_refusal", "subscribe_refusal"]
 
 SYS_METRICS = "$sys.metrics"
+
+
+def api_key_matches(given: str | None, api_key: str | None) -> bool:
+    """Whether ``given`` is ``api_key`` (False when either is None), compared in constant time
+    so that how long it takes tells nothing about how much of a guess was right."""
+    if given is None or api_key is None:
+        return False
+    return hmac.compare_digest(given.encode(), api_key.encode())
 
 
 async def authenticate(
@@ -48,7 +58,7 @@ async def authenticate(
             raise AuthenticationError(f"client id {hello.client_id!r} not allowed")
         return identity
     admin = config.admin
-    if admin.api_key is not None and hello.token == admin.api_key:
+    if api_key_matches(hello.token, admin.api_key):
         return Identity(hello.client_id, admin=True, can_publish=True)
     if not config.server.allow_anonymous:
         raise AuthenticationError("anonymous clients are not allowed")

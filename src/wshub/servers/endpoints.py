@@ -12,7 +12,6 @@ for a browser, an ``api_key`` query parameter. The health endpoints stay open fo
 
 from __future__ import annotations
 
-import hmac
 import importlib.resources
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
@@ -25,6 +24,7 @@ from prometheus_client.exposition import choose_encoder
 
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, parse_publish_body
+from wshub.hub.access import api_key_matches
 from wshub.hub.hub import Hub
 
 __all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
@@ -127,7 +127,7 @@ def _key_refusal(api_key: str, request: Request, *, allow_query: bool) -> Respon
         return error_response(
             401, f"missing API key: send {where}", ("www-authenticate", 'Bearer realm="wshub"')
         )
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
+    if not api_key_matches(given, api_key):
         return error_response(403, "invalid API key")
     return None
 
