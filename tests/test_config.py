@@ -38,6 +38,8 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "limits.burst": 1,
     "limits.rate_limit_strikes": 1,
     "limits.max_depth": 3,
+    "limits.max_subscriptions": 1,
+    "history.max_subscribed_streams": 1,
     "history.size": 1,
     "history.max_streams": 1,
     "dedup.max_entries": 1,

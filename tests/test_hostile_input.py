@@ -119,6 +119,92 @@ async def test_a_rate_limited_deep_frame_is_answered_without_its_ref(
     assert errors_logged(caplog) == []
 
 
+# --------------------------------------------------------------------------- subscriptions
+
+
+async def test_subscriptions_past_max_subscriptions_get_limit_exceeded(autojump_clock: Any) -> None:
+    async with open_hub(config(limits={"max_subscriptions": 3})) as hub:
+        client = await connect_memory(hub, "alice", subscribe={"a": None})
+        welcome = await client.receive()
+        assert set(welcome["streams"]) == {"@alice", "a"}  # the personal stream is not counted
+        for stream in ("b", "c", "a"):  # subscribing again to "a" takes no second place
+            await client.send({"type": "subscribe", "stream": stream})
+            assert (await client.receive())["type"] == "subscribed"
+        await client.send({"type": "subscribe", "stream": "d"})
+        assert await client.receive() == {
+            "type": "error",
+            "code": "limit_exceeded",
+            "message": "already subscribed to 3 streams, the most limits.max_subscriptions "
+            "allows on one connection",
+        }
+        await client.send({"type": "unsubscribe", "stream": "a"})
+        assert (await client.receive())["type"] == "unsubscribed"
+        await client.send({"type": "subscribe", "stream": "d"})
+        assert (await client.receive())["type"] == "subscribed"
+        assert client.close_code is None
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["forbidden", "allowed"])
+async def test_a_hello_listing_1100_streams_gets_its_welcome_and_bounded_errors(
+    autojump_clock: Any, kind: str
+) -> None:
+    # Each refused stream used to queue its own error before the welcome was even sent: 1,100
+    # errors overflowed the queue (4002) and the client never learnt why.
+    names = [f"@other-{i}" if kind == "forbidden" else f"topic-{i}" for i in range(1100)]
+    async with open_hub(config()) as hub:
+        limit = hub.config.limits.max_subscriptions
+        assert limit <= hub.config.limits.max_queue < 1100  # one error each would overflow
+        client = await connect_memory(hub, "alice", subscribe=dict.fromkeys(names))
+        welcome = await client.receive()
+        assert welcome["type"] == "welcome"
+        await client.send({"type": "ping"})
+        answers = await client.receive_until("pong")
+        errors = answers[:-1]
+        assert {e["type"] for e in errors} == {"error"}
+        if kind == "forbidden":
+            assert set(welcome["streams"]) == {"@alice"}
+            assert [e["code"] for e in errors] == ["forbidden"] * limit + ["limit_exceeded"]
+        else:
+            assert set(welcome["streams"]) == {"@alice", *names[:limit]}
+            assert [e["code"] for e in errors] == ["limit_exceeded"]
+        assert errors[-1]["message"] == (
+            f"hello.subscribe lists 1100 streams, more than limits.max_subscriptions ({limit}): "
+            f"the last {1100 - limit} were not subscribed"
+        )
+        assert client.close_code is None
+        await client.aclose()
+
+
+async def test_subscribing_alone_cannot_crowd_out_publishing_and_personal_streams(
+    autojump_clock: Any,
+) -> None:
+    cfg = config(
+        history={"max_streams": 10, "max_subscribed_streams": 5},
+        limits={"max_subscriptions": 50},
+    )
+    async with open_hub(cfg) as hub:
+        attacker = await connect_memory(hub, "attacker")
+        await attacker.receive()
+        for i in range(20):
+            await attacker.send({"type": "subscribe", "stream": f"grab-{i}"})
+        answers = [await attacker.receive() for _ in range(20)]
+        assert [a["type"] for a in answers] == ["subscribed"] * 5 + ["error"] * 15
+        assert answers[-1]["code"] == "unavailable"
+        assert "history.max_subscribed_streams" in answers[-1]["message"]
+        # A new client still gets its personal stream, and publishing still creates streams,
+        # including one of the attacker's (which moves to the main pool on its first message).
+        for i in range(5):
+            bob = await connect_memory(hub, f"bob-{i}", subscribe={"grab-0": None})
+            assert set((await bob.receive())["streams"]) == {f"@bob-{i}", "grab-0"}
+        assert (await hub.publish("fresh", {"n": 1})).offset == 1
+        assert (await hub.publish("grab-1", {"n": 1})).offset == 1
+        assert (await attacker.receive())["stream"] == "grab-1"
+        stats = hub.histories.statistics()
+        assert (stats.streams, stats.subscribed_only) == (1 + 5 + 5 + 1, 4)
+        await attacker.aclose()
+
+
 # --------------------------------------------------------------------------- the admin key
 
 

@@ -196,6 +196,28 @@ async def test_deep_nesting_gets_bad_request_over_the_wire(port: int) -> None:
         await client.aclose()
 
 
+# --------------------------------------------------------------------------- subscriptions
+
+
+async def test_a_hello_listing_1100_forbidden_streams_is_welcomed_with_bounded_errors(
+    port: int,
+) -> None:
+    with trio.fail_after(20):
+        client = await RawWebSocket.connect(port)
+        streams = {f"@someone-{i}": None for i in range(1100)}
+        await client.send_json({"type": "hello", "client_id": "greedy", "subscribe": streams})
+        welcome = await client.receive()
+        assert welcome is not None and welcome["type"] == "welcome"
+        assert set(welcome["streams"]) == {"@greedy"}
+        await client.send_json({"type": "ping"})
+        codes = []
+        while (answer := await client.receive()) != {"type": "pong"}:
+            assert answer is not None, client.close_code
+            codes.append(answer["code"])
+        assert codes == ["forbidden"] * 100 + ["limit_exceeded"]  # limits.max_subscriptions
+        await client.aclose()
+
+
 # --------------------------------------------------------------------------- frames wsproto refuses
 
 

@@ -97,7 +97,15 @@ DEFAULT_MAX_DEPTH: Final = 32
 
 #: Every error code an ``error`` frame may carry.
 ERROR_CODES: Final = frozenset(
-    {"bad_request", "unknown_type", "forbidden", "rate_limited", "unavailable", "too_large"}
+    {
+        "bad_request",
+        "unknown_type",
+        "forbidden",
+        "rate_limited",
+        "unavailable",
+        "too_large",
+        "limit_exceeded",
+    }
 )
 
 

@@ -161,6 +161,7 @@ class LimitsConfig:
     burst: int = attrs.field(default=200, validator=_integer(1))
     rate_limit_strikes: int = attrs.field(default=20, validator=_integer(1))
     max_depth: int = attrs.field(default=32, validator=_integer(3))
+    max_subscriptions: int = attrs.field(default=100, validator=_integer(1))
 
     def __attrs_post_init__(self) -> None:
         # A hello with positions nests 3 levels; orjson encodes at most 254, and a frame the
@@ -180,6 +181,7 @@ class HistoryConfig:
     size: int = attrs.field(default=1000, validator=_integer(1))
     ttl: float = attrs.field(default=3600.0, validator=_number(0))
     max_streams: int = attrs.field(default=100_000, validator=_integer(1))
+    max_subscribed_streams: int = attrs.field(default=10_000, validator=_integer(1))
 
 
 @attrs.frozen

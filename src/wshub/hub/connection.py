@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -155,8 +156,9 @@ class Connection:
         if not self.dirty:
             self._mark_dirty()
 
-    def enqueue_replay(self, items: list[StoredMessage]) -> None:
-        """Append replayed messages; they are bounded by history, not by the queue limit."""
+    def enqueue_replay(self, items: Sequence[QueueItem]) -> None:
+        """Append replayed messages, or the errors answering a hello; they are bounded by
+        the history and by the hello itself, not by the queue limit."""
         if items:
             self.queue.extend(items)
             self._set_queue_limit(len(self.queue) + self.hub.config.limits.max_queue)

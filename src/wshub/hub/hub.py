@@ -21,6 +21,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -92,7 +93,10 @@ class Hub:
         self.breakers.add_listener(self.metrics.on_breaker_transition)
         self.dedup = Deduplicator(window=config.dedup.window, max_entries=config.dedup.max_entries)
         self.histories = HistoryStore(
-            size=config.history.size, ttl=config.history.ttl, max_streams=config.history.max_streams
+            size=config.history.size,
+            ttl=config.history.ttl,
+            max_streams=config.history.max_streams,
+            max_subscribed=config.history.max_subscribed_streams,
         )
         self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
@@ -304,8 +308,13 @@ class Hub:
         if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
             metrics.reconnections += 1
         self._registered += 1
-        positions: dict[str, Position | None] = {personal_stream(client_id): None}
-        positions.update(hello.subscribe)
+        # The personal stream first, then at most max_subscriptions of the hello's streams:
+        # the hello's answer (welcome, one error per refused stream, replays) stays bounded.
+        requested = dict(hello.subscribe)
+        personal = personal_stream(client_id)
+        positions = {personal: requested.pop(personal, None)}
+        limit = self.config.limits.max_subscriptions
+        positions.update(itertools.islice(requested.items(), limit))
         statuses: dict[str, StreamStatus] = {}
         errors: list[str] = []
         replays: list[list[StoredMessage]] = []
@@ -314,10 +323,18 @@ class Hub:
             if replay is not None:
                 statuses[stream] = _status(replay)
                 replays.append(replay.messages)
+        if len(requested) > limit:
+            errors.append(
+                encode_error(
+                    "limit_exceeded",
+                    f"hello.subscribe lists {len(requested)} streams, more than "
+                    f"limits.max_subscriptions ({limit}): the last {len(requested) - limit} "
+                    "were not subscribed",
+                )
+            )
         interval = self.config.heartbeat.interval
         connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
-        for error in errors:
-            connection.enqueue(error)
+        connection.enqueue_replay(errors)
         for messages in replays:
             connection.enqueue_replay(messages)
         if self.draining:
@@ -372,8 +389,22 @@ class Hub:
         if refusal is not None:
             errors.append(encode_error("forbidden", refusal))
             return None
+        personal = stream_kind(stream) == "personal"  # the client's own: always allowed
+        if not personal and stream not in connection.subscriptions:
+            limit = self.config.limits.max_subscriptions
+            subscribed = connection.subscriptions
+            own = personal_stream(connection.identity.client_id) in subscribed
+            if len(subscribed) - own >= limit:
+                message = (
+                    f"already subscribed to {limit} streams, the most "
+                    "limits.max_subscriptions allows on one connection"
+                )
+                errors.append(encode_error("limit_exceeded", message))
+                return None
         try:
-            history = self.histories.get_or_create(stream)
+            # A topic nobody has published to yet goes to the pool of streams that exist only
+            # by subscription, so subscribing cannot use up the room publishes need.
+            history = self.histories.get_or_create(stream, subscribing=not personal)
         except HistoryFull as error:
             errors.append(encode_error("unavailable", str(error)))
             return None
