@@ -39,6 +39,7 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "limits.rate_limit_strikes": 1,
     "limits.max_depth": 3,
     "limits.max_subscriptions": 1,
+    "limits.max_queue_bytes": 1024,
     "history.max_subscribed_streams": 1,
     "history.size": 1,
     "history.max_streams": 1,

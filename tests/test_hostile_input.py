@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -203,6 +204,61 @@ async def test_subscribing_alone_cannot_crowd_out_publishing_and_personal_stream
         stats = hub.histories.statistics()
         assert (stats.streams, stats.subscribed_only) == (1 + 5 + 5 + 1, 4)
         await attacker.aclose()
+
+
+# --------------------------------------------------------------------------- queued bytes
+
+MIB = 1024 * 1024
+
+
+async def test_a_few_huge_messages_cut_a_client_that_stops_reading_long_before_max_queue(
+    autojump_clock: Any,
+) -> None:
+    cfg = config(limits={"max_queue": 100, "max_queue_bytes": MIB})
+    async with open_hub(cfg) as hub:
+        stuck = await connect_memory(hub, "stuck", subscribe={"news": None}, buffer=0)
+        reader = await connect_memory(hub, "reader", subscribe={"news": None})
+        await reader.receive()
+        await trio.testing.wait_all_tasks_blocked()  # stuck's writer waits on its welcome
+        big = "x" * 300_000
+        for n in range(1, 4):
+            await hub.publish("news", [n, big])
+            assert hub.metrics.queue_overflows == 0, n
+        await hub.publish("news", [4, big])  # the 4th would make 1.2 MB queued: over the bound
+        assert hub.metrics.queue_overflows == 1
+        assert hub.metrics.dropped["slow_consumer"] == 4
+        assert [(await reader.receive())["data"][0] for _ in range(4)] == [1, 2, 3, 4]
+        assert (await stuck.receive())["type"] == "welcome"  # the frame in flight, then 4002
+        assert (await stuck.wait_closed())[0] == 4002
+        await reader.aclose()
+
+
+async def test_one_message_bigger_than_the_byte_bound_still_reaches_a_reader(
+    autojump_clock: Any,
+) -> None:
+    async with open_hub(config(limits={"max_queue_bytes": 1024})) as hub:
+        reader = await connect_memory(hub, "reader", subscribe={"news": None})
+        await reader.receive()
+        for n in range(3):
+            await hub.publish("news", {"n": n, "pad": "y" * 5000})
+            assert (await reader.receive())["data"]["n"] == n  # an empty queue takes any frame
+        assert hub.metrics.queue_overflows == 0
+        await reader.aclose()
+
+
+async def test_big_replies_count_towards_the_byte_bound(autojump_clock: Any) -> None:
+    # A client that publishes with a 60 KB ref and never reads fills its queue with echoes.
+    cfg = config(limits={"max_queue": 100, "max_queue_bytes": 256 * 1024, "burst": 50})
+    async with open_hub(cfg) as hub:
+        client = await connect_memory(hub, "echo", buffer=0)
+        await trio.testing.wait_all_tasks_blocked()
+        ref = "r" * 60_000
+        for n in range(10):
+            await client.send({"type": "publish", "stream": "news", "data": n, "ref": ref})
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.metrics.queue_overflows == 1
+        assert len(hub.histories.get_or_create("news")) == 5  # 4 echoes queued, the 5th cut
+        await client.aclose()
 
 
 # --------------------------------------------------------------------------- the admin key

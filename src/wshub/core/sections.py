@@ -153,6 +153,7 @@ class LimitsConfig:
     max_message_bytes: int = attrs.field(default=65536, validator=_integer(64))
     max_connections: int = attrs.field(default=10_000, validator=_integer(1))
     max_queue: int = attrs.field(default=1000, validator=_integer(1))
+    max_queue_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_integer(1024))
     max_batch: int = attrs.field(default=64, validator=_integer(1))
     write_delay: float = attrs.field(default=0.003, validator=_number(0, exclusive=False))
     flush_pause_ratio: float = attrs.field(default=1.0, validator=_number(0, exclusive=False))

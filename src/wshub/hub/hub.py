@@ -54,7 +54,7 @@ from wshub.core.protocol import (
     stream_kind,
 )
 from wshub.hub.access import SYS_METRICS, authenticate, publish_refusal, subscribe_refusal
-from wshub.hub.connection import Connection, Request
+from wshub.hub.connection import Connection, Request, small_frame
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
@@ -108,6 +108,7 @@ class Hub:
         self._subscribers: dict[str, set[Connection]] = {}
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
+        self._small_frame = small_frame(config.limits.max_queue_bytes, config.limits.max_queue)
         self._overflows_at_last_flush = 0
 
     # ------------------------------------------------------------------ public API
@@ -210,8 +211,12 @@ class Hub:
             self.metrics.published += 1
         subscribers = self._subscribers.get(stream)
         if subscribers:
-            for connection in subscribers:
-                connection.enqueue(message)
+            if len(frame) <= self._small_frame:  # measured once, not once per subscriber
+                for connection in subscribers:
+                    connection.enqueue_message(message)
+            else:
+                for connection in subscribers:
+                    connection.enqueue(message)
         return message
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
