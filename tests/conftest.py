@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
+
+from redis_server import RedisServer
 
 # Hypothesis: no wall-clock deadlines (the machines are shared and noisy); in CI a fixed,
 # larger budget and derandomized runs so a failure reproduces.
@@ -20,12 +23,12 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def require_tool(path_or_name: str, why: str) -> str:
+def require_tool(path_or_name: str, why: str, package: str = "chromium") -> str:
     """The tool's path; skips locally when it is missing, but fails in CI (CI is set)."""
     found = path_or_name if os.path.exists(path_or_name) else shutil.which(path_or_name)
     if found:
         return found
-    message = f"{path_or_name} is needed for {why} (Debian: apt-get install chromium)"
+    message = f"{path_or_name} is needed for {why} (Debian: apt-get install {package})"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -47,3 +50,18 @@ def chromium_browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port of 127.0.0.1, no persistence; stopped after."""
+    binary = require_tool(REDIS_SERVER, "the Redis broker tests", package="redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
