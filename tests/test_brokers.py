@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from wshub.brokers.base import Broker, BrokerUnavailable
+from wshub.brokers.base import Broker, BrokerUnavailable, publish_key
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker import BreakerRegistry
@@ -125,8 +125,10 @@ async def test_a_repeated_publish_answers_the_original_offset(
         assert (again.offset, again.id, again.duplicate) == (first.offset, "evt-1", True)
         by_content = await broker.publish("news", {"b": 2}, publisher="", id=None)
         assert (by_content.offset, by_content.duplicate) == (2, True)
-        assert await broker.find_duplicate("news", {"a": 1}, publisher="", id="evt-1") == again
-        assert await broker.find_duplicate("news", {"z": 0}, publisher="", id="new") is None
+        repeat = publish_key("news", {"a": 1}, "evt-1", content_ids=True)
+        assert await broker.find_duplicate("news", publisher="", key=repeat) == again
+        new = publish_key("news", {"z": 0}, "new", content_ids=True)
+        assert await broker.find_duplicate("news", publisher="", key=new) is None
         await sink.wait_for(lambda: len(sink.delivered) == 2)
         assert sink.offsets() == [1, 2]
 
@@ -140,8 +142,9 @@ async def test_the_same_id_with_other_content_is_a_conflict(
         with pytest.raises(IdConflict) as caught:
             await broker.publish("news", {"a": 2}, publisher="alice", id="k")
         assert (caught.value.stream, caught.value.id, caught.value.offset) == ("news", "k", 1)
+        changed = publish_key("news", {"a": 2}, "k", content_ids=True)
         with pytest.raises(IdConflict):
-            await broker.find_duplicate("news", {"a": 2}, publisher="alice", id="k")
+            await broker.find_duplicate("news", publisher="alice", key=changed)
         # Scoped per publisher and per stream: neither is a conflict nor a duplicate.
         other = await broker.publish("news", {"a": 2}, publisher="bob", id="k")
         elsewhere = await broker.publish("sport", {"a": 2}, publisher="alice", id="k")
@@ -156,7 +159,8 @@ async def test_without_content_ids_a_publish_without_id_is_never_deduplicated(
     async with running(broker):
         offsets = [(await broker.publish("news", 7, publisher="", id=None)).offset for _ in "ab"]
         assert offsets == [1, 2]
-        assert await broker.find_duplicate("news", 7, publisher="", id=None) is None
+        again = publish_key("news", 7, None, content_ids=False)
+        assert await broker.find_duplicate("news", publisher="", key=again) is None
         with_id = [await broker.publish("news", 7, publisher="", id="x") for _ in "ab"]
         assert [(r.offset, r.duplicate) for r in with_id] == [(3, False), (3, True)]
 

@@ -104,27 +104,38 @@ class Broker(Protocol):
 
     node: str
     """This node's name, as the metrics and reports show it."""
+    content_ids: bool
+    """``dedup.content_ids``: whether a publish without id is de-duplicated by content."""
 
     def open(self, sink: StreamSink) -> AbstractAsyncContextManager[None]:
         """Run the broker's tasks (connections, pub/sub reader) while the block runs."""
         ...
 
     async def publish(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self,
+        stream: str,
+        data: Any,
+        *,
+        publisher: str,
+        id: str | None,
+        key: PublishKey | None = None,
     ) -> PublishResult:
         """Store and deliver one message, or answer the original of a duplicate.
 
-        Raises IdConflict (same id, other content, within the window), BrokerUnavailable,
-        HistoryFull (no room for another stream), ValueError (data not JSON).
+        ``key`` defaults to ``publish_key(stream, data, id)``; a caller that changed ``data``
+        (the ``on_publish`` hook) passes the key of what the client sent, so that a retry of
+        the same request is the same publish. Raises IdConflict (same id, other content,
+        within the window), BrokerUnavailable, HistoryFull (no room for another stream),
+        ValueError (data not JSON).
         """
         ...
 
     async def find_duplicate(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self, stream: str, *, publisher: str, key: PublishKey
     ) -> PublishResult | None:
-        """The earlier publish this one repeats within the window, or None.
+        """The earlier publish that one with ``key`` repeats within the window, or None.
 
-        Raises IdConflict, BrokerUnavailable, ValueError as ``publish`` does.
+        Raises IdConflict, BrokerUnavailable as ``publish`` does.
         """
         ...
 

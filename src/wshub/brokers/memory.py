@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import trio
 
-from wshub.brokers.base import Prepared, StreamSink, publish_key
+from wshub.brokers.base import Prepared, PublishKey, StreamSink, publish_key
 from wshub.core.dedup import Deduplicator, IdConflict, scoped_key
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import HistoryStore, Replay, StoredMessage
@@ -79,38 +79,52 @@ class MemoryBroker:
     # ------------------------------------------------------------------ publishing
 
     async def publish(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self,
+        stream: str,
+        data: Any,
+        *,
+        publisher: str,
+        id: str | None,
+        key: PublishKey | None = None,
     ) -> PublishResult:
         """``publish_nowait`` (the broker interface is async; this one never waits)."""
-        return self.publish_nowait(stream, data, publisher=publisher, id=id)
+        return self.publish_nowait(stream, data, publisher=publisher, id=id, key=key)
 
     def publish_nowait(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self,
+        stream: str,
+        data: Any,
+        *,
+        publisher: str,
+        id: str | None,
+        key: PublishKey | None = None,
     ) -> PublishResult:
         """Store ``data`` and deliver it now, or answer the original of a duplicate.
 
         Raises IdConflict, HistoryFull, or ValueError (data not JSON).
         """
-        mid, content, deduplicate = publish_key(stream, data, id, content_ids=self.content_ids)
+        if key is None:
+            key = publish_key(stream, data, id, content_ids=self.content_ids)
+        mid, content, deduplicate = key
         if not deduplicate:
             return self._store(stream, data, mid, None, None)
-        key = scoped_key(stream, publisher, mid)
-        previous = self.dedup.get(key)
+        scoped = scoped_key(stream, publisher, mid)
+        previous = self.dedup.get(scoped)
         if previous is not None:
-            offset = _original(stream, mid, previous, id, content)
-            return PublishResult(stream, offset, mid, True)
-        return self._store(stream, data, mid, key, None if id is None else content)
+            return PublishResult(stream, _original(stream, key, previous), mid, True)
+        return self._store(stream, data, mid, scoped, None if mid == content else content)
 
     async def find_duplicate(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self, stream: str, *, publisher: str, key: PublishKey
     ) -> PublishResult | None:
-        """The earlier publish this one repeats within the window, or None (never waits)."""
+        """The earlier publish that one with ``key`` repeats within the window, or None."""
         await trio.lowlevel.checkpoint()
-        mid, content, deduplicate = publish_key(stream, data, id, content_ids=self.content_ids)
-        previous = self.dedup.get(scoped_key(stream, publisher, mid)) if deduplicate else None
+        if not key.deduplicate:
+            return None
+        previous = self.dedup.get(scoped_key(stream, publisher, key.id))
         if previous is None:
             return None
-        return PublishResult(stream, _original(stream, mid, previous, id, content), mid, True)
+        return PublishResult(stream, _original(stream, key, previous), key.id, True)
 
     def _store(
         self,
@@ -192,16 +206,15 @@ class MemoryBroker:
         }
 
 
-def _original(stream: str, mid: str, previous: object, id: str | None, content: str) -> int:
+def _original(stream: str, key: PublishKey, previous: object) -> int:
     """The offset of the publish that ``previous`` records; IdConflict when content differs."""
     if isinstance(previous, int):
-        # Recorded without an id, so its id is its content id: ``mid``. A publish with an
-        # explicit id equal to that content id conflicts unless its content is the same.
-        if id is not None and mid != content:
-            raise IdConflict(stream, mid, previous)
+        # Recorded with its content id as its id (``key.id``): same content iff same id.
+        if key.id != key.content:
+            raise IdConflict(stream, key.id, previous)
         return previous
     assert isinstance(previous, tuple)
     offset: int = previous[0]
-    if previous[1] != content:
-        raise IdConflict(stream, mid, offset)
+    if previous[1] != key.content:
+        raise IdConflict(stream, key.id, offset)
     return offset

@@ -35,6 +35,7 @@ import trio
 from wshub.brokers.base import (
     BrokerUnavailable,
     Prepared,
+    PublishKey,
     StaleRead,
     StreamSink,
     publish_key,
@@ -201,10 +202,18 @@ class RedisBroker:
     # ------------------------------------------------------------------ publishing
 
     async def publish(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self,
+        stream: str,
+        data: Any,
+        *,
+        publisher: str,
+        id: str | None,
+        key: PublishKey | None = None,
     ) -> PublishResult:
         """Store, publish and record in one script. Raises IdConflict, BrokerUnavailable."""
-        mid, content, deduplicate = publish_key(stream, data, id, content_ids=self.content_ids)
+        if key is None:
+            key = publish_key(stream, data, id, content_ids=self.content_ids)
+        mid, content, deduplicate = key
         try:
             head, middle = encode_message_parts(stream, mid, data)
         except TypeError as error:
@@ -232,20 +241,19 @@ class RedisBroker:
         return PublishResult(stream, int(offset), mid, kind == b"duplicate")
 
     async def find_duplicate(
-        self, stream: str, data: Any, *, publisher: str, id: str | None
+        self, stream: str, *, publisher: str, key: PublishKey
     ) -> PublishResult | None:
-        """The earlier publish this one repeats within the window, or None."""
-        mid, content, deduplicate = publish_key(stream, data, id, content_ids=self.content_ids)
-        if not deduplicate:
+        """The earlier publish that one with ``key`` repeats within the window, or None."""
+        if not key.deduplicate:
             await trio.lowlevel.checkpoint()
             return None
-        keys = [self._key(stream, "m"), self._dedup_key(stream, publisher, mid)]
-        reply = await self._call("duplicate", self._script("duplicate", keys, [content]))
+        keys = [self._key(stream, "m"), self._dedup_key(stream, publisher, key.id)]
+        reply = await self._call("duplicate", self._script("duplicate", keys, [key.content]))
         if reply[0] == b"none":
             return None
         if reply[0] == b"conflict":
-            raise IdConflict(stream, mid, int(reply[1]))
-        return PublishResult(stream, int(reply[1]), mid, True)
+            raise IdConflict(stream, key.id, int(reply[1]))
+        return PublishResult(stream, int(reply[1]), key.id, True)
 
     # ------------------------------------------------------------------ reading
 

@@ -90,7 +90,15 @@ SUBPROTOCOL = "wshub.v1"
 
 #: Every error code an ``error`` frame may carry.
 ERROR_CODES: Final = frozenset(
-    {"bad_request", "unknown_type", "forbidden", "rate_limited", "unavailable", "too_large"}
+    {
+        "bad_request",
+        "unknown_type",
+        "forbidden",
+        "rate_limited",
+        "unavailable",
+        "too_large",
+        "conflict",
+    }
 )
 
 

@@ -85,8 +85,11 @@ class ConnectionHost(Protocol):
         """Who the hello is; raises AuthenticationError or HookUnavailable."""
         ...
 
-    def register(self, connection: Connection, hello: Hello) -> None:
-        """Welcome a connection: subscribe it, queue its welcome and replays."""
+    async def register(self, connection: Connection, hello: Hello) -> bool:
+        """Welcome a connection: subscribe it, queue its welcome and replays.
+
+        False when it could not (the connection has been closed with the reason).
+        """
         ...
 
     def unregister(self, connection: Connection) -> None:
@@ -221,7 +224,8 @@ class Connection:
                 # Only the headers are dropped: hooks have seen them, nothing reads them later,
                 # and they are the biggest part of an idle connection's own memory.
                 self.request = attrs.evolve(self.request, headers=())
-                hub.register(self, hello)
+                if not await hub.register(self, hello):
+                    return
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
                     try:  # the reader runs in this task: one coroutine frame less per client

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
+import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qs
@@ -25,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
-from wshub.hub.hub import Hub
+from wshub.hub.hub import BrokerUnavailable, Hub, IdConflict
 
 __all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
 
@@ -217,6 +218,12 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
         return error_response(400, error.message)
     except ValueError as error:  # not a publishable stream, a bad id, data that is not JSON
         return error_response(400, str(error))
+    except IdConflict as error:
+        return error_response(409, str(error), status="conflict", offset=error.offset)
+    except BrokerUnavailable as error:
+        wait = error.retry_after
+        retry = () if wait is None else (("retry-after", str(max(1, math.ceil(wait)))),)
+        return error_response(503, str(error), *retry, status="unavailable")
     except HistoryFull as error:
         return error_response(503, str(error))
     return json_response(
