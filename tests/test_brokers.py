@@ -16,7 +16,7 @@ import trio
 from wshub.brokers.base import Broker, BrokerUnavailable, publish_key
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import IdConflict
 from wshub.core.events import Position

@@ -13,12 +13,12 @@ from wshub import (
 )
 from wshub.brokers.base import BrokerUnavailable
 from wshub.core.breaker import (
-    BreakerRegistry,
     BreakerState,
     BreakerStatistics,
     CircuitBreaker,
     CircuitOpenError,
 )
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.errors import TransportClosed

@@ -43,7 +43,8 @@ from wshub.brokers.base import (
 from wshub.brokers.feed import Feed
 from wshub.brokers.lua import DUPLICATE, PUBLISH, READ
 from wshub.core.backoff import Backoff
-from wshub.core.breaker import BreakerRegistry, CircuitOpenError
+from wshub.core.breaker import CircuitOpenError
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.dedup import IdConflict
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import Replay, StoredMessage, new_epoch, resume_plan

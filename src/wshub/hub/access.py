@@ -9,7 +9,7 @@ publish only to topics, when their identity or ``server.client_publish`` allows.
 
 from __future__ import annotations
 
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import Hello, personal_stream, stream_kind

@@ -42,7 +42,7 @@ from wshub.brokers.base import (
     publish_key,
 )
 from wshub.brokers.memory import MemoryBroker
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.events import PublishResult
@@ -78,7 +78,7 @@ from wshub.hub.lifetime import Lifetime, every
 from wshub.hub.reports import health_report, stats_report
 from wshub.hub.transport import RequestInfo, Transport
 
-__all__ = ["SYS_METRICS", "BrokerUnavailable", "Hub", "IdConflict", "PublishResult", "open_hub"]
+__all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
 
 logger = logging.getLogger("wshub.hub")
 

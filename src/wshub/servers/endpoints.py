@@ -24,9 +24,11 @@ import orjson
 import trio
 from prometheus_client.exposition import choose_encoder
 
+from wshub.brokers.base import BrokerUnavailable
+from wshub.core.dedup import IdConflict
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
-from wshub.hub.hub import BrokerUnavailable, Hub, IdConflict
+from wshub.hub.hub import Hub
 
 __all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
 
