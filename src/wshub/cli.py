@@ -3,7 +3,8 @@
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
 ``SUBCOMMANDS`` lists them, so a new one is one line there.
 
-``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port. Its shutdown
+``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port (``--workers N``:
+N such processes on one listening socket, see ``servers/workers.py``). Its shutdown
 trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
 flushed, within ``shutdown.grace``), and only then lets hypercorn stop, so hypercorn's own
 deadline (which would close WebSockets with 1011) never cuts a connection the hub still serves.
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeAlias, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import trio
@@ -29,6 +31,7 @@ from hypercorn.typing import Framework
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.protocol import is_valid_client_id, stream_kind
 from wshub.servers.asgi import HubApp, create_app
+from wshub.servers.workers import listen, run_workers
 
 __all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
 
@@ -162,14 +165,7 @@ async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        print(f"wshub serve: --workers must be 1, got {args.workers}", file=sys.stderr)
-        return 2
-    if args.workers > 1:
-        print(
-            f"wshub serve: --workers {args.workers} refused: wshub keeps streams in memory; "
-            "run one worker per process until a shared backend exists",
-            file=sys.stderr,
-        )
+        print(f"wshub serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
     try:
         config = build_serve_config(
@@ -178,14 +174,33 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"wshub serve: {error}", file=sys.stderr)
         return 2
+    if args.workers > 1 and config.broker.kind != "redis":
+        print(
+            f"wshub serve: --workers {args.workers} refused: broker.kind is "
+            f"{config.broker.kind!r}, so each worker would keep its own streams (other offsets, "
+            'history and de-duplication in each). Set broker.kind = "redis" '
+            "(WSHUB_BROKER__KIND=redis) to serve one service from several workers.",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.workers > 1:
+        try:
+            sock = listen(config.server.host, config.server.port)
+        except OSError as error:
+            logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, error)
+            return 1
+        return run_workers(args.workers, sock, _worker_arguments(args, sock.getsockname()[1]))
+    hypercorn = hypercorn_config(config)
+    if args.listen_fd is not None:  # a worker of ``--workers N``: the parent listens
+        hypercorn.bind = [f"fd://{args.listen_fd}"]
     try:
         trio.run(
             partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
             create_app(config),
-            hypercorn_config(config),
+            hypercorn,
         )
     except Exception as error:
         cause = _sole_os_error(error)
@@ -194,6 +209,16 @@ def _run_serve(args: argparse.Namespace) -> int:
         logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, cause)
         return 1
     return 0
+
+
+def _worker_arguments(args: argparse.Namespace, port: int) -> list[str]:
+    """The ``serve`` arguments of each worker: the same configuration, on the bound port."""
+    arguments = ["--port", str(port)]
+    given = (("--config", args.config), ("--preset", args.preset), ("--host", args.host))
+    for flag, value in given:
+        if value is not None:
+            arguments += [flag, value]
+    return arguments
 
 
 def _sole_os_error(error: BaseException) -> OSError | None:
@@ -221,8 +246,12 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         "else production with a file and development without)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on one port (more than 1 needs broker.kind = redis)",
     )
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     parser.set_defaults(run=_run_serve)
 
 
@@ -233,6 +262,11 @@ def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
     data = config.to_dict()
     if data["admin"]["api_key"] is not None:
         data["admin"]["api_key"] = "<redacted>"
+    url = urlsplit(data["broker"]["url"])
+    if url.password is not None:
+        login = f"{url.username or ''}:<redacted>@{url.hostname}"
+        netloc = login + (f":{url.port}" if url.port is not None else "")
+        data["broker"]["url"] = urlunsplit(url._replace(netloc=netloc))
     return data
 
 
@@ -253,7 +287,7 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
         help="validate a TOML config file and print the resolved configuration as JSON",
         description="Validate FILE (its preset key, sections, keys and values) and print the "
         "resolved configuration as JSON; exit 2 with the error otherwise. "
-        "admin.api_key is printed as <redacted>.",
+        "admin.api_key and the password in broker.url are printed as <redacted>.",
     )
     parser.add_argument("file", metavar="FILE")
     parser.set_defaults(run=_run_check_config)

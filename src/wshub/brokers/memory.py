@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from wshub.brokers.base import Prepared, PublishKey, StreamSink, publish_key
+from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, scoped_key
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import HistoryStore, Replay, StoredMessage
@@ -66,6 +67,19 @@ class MemoryBroker:
         self._clock = clock
         self._sink: StreamSink = _NoSink()
         self._subscribers: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, config: HubConfig, *, node: str) -> MemoryBroker:
+        """The memory broker that ``config`` describes (its history and dedup sections)."""
+        return cls(
+            history_size=config.history.size,
+            history_ttl=config.history.ttl,
+            max_streams=config.history.max_streams,
+            dedup_window=config.dedup.window,
+            dedup_max_entries=config.dedup.max_entries,
+            content_ids=config.dedup.content_ids,
+            node=node,
+        )
 
     @asynccontextmanager
     async def open(self, sink: StreamSink) -> AsyncIterator[None]:

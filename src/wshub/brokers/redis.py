@@ -22,6 +22,7 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import time
@@ -45,6 +46,7 @@ from wshub.brokers.lua import DUPLICATE, PUBLISH, READ
 from wshub.core.backoff import Backoff
 from wshub.core.breaker import CircuitOpenError
 from wshub.core.breaker_registry import BreakerRegistry
+from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import IdConflict
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import Replay, StoredMessage, new_epoch, resume_plan
@@ -122,6 +124,33 @@ class RedisBroker:
         """Fills from history that found a skipped offset (or a lost stream)."""
         self.lost = 0
         """Streams handed back to the hub because Redis no longer covered their gap."""
+
+    @classmethod
+    def from_config(cls, config: HubConfig, *, breakers: BreakerRegistry, node: str) -> RedisBroker:
+        """The Redis broker that ``config`` describes.
+
+        Raises ConfigError when coredis (the ``redis`` extra) is not installed.
+        """
+        if importlib.util.find_spec("coredis") is None:
+            raise ConfigError(
+                "broker.kind = 'redis' needs the coredis package: pip install 'wshub[redis]'"
+            )
+        broker = config.broker
+        return cls(
+            url=broker.url,
+            prefix=broker.prefix,
+            timeout=broker.timeout,
+            pool_size=broker.pool_size,
+            history_size=config.history.size,
+            history_ttl=config.history.ttl,
+            # An epoch outlives its history by a sweep, and nodes refresh it every sweep
+            # while they serve the stream: idle streams keep their epoch while subscribed.
+            meta_ttl=config.history.ttl + 2 * config.cleanup.interval,
+            dedup_window=config.dedup.window,
+            content_ids=config.dedup.content_ids,
+            breakers=breakers,
+            node=node,
+        )
 
     # ------------------------------------------------------------------ lifetime
 

@@ -25,6 +25,7 @@ import attrs
 from wshub.core.sections import (
     AdminConfig,
     BreakerConfig,
+    BrokerConfig,
     CleanupConfig,
     ConfigError,
     DedupConfig,
@@ -40,6 +41,7 @@ from wshub.core.sections import (
 __all__ = [
     "AdminConfig",
     "BreakerConfig",
+    "BrokerConfig",
     "CleanupConfig",
     "ConfigError",
     "DedupConfig",
@@ -66,6 +68,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "shutdown": ShutdownConfig,
     "health": HealthConfig,
     "admin": AdminConfig,
+    "broker": BrokerConfig,
 }
 
 _C = TypeVar("_C", bound="HubConfig")
@@ -94,6 +97,7 @@ class HubConfig:
     shutdown: ShutdownConfig = _section_field(ShutdownConfig)
     health: HealthConfig = _section_field(HealthConfig)
     admin: AdminConfig = _section_field(AdminConfig)
+    broker: BrokerConfig = _section_field(BrokerConfig)
 
     PRESETS: ClassVar[tuple[str, ...]] = ("development", "production", "testing")
 

@@ -42,6 +42,7 @@ from wshub.brokers.base import (
     publish_key,
 )
 from wshub.brokers.memory import MemoryBroker
+from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id
@@ -102,15 +103,10 @@ class Hub:
         self.breakers = BreakerRegistry(config.breaker, max_breakers=config.breaker.max_breakers)
         self.breakers.add_listener(self.metrics.on_breaker_transition)
         self.node = f"{socket.gethostname()}:{os.getpid()}"
-        self.local = MemoryBroker(
-            history_size=config.history.size,
-            history_ttl=config.history.ttl,
-            max_streams=config.history.max_streams,
-            dedup_window=config.dedup.window,
-            dedup_max_entries=config.dedup.max_entries,
-            node=self.node,
-        )
+        self.local = MemoryBroker.from_config(config, node=self.node)
         self.broker: Broker = self.local
+        if config.broker.kind == "redis":
+            self.broker = RedisBroker.from_config(config, breakers=self.breakers, node=self.node)
         self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
         self.lifetime = Lifetime(config.shutdown.grace)  # connection tasks and the drain
