@@ -174,6 +174,10 @@ class RedisBroker:
                 self._scripts[name] = client.register_script(script)
             nursery.start_soon(self._listen)
             nursery.start_soon(self._filler)
+            # A node whose Redis is up starts ready; one whose Redis is down starts anyway,
+            # unavailable (1013 to hellos, 503 to publishes) until Redis answers.
+            with trio.move_on_after(self.timeout):
+                await self._connected.wait()
             try:
                 yield
             finally:
@@ -329,6 +333,9 @@ class RedisBroker:
         return Prepared(stream, position, (feed, answer))
 
     async def _subscribe(self, feed: Feed) -> None:
+        if self._pubsub is None:  # reconnecting, perhaps: give it one timeout
+            with trio.move_on_after(self.timeout):
+                await self._connected.wait()
         async with self._channel_lock:
             pubsub = self._pubsub
             if feed.subscribed:
