@@ -67,6 +67,9 @@ DESIGN_METRICS = [
     "wshub_cleanup_runs_total",
     "wshub_cleanup_removed_total",
     "wshub_delivery_latency_seconds",
+    "wshub_broker_calls_total",
+    "wshub_broker_gap_fills_total",
+    "wshub_node_info",
 ]
 
 

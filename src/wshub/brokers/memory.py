@@ -67,6 +67,10 @@ class MemoryBroker:
         self._clock = clock
         self._sink: StreamSink = _NoSink()
         self._subscribers: dict[str, int] = {}
+        self.calls: dict[tuple[str, str], int] = {}
+        """Calls to a shared store: none, everything is here (for the metrics' sake)."""
+        self.gap_fills = 0
+        """Always 0: nothing is delivered over a lossy channel."""
 
     @classmethod
     def from_config(cls, config: HubConfig, *, node: str) -> MemoryBroker:

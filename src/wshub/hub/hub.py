@@ -107,6 +107,7 @@ class Hub:
         self.broker: Broker = self.local
         if config.broker.kind == "redis":
             self.broker = RedisBroker.from_config(config, breakers=self.breakers, node=self.node)
+        self.metrics.node, self.metrics.broker = self.node, self.broker
         self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
         self.lifetime = Lifetime(config.shutdown.grace)  # connection tasks and the drain
