@@ -280,6 +280,37 @@ async def test_redis_losing_the_stream_hands_it_back_to_the_hub(redis: Any) -> N
         assert [m.offset for m in after.messages] == [1]
 
 
+async def test_redis_going_back_in_time_hands_the_stream_back(redis: Any) -> None:
+    """A failover that lost writes reassigns offsets: never delivered as if nothing happened."""
+    broker = make_broker("redis", redis.url)
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        for n in range(1, 4):
+            await broker.publish("news", n, publisher="", id=None)
+        await sink.wait_for(lambda: sink.offsets() == [1, 2, 3])
+        # What a promoted replica that missed offsets 2 and 3 looks like:
+        redis.command("HSET", "test:{news}:m", "s", "1")
+        redis.command("DEL", "test:{news}:h")
+        again = await broker.publish("news", "new 2", publisher="", id=None)
+        assert again.offset == 2  # offset 2 again, other content
+        await sink.wait_for(lambda: sink.lost == ["news"])
+        assert sink.offsets() == [1, 2, 3]  # the rewritten offset 2 was not delivered
+
+
+async def test_history_ahead_of_its_offset_starts_a_new_epoch(redis: Any) -> None:
+    broker = make_broker("redis", redis.url)
+    async with running(broker):
+        before = await join(broker, "news", None)
+        for n in range(1, 4):
+            await broker.publish("news", n, publisher="", id=None)
+        redis.command("HSET", "test:{news}:m", "s", "1")  # the history holds 1..3 already
+        result = await broker.publish("news", 4, publisher="", id=None)
+        assert result.offset == 1
+        after = await join(broker, "news", Position(0, before.epoch))
+        assert after.epoch != before.epoch and after.recovered is False
+        assert [m.offset for m in after.messages] == [1]
+
+
 async def test_redis_down_is_unavailable_then_recovers(redis: Any) -> None:
     broker = make_broker("redis", redis.url)
     assert isinstance(broker, RedisBroker)

@@ -68,6 +68,19 @@ def test_another_epoch_asks_for_a_fill_and_restart_keeps_its_arrivals() -> None:
     assert feed.epoch == "e2" and feed.delivered == 2 and not feed.gap
 
 
+def test_an_offset_coming_again_with_other_content_marks_the_feed_diverged() -> None:
+    feed = Feed("news")
+    feed.start("e1", 0)
+    for offset in (1, 2, 3):
+        feed.receive("e1", message(offset))
+    assert feed.receive("e1", message(2)) == [] and not feed.diverged  # a mere repeat
+    rewritten = StoredMessage("news", 2, "other", None, 0, "another frame", 0.0)
+    assert feed.receive("e1", rewritten) == []
+    assert feed.diverged and feed.gap
+    feed.restart("e1", 5)
+    assert not feed.diverged
+
+
 def test_since_answers_from_recent_or_says_it_cannot() -> None:
     feed = Feed("news", recent_size=3)
     feed.start("e1", 0)

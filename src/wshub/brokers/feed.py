@@ -13,7 +13,9 @@ Theory of operation (pure state; the Redis broker does the I/O around it):
   fill, whose read then answers "not recovered", and the broker restarts the feed (``restart``)
   after telling the hub that this stream's subscribers must resume.
 - ``recent`` keeps the last delivered messages, so a join whose read is older than delivery
-  gets the difference from memory (``since``) instead of a second read.
+  gets the difference from memory (``since``) instead of a second read, and so an offset that
+  comes again with other content (Redis lost writes in a failover and reassigned offsets) is
+  noticed (``diverged``) rather than silently dropped as a repeat.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class Feed:
     """The newest offset delivered on this node (contiguous from where the feed started)."""
     gap: bool = False
     """A fill is needed: an offset was skipped, an epoch changed, or a reconnect happened."""
+    diverged: bool = False
+    """An offset already delivered came again with other content: Redis went back in time
+    (a failover lost writes), so this node's subscribers hold messages the stream no longer
+    has. The broker hands the stream back to the hub."""
     subscribers: int = 0
     preparing: int = 0
     subscribed: bool = False
@@ -72,7 +78,7 @@ class Feed:
 
         Arrivals of the new epoch beyond ``top`` are kept; returns those that can go out.
         """
-        self.gap = False
+        self.gap = self.diverged = False
         return self.start(epoch, top)
 
     def receive(self, epoch: str, message: StoredMessage) -> list[StoredMessage]:
@@ -84,6 +90,7 @@ class Feed:
             return []
         offset = message.offset
         if offset <= self.delivered:
+            self._check_same(message)
             return []
         if offset == self.delivered + 1:
             self._deliver(message)
@@ -103,6 +110,8 @@ class Feed:
             if message.offset == self.delivered + 1:
                 self._deliver(message)
                 out.append(message)
+            elif message.offset <= self.delivered:
+                self._check_same(message)
         self.gap = self.delivered < top
         if not self.gap:
             out.extend(self._drain())
@@ -116,6 +125,13 @@ class Feed:
         if not recent or recent[0].offset > offset + 1:
             return None
         return list(recent)[offset + 1 - recent[0].offset :]
+
+    def _check_same(self, message: StoredMessage) -> None:
+        """An offset seen again must be the same message; else the stream diverged."""
+        recent = self._recent
+        held = bool(recent) and recent[0].offset <= message.offset <= recent[-1].offset
+        if held and recent[message.offset - recent[0].offset].frame != message.frame:
+            self.diverged = self.gap = True
 
     def _deliver(self, message: StoredMessage) -> None:
         self.delivered = message.offset

@@ -11,7 +11,8 @@ Keys of one stream share the hash tag ``{stream}``, so Redis Cluster keeps them 
 - channel ``<prefix>:{<stream>}``: ``"<offset> <epoch> <ts> <len(id)>\\n" + id + frame``
 
 The epoch is created by whichever script first finds the meta key missing (a new stream, or
-Redis lost it): the history is deleted with it, so offsets restart at 1 in the new epoch.
+Redis lost it): the history is deleted with it, so offsets restart at 1 in the new epoch. A
+history already holding the next offset (state lost in part) starts a new epoch the same way.
 Time comes from Redis (``TIME``), one clock for every node. A message older than
 ``history.ttl`` is trimmed from the front of the history when a script passes by, and the whole
 history key expires ``history.ttl`` after the last publish; the meta key lives a cleanup
@@ -76,8 +77,17 @@ local ts = now_ms()
 local ts_text = string.format('%d', ts)
 local offset_text = string.format('%d', offset)
 local frame = ARGV[1] .. offset_text .. ARGV[2] .. ts_text .. '}'
-redis.call('XADD', history, 'MAXLEN', ARGV[4], offset_text .. '-0',
-           't', ts_text, 'f', frame, 'i', ARGV[10])
+local added = redis.pcall('XADD', history, 'MAXLEN', ARGV[4], offset_text .. '-0',
+                          't', ts_text, 'f', frame, 'i', ARGV[10])
+if type(added) == 'table' and added.err then
+  -- The history is ahead of the meta key (partly lost state): start a new epoch.
+  epoch = ARGV[9]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'e', epoch, 's', 1)
+  offset, offset_text = 1, '1'
+  frame = ARGV[1] .. offset_text .. ARGV[2] .. ts_text .. '}'
+  redis.call('XADD', history, 'MAXLEN', ARGV[4], '1-0', 't', ts_text, 'f', frame, 'i', ARGV[10])
+end
 trim_expired(history, ts - tonumber(ARGV[5]))
 redis.call('PEXPIRE', history, ARGV[5])
 redis.call('PEXPIRE', meta, ARGV[6])

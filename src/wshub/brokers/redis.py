@@ -491,7 +491,7 @@ class RedisBroker:
         if self._feeds.get(feed.stream) is not feed or feed.epoch != position.epoch:
             return  # released or restarted meanwhile
         recovered, _ = resume_plan(position, answer.epoch, answer.top, answer.first)
-        if not recovered and feed.delivered == position.offset:
+        if feed.diverged or (not recovered and feed.delivered == position.offset):
             self.gap_fills += 1
             self._lose(feed, answer.epoch, answer.top)
             return
