@@ -106,10 +106,16 @@ class Broker(Protocol):
     """This node's name, as the metrics and reports show it."""
     content_ids: bool
     """``dedup.content_ids``: whether a publish without id is de-duplicated by content."""
-    calls: dict[tuple[str, str], int]
-    """Calls to the shared store by (operation, outcome): ok, error, timeout, rejected."""
-    gap_fills: int
-    """Offsets skipped by pub/sub and read from history instead (or found lost)."""
+
+    @property
+    def calls(self) -> dict[tuple[str, str], int]:
+        """Calls to the shared store by (operation, outcome): ok, error, timeout, rejected."""
+        ...
+
+    @property
+    def gap_fills(self) -> int:
+        """Offsets skipped by pub/sub and read from history instead (or found lost)."""
+        ...
 
     def open(self, sink: StreamSink) -> AbstractAsyncContextManager[None]:
         """Run the broker's tasks (connections, pub/sub reader) while the block runs."""
