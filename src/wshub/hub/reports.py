@@ -9,15 +9,54 @@ from __future__ import annotations
 
 import datetime
 import zoneinfo
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-if TYPE_CHECKING:
-    from wshub.hub.hub import Hub
+from wshub.core.breaker import BreakerRegistry
+from wshub.core.config import HubConfig
+from wshub.core.dedup import Deduplicator
+from wshub.core.history import HistoryStore
+from wshub.core.metrics import HubMetrics
 
-__all__ = ["health_report", "stats_report"]
+__all__ = ["ReportSource", "health_report", "stats_report"]
+
+
+class ReportSource(Protocol):
+    """What the reports read of the hub (``Hub`` is one); they change nothing."""
+
+    config: HubConfig
+    metrics: HubMetrics
+    breakers: BreakerRegistry
+    histories: HistoryStore
+    dedup: Deduplicator
+    series: deque[dict[str, Any]]
+    started_at: float
+
+    @property
+    def draining(self) -> bool:
+        """Whether the hub is shutting down."""
+        ...
+
+    @property
+    def overflowing(self) -> bool:
+        """Whether a queue overflowed since the last metrics flush."""
+        ...
+
+    @property
+    def connection_count(self) -> int:
+        """Connections that completed their hello."""
+        ...
+
+    def queue_depths(self) -> tuple[int, int]:
+        """Total and largest outbound queue length."""
+        ...
+
+    def queued_by_client(self) -> dict[str, int]:
+        """Messages waiting in outbound queues, per client id."""
+        ...
 
 
 def _timestamps(timezone: str) -> dict[str, str]:
@@ -31,7 +70,7 @@ def _timestamps(timezone: str) -> dict[str, str]:
 
 
 def health_report(
-    hub: Hub,
+    hub: ReportSource,
     snapshot: dict[str, Any] | None = None,
     depths: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
@@ -82,7 +121,7 @@ def health_report(
     }
 
 
-def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
+def stats_report(hub: ReportSource, *, series: bool = False) -> dict[str, Any]:
     """Every figure as JSON: metrics, streams, dedup, the busiest clients, health status."""
     depths = hub.queue_depths()  # refreshes the queue depth gauge before the snapshot
     report = hub.metrics.snapshot()
