@@ -39,14 +39,20 @@ def test_check_config_prints_the_resolved_configuration(
 ) -> None:
     file = write(
         tmp_path / "wshub.toml",
-        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n',
+        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n'
+        '[auth]\njwt_secret = "a-jwt-secret-of-at-least-32-bytes"\n',
     )
     assert main(["check-config", file]) == 0
-    resolved = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    resolved = json.loads(out)
     assert resolved["limits"]["max_queue"] == 42
     assert resolved["server"]["port"] == 0  # from the testing preset
     assert resolved["admin"]["api_key"] == "<redacted>"  # never printed
-    sections = "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin"
+    assert resolved["auth"]["jwt_secret"] == "<redacted>"
+    assert "a-jwt-secret" not in out
+    sections = (
+        "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin auth"
+    )
     assert list(resolved) == sections.split()
 
 
@@ -57,6 +63,10 @@ def test_check_config_prints_the_resolved_configuration(
         ("[limits]\nmax_queues = 3\n", "unknown key limits.max_queues"),
         ('preset = "staging"\n', "preset must be one of development, production, testing"),
         ("[limits\n", "is not valid TOML"),
+        (
+            '[auth]\njwt_public_key = "/nonexistent/key.pem"\njwt_algorithms = ["RS256"]\n',
+            "auth.jwt_public_key: cannot read '/nonexistent/key.pem': No such file or directory",
+        ),
     ],
 )
 def test_check_config_refuses_a_bad_file_with_exit_2(

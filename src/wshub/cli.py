@@ -28,6 +28,7 @@ from hypercorn.typing import Framework
 
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.protocol import is_valid_client_id, stream_kind
+from wshub.hub.auth import TokenVerifier
 from wshub.servers.asgi import HubApp, create_app
 
 __all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
@@ -231,14 +232,16 @@ def add_serve_command(subparsers: _Subparsers) -> None:
 
 def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
     data = config.to_dict()
-    if data["admin"]["api_key"] is not None:
-        data["admin"]["api_key"] = "<redacted>"
+    for section, key in (("admin", "api_key"), ("auth", "jwt_secret")):
+        if data[section][key] is not None:
+            data[section][key] = "<redacted>"
     return data
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
     try:
         config = HubConfig.from_file(args.file)
+        TokenVerifier.from_config(config.auth)  # reads and checks the public key file
     except ConfigError as error:
         print(f"wshub check-config: {error}", file=sys.stderr)
         return 2
@@ -253,7 +256,8 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
         help="validate a TOML config file and print the resolved configuration as JSON",
         description="Validate FILE (its preset key, sections, keys and values) and print the "
         "resolved configuration as JSON; exit 2 with the error otherwise. "
-        "admin.api_key is printed as <redacted>.",
+        "admin.api_key and auth.jwt_secret are printed as <redacted>; the file named by "
+        "auth.jwt_public_key is read and checked.",
     )
     parser.add_argument("file", metavar="FILE")
     parser.set_defaults(run=_run_check_config)

@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 import pytest
 import trio
+
 from tokens import (
     AUDIENCE,
     ISSUER,
@@ -28,7 +29,6 @@ from tokens import (
     unsigned,
     wall_clock,
 )
-
 from wshub.hub.auth import Rights, TokenRejected, TokenVerifier, UnusableKey
 
 

@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import jwt
 import trio
 
+from wshub.core.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, AuthConfig, ConfigError
 from wshub.core.protocol import is_valid_client_id, stream_kind
 
 __all__ = [
-    "ASYMMETRIC_ALGORITHMS",
-    "HMAC_ALGORITHMS",
     "WSHUB_CLAIM",
     "Credential",
     "Rights",
@@ -45,14 +45,6 @@ __all__ = [
     "mint_token",
 ]
 
-#: The HMAC algorithms, verified with ``auth.jwt_secret``, and the fewest bytes of secret each
-#: needs (the digest size: RFC 7518 section 3.2).
-HMAC_ALGORITHMS: Final[Mapping[str, int]] = {"HS256": 32, "HS384": 48, "HS512": 64}
-#: The asymmetric algorithms, verified with the public key in ``auth.jwt_public_key``.
-ASYMMETRIC_ALGORITHMS: Final = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
-    | {"ES256", "ES256K", "ES384", "ES512", "EdDSA"}
-)
 #: The private claim that carries a token's rights.
 WSHUB_CLAIM: Final = "wshub"
 
@@ -212,6 +204,39 @@ class TokenVerifier:
                 "enforce_minimum_key_length": True,
             }
         )
+
+    @classmethod
+    def from_config(
+        cls, config: AuthConfig, *, wall_clock: Callable[[], float] = time.time
+    ) -> TokenVerifier | None:
+        """The verifier ``config`` describes, or None when ``[auth]`` is off.
+
+        Reads the PEM file named by ``auth.jwt_public_key``; raises ConfigError naming the key
+        when it cannot be read or does not suit the listed algorithms.
+        """
+        if not config.enabled:
+            return None
+        pem = None
+        if config.jwt_public_key is not None:
+            try:
+                pem = Path(config.jwt_public_key).read_bytes()
+            except OSError as error:
+                raise ConfigError(
+                    f"auth.jwt_public_key: cannot read {config.jwt_public_key!r}: "
+                    f"{error.strerror or error}"
+                ) from None
+        try:
+            return cls(
+                algorithms=config.jwt_algorithms,
+                secret=config.jwt_secret,
+                public_key_pem=pem,
+                audience=config.jwt_audience,
+                issuer=config.jwt_issuer,
+                leeway=config.leeway,
+                wall_clock=wall_clock,
+            )
+        except ValueError as error:  # UnusableKey names the key; the rest are config's checks
+            raise ConfigError(str(error)) from None
 
     def verify(self, token: str) -> Credential:
         """The credential in ``token``; raises TokenRejected saying which check failed.
