@@ -47,7 +47,7 @@ async def publish(app: Any, credential: str, body: dict[str, Any]) -> Any:
 
 
 async def test_a_token_with_the_right_publishes_over_http() -> None:
-    async with serving() as (hub, app):
+    async with serving() as (_hub, app):
         reply = await publish(
             app, token("alice", publish=["chat.*"]), {"stream": "chat.a", "data": 1}
         )
@@ -85,7 +85,7 @@ async def test_a_token_without_the_right_is_403_naming_the_stream(stream: str) -
     ids=["expired", "other-key", "alg-none", "audience", "wrong-key"],
 )
 async def test_a_bad_token_is_401_saying_why_and_nothing_is_read(make: Any, reason: str) -> None:
-    async with serving() as (hub, app):
+    async with serving() as (_hub, app):
         reply = await publish(app, make(), {"stream": "news", "data": 1})
         assert (reply.status, reply.json()) == (401, {"error": f"invalid credential: {reason}"})
         assert reply.headers["www-authenticate"] == 'Bearer realm="wshub", error="invalid_token"'
@@ -94,7 +94,7 @@ async def test_a_bad_token_is_401_saying_why_and_nothing_is_read(make: Any, reas
 
 
 async def test_deduplication_is_scoped_to_the_tokens_subject() -> None:
-    async with serving() as (hub, app):
+    async with serving() as (_hub, app):
         alice = token("alice", publish=["news"])
         bob = token("bob", publish=["news"])
         body = {"stream": "news", "data": {"n": 1}, "id": "evt-1"}

@@ -158,9 +158,11 @@ def _hello(client_id: str, signed: str | None, subscribe: dict[str, Any] | None)
 
 @asynccontextmanager
 async def hub_and_dial(kind: str, leeway: float = 0.0) -> AsyncIterator[tuple[Hub, Dial]]:
-    async with open_hub(auth_config(leeway), wall_clock=wall_clock) as hub:
-        async with server(kind, hub) as dial:
-            yield hub, dial
+    async with (
+        open_hub(auth_config(leeway), wall_clock=wall_clock) as hub,
+        server(kind, hub) as dial,
+    ):
+        yield hub, dial
 
 
 # --------------------------------------------------------------------------- the rules
