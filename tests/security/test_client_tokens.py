@@ -190,3 +190,35 @@ async def test_a_provider_failing_before_a_connection_fails_that_attempt(
             statistics = client.statistics()
             assert statistics.failed_attempts >= 1
             assert "token provider failed" in (statistics.last_error or "")
+
+
+async def test_streams_a_refreshed_token_no_longer_allows_are_not_asked_for_again(
+    autojump_clock: Any,
+) -> None:
+    calls: list[float] = []
+
+    def narrowing() -> str:  # the first token may read chat.*, the later ones may not
+        calls.append(trio.current_time())
+        return token(
+            "alice", ttl=TTL, subscribe=["news", "chat.*"] if len(calls) == 1 else ["news"]
+        )
+
+    async with auth_hub() as hub:
+        network = Network(hub)
+        subscribe = ["news", "chat.a"]
+        async with client_for(
+            network, token=narrowing, wall_clock=wall_clock, subscribe=subscribe
+        ) as client:
+            await client.wait_connected()
+            await trio.sleep(81)  # refreshed at 80 with rights to news only
+            assert sent(network, "refresh")[0][0] == 80.0
+            await client.unsubscribe("news")  # its own answer is not mistaken for the hub's
+            await client.subscribe("news")
+            network.link.cut()
+            await trio.sleep(1)
+            await client.wait_connected()  # no forbidden chat.a in the new hello: still alive
+            hello = sent(network, "hello")[-1][1]
+            assert set(hello["subscribe"]) == {"@alice", "news"}
+            await hub.publish("news", "after")
+            event = await client.__anext__()
+            assert event.data == "after"

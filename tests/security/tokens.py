@@ -39,12 +39,14 @@ def claims(
     subscribe: list[str] | None = None,
     publish: list[str] | None = None,
     admin: bool = False,
+    now: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A claim set valid from now for ``ttl`` seconds on the fake wall clock."""
+    """A claim set valid for ``ttl`` seconds from ``now`` (default: the fake wall clock's now;
+    pass ``time.time()`` for a hub and a client on the real wall clock)."""
     body: dict[str, Any] = {
         "sub": sub,
-        "exp": int(wall_clock() + ttl),
+        "exp": int((wall_clock() if now is None else now) + ttl),
         "aud": AUDIENCE,
         "iss": ISSUER,
         "wshub": {

@@ -182,6 +182,7 @@ class Client:
             await trio.lowlevel.checkpoint()
             return
         session.confirmed.discard(stream)
+        self._state.unsubscribing[stream] += 1
         await session.send(protocol.encode_unsubscribe(stream))
 
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:

@@ -33,14 +33,21 @@ import trio
 from wshub.client.reconnect import SessionOver
 from wshub.core import protocol
 
-__all__ = ["REFRESH_AT", "Credentials", "TokenProvider", "unverified_expiry"]
+__all__ = [
+    "MIN_REFRESH_INTERVAL",
+    "REFRESH_AT",
+    "Credentials",
+    "TokenProvider",
+    "unverified_expiry",
+]
 
 logger = logging.getLogger("wshub.client")
 
 #: The fraction of a token's lifetime after which the client refreshes it.
 REFRESH_AT = 0.8
-# A refresh that would come sooner than this before the expiry is not tried again.
-_LAST_TRY = 0.5
+#: Seconds: refreshes never come closer together, so that a client whose clock runs far ahead
+#: of the token issuer's (every token looks expired) cannot flood the hub with them.
+MIN_REFRESH_INTERVAL = 1.0
 
 #: What ``open_client(token=...)`` also takes: a function or an async function returning the
 #: token to send (None for none).
@@ -142,9 +149,9 @@ class Credentials:
         now = trio.current_time()
         lifetime = expires - self.wall_clock()
         self.expires_at = now + lifetime
-        self.due = now + max(lifetime, 0.0) * REFRESH_AT
+        self.due = now + max(lifetime * REFRESH_AT, MIN_REFRESH_INTERVAL)
 
     def _retry_later(self) -> None:
         now = trio.current_time()
         left = math.inf if self.expires_at is None else self.expires_at - now
-        self.due = now + left / 2 if left > 2 * _LAST_TRY else None
+        self.due = now + left / 2 if left > MIN_REFRESH_INTERVAL else None

@@ -87,6 +87,7 @@ class ClientState:
         self.publishes: dict[int, PendingPublish] = {}
         self.refs = itertools.count(1)
         self.subscribe_calls: Counter[str] = Counter()
+        self.unsubscribing: Counter[str] = Counter()  # unsubscribes sent on this session
         self.counts: Counter[str] = Counter()
         self.connection = Counters()
         # Where first subscriptions started, to be stored in the application's task (a store
@@ -149,6 +150,7 @@ class ClientState:
         if self.session is session:
             self.session = None
             self.session_ready = trio.Event()
+            self.unsubscribing.clear()  # the answers of a lost connection never come
         session.notify()
         for pending in self.publishes.values():
             pending.wake.set()
@@ -170,16 +172,22 @@ class ClientState:
             self._answer(event.ref, event)
         elif isinstance(event, protocol.Refreshed):
             self.credentials.on_refreshed(event)
-        elif isinstance(event, protocol.Unsubscribed) and event.stream in self.wanted:
-            # Not asked for (``unsubscribe`` forgets the stream first): a refreshed token's
-            # rights no longer allow it. Asking for it again would only be refused.
-            self.wanted.pop(event.stream, None)
-            self.tracker.leave(event.stream)
-            session.confirmed.discard(event.stream)
+        elif isinstance(event, protocol.Unsubscribed):
+            self._on_unsubscribed(session, event.stream)
         elif isinstance(event, protocol.Error):
             self._on_error(session, event)
         elif isinstance(event, protocol.Welcome):
             raise protocol.ProtocolError("bad_request", "a second welcome on one connection")
+
+    def _on_unsubscribed(self, session: Session, stream: str) -> None:
+        if self.unsubscribing[stream]:
+            self.unsubscribing[stream] -= 1  # the answer to ``Client.unsubscribe``
+        elif stream in self.wanted:
+            # Not asked for: a refreshed token's rights no longer allow the stream. Asking for
+            # it again would only be refused.
+            self.wanted.pop(stream, None)
+            self.tracker.leave(stream)
+            session.confirmed.discard(stream)
 
     async def _on_status(self, session: Session, stream: str, status: StreamStatus) -> None:
         held = self.tracker.positions.get(stream)
