@@ -1,4 +1,4 @@
-"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config``.
+"""The ``wshub`` command: ``serve``, ``check-config``, ``tail``, ``publish`` and ``token``.
 
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
 ``SUBCOMMANDS`` lists them, so a new one is one line there.
@@ -28,7 +28,7 @@ from hypercorn.typing import Framework
 
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.protocol import is_valid_client_id, stream_kind
-from wshub.hub.auth import TokenVerifier
+from wshub.hub.auth import TokenVerifier, mint_dev_token
 from wshub.servers.asgi import HubApp, create_app
 
 __all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
@@ -266,6 +266,13 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
 # --------------------------------------------------------------------------- tail, publish
 
 
+def _token_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--token",
+        help=f"{what}: a JWT (e.g. from `wshub token`) or the admin key",
+    )
+
+
 def _run_tail(args: argparse.Namespace) -> int:
     from wshub.client.client import ClientError
     from wshub.tools import tail
@@ -289,6 +296,7 @@ def _run_tail(args: argparse.Namespace) -> int:
                 args.stream,
                 from_offset=args.from_offset,
                 max_attempts=args.max_attempts,
+                token=args.token,
             )
         )
     except KeyboardInterrupt:
@@ -325,6 +333,7 @@ def add_tail_command(subparsers: _Subparsers) -> None:
         default=8,
         help="give up after this many failed connection attempts in a row (default 8)",
     )
+    _token_option(parser, "the hello's credential")
     parser.set_defaults(run=_run_tail)
 
 
@@ -340,9 +349,10 @@ def _run_publish(args: argparse.Namespace) -> int:
         print(f"wshub publish: invalid STREAM {args.stream!r}", file=sys.stderr)
         return 2
     base_url = args.url.rstrip("/")
+    credential = args.token if args.token is not None else args.api_key
     try:
         answer = trio.run(
-            partial(publish_http, base_url, args.stream, data, id=args.id, api_key=args.api_key)
+            partial(publish_http, base_url, args.stream, data, id=args.id, api_key=credential)
         )
     except PublishHTTPError as error:
         print(f"wshub publish: {error}", file=sys.stderr)
@@ -352,7 +362,7 @@ def _run_publish(args: argparse.Namespace) -> int:
 
 
 def add_publish_command(subparsers: _Subparsers) -> None:
-    """``wshub publish URL STREAM DATA [--id K] [--api-key KEY]``."""
+    """``wshub publish URL STREAM DATA [--id K] [--api-key KEY | --token JWT]``."""
     parser = subparsers.add_parser(
         "publish",
         help="publish one message through POST /api/publish",
@@ -363,12 +373,78 @@ def add_publish_command(subparsers: _Subparsers) -> None:
     parser.add_argument("stream", metavar="STREAM")
     parser.add_argument("data", metavar="DATA", help="the message, as JSON")
     parser.add_argument("--id", help="idempotency key (default: the hash of stream and data)")
-    parser.add_argument(
+    credentials = parser.add_mutually_exclusive_group()
+    credentials.add_argument(
         "--api-key",
-        default=os.environ.get("WSHUB_API_KEY"),
-        help="the hub's admin.api_key (default: $WSHUB_API_KEY)",
+        default=os.environ.get("WSHUB_ADMIN__API_KEY"),
+        help="the hub's admin.api_key (default: $WSHUB_ADMIN__API_KEY, the server's variable)",
+    )
+    credentials.add_argument(
+        "--token", help="a JWT whose rights allow publishing to STREAM (with [auth])"
     )
     parser.set_defaults(run=_run_publish)
+
+
+# --------------------------------------------------------------------------- token
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    if not is_valid_client_id(args.sub):
+        print(f"wshub token: invalid --sub {args.sub!r}", file=sys.stderr)
+        return 2
+    if not args.ttl > 0:
+        print(f"wshub token: --ttl must be > 0 seconds, got {args.ttl:g}", file=sys.stderr)
+        return 2
+    try:
+        config = build_serve_config(config_file=args.config, preset=args.preset)
+        signed = mint_dev_token(
+            config.auth,
+            args.sub,
+            ttl=args.ttl,
+            subscribe=args.subscribe,
+            publish=args.publish,
+            admin=args.admin,
+        )
+    except ConfigError as error:
+        print(f"wshub token: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(signed + "\n")
+    return 0
+
+
+def add_token_command(subparsers: _Subparsers) -> None:
+    """``wshub token --sub ID [--subscribe P]... [--publish P]... [--admin] [--ttl S]``."""
+    parser = subparsers.add_parser(
+        "token",
+        help="mint a development JWT from the configured auth.jwt_secret",
+        description="Print a JWT for client SUB signed with auth.jwt_secret (HS256, or the "
+        "first HS algorithm auth.jwt_algorithms lists), carrying auth.jwt_audience and "
+        "auth.jwt_issuer when configured. The configuration is read as `wshub serve` reads it "
+        "(--config, --preset, WSHUB_* variables). For development: a deployment's tokens come "
+        "from its own backend.",
+    )
+    parser.add_argument("--sub", required=True, help="the client id the token is for")
+    parser.add_argument(
+        "--subscribe",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may subscribe to (repeatable)",
+    )
+    parser.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may publish to (repeatable)",
+    )
+    parser.add_argument("--admin", action="store_true", help="grant the admin right")
+    parser.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    parser.add_argument("--preset", choices=HubConfig.PRESETS, help="as for `wshub serve`")
+    parser.set_defaults(run=_run_token)
 
 
 # --------------------------------------------------------------------------- main
@@ -379,6 +455,7 @@ SUBCOMMANDS: Sequence[Callable[[_Subparsers], None]] = (
     add_check_config_command,
     add_tail_command,
     add_publish_command,
+    add_token_command,
 )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "TokenRejected",
     "TokenVerifier",
     "UnusableKey",
+    "mint_dev_token",
     "mint_token",
 ]
 
@@ -332,3 +333,37 @@ def mint_token(
     if issuer is not None:
         claims["iss"] = issuer
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def mint_dev_token(
+    config: AuthConfig,
+    subject: str,
+    *,
+    ttl: float,
+    subscribe: Sequence[str] = (),
+    publish: Sequence[str] = (),
+    admin: bool = False,
+) -> str:
+    """A token that the hub configured with ``config`` accepts (``wshub token``).
+
+    Signed with ``auth.jwt_secret`` and the first HMAC algorithm ``auth.jwt_algorithms`` lists,
+    with ``auth.jwt_audience`` and ``auth.jwt_issuer`` when set. Raises ConfigError when there
+    is no secret or no HMAC algorithm to sign with.
+    """
+    hmac = [name for name in config.jwt_algorithms if name in HMAC_ALGORITHMS]
+    if config.jwt_secret is None or not hmac:
+        raise ConfigError(
+            "auth.jwt_secret is not configured (with an HS256, HS384 or HS512 in "
+            "auth.jwt_algorithms): set WSHUB_AUTH__JWT_SECRET or [auth] jwt_secret"
+        )
+    return mint_token(
+        config.jwt_secret,
+        subject,
+        ttl=ttl,
+        subscribe=subscribe,
+        publish=publish,
+        admin=admin,
+        algorithm=hmac[0],
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+    )
