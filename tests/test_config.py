@@ -13,12 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub.core.config import (
+from wshub.core.config import ConfigError, HubConfig
+from wshub.core.sections import (
     AdminConfig,
     BreakerConfig,
-    ConfigError,
     HealthConfig,
-    HubConfig,
     LimitsConfig,
     ServerConfig,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import Hello, personal_stream, stream_kind

@@ -32,8 +32,8 @@ import attrs
 import jwt
 import trio
 
-from wshub.core.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, AuthConfig, ConfigError
 from wshub.core.protocol import is_valid_client_id, stream_kind
+from wshub.core.sections import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, AuthConfig, ConfigError
 
 __all__ = [
     "WSHUB_CLAIM",

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from wshub.core.breaker import BreakerRegistry, CircuitOpenError
-from wshub.core.config import BreakerConfig
+from wshub.core.breaker import CircuitOpenError
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import Hello
+from wshub.core.sections import BreakerConfig
 from wshub.hub.auth import Rights
 from wshub.hub.transport import RequestInfo
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, message_id, scoped_key
 from wshub.core.events import PublishResult
