@@ -116,7 +116,7 @@ async def test_the_client_refreshes_at_80_percent_of_the_lifetime_and_stays_conn
             assert provider.calls == [0.0, 80.0, 160.0, 240.0]
             assert network.attempts == [0.0]  # one connection all along: never closed 4005
             assert client.connected
-            assert client._state.credentials.refreshes == 3
+            assert client.statistics().refreshes == 3
 
 
 async def test_a_provider_failing_at_refresh_time_is_asked_again_halfway_to_the_expiry(

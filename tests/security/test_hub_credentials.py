@@ -27,6 +27,7 @@ from tokens import (
 )
 from wshub.core.config import HubConfig
 from wshub.core.protocol import Position
+from wshub.hub.auth import Rights
 from wshub.hub.hooks import Identity
 from wshub.hub.hub import Hub, open_hub
 from wshub.testing import MemoryClient, connect_memory
@@ -357,3 +358,26 @@ async def test_an_expired_hmac_token_signed_long_ago_is_refused_however_valid_ot
         await trio.sleep(60 + LEEWAY)
         client = await connect_memory(hub, "alice", token=old)
         assert await client.wait_closed() == (1008, "token expired")
+
+
+async def test_an_authenticate_hook_may_return_the_same_rights_and_a_deadline(
+    autojump_clock: Any,
+) -> None:
+    async def hook(hello: Any, request: Any) -> Identity:
+        rights = Rights(subscribe=["news"], publish=["news"])
+        return Identity(hello.client_id, rights=rights, deadline=trio.current_time() + 30)
+
+    config = HubConfig.testing().merged({"server": {"client_publish": False}})
+    async with open_hub(config, authenticate=hook) as hub:
+        client = await connect_memory(hub, "carol", subscribe={"news": None, "sports": None})
+        assert set((await client.receive())["streams"]) == {"@carol", "news"}
+        assert (await client.receive())["message"] == (
+            "'sports' is not among this client's subscribe rights"
+        )
+        await client.send({"type": "publish", "stream": "news", "data": 1, "ref": 1})
+        answers = await client.receive_until("published")  # despite client_publish off
+        assert [answer["type"] for answer in answers] == ["message", "published"]
+        await client.send({"type": "publish", "stream": "other", "data": 1, "ref": 2})
+        assert (await client.receive())["code"] == "forbidden"
+        code, _ = await client.wait_closed()
+        assert (code, trio.current_time()) == (4005, 30)

@@ -76,7 +76,8 @@ class ClientStatistics:
 
     ``reconnects`` counts welcomed connections after the first; ``resumes`` stream resumptions
     that lost nothing; ``messages`` messages delivered; ``duplicates`` messages dropped as
-    already delivered; ``publish_retries`` publish frames sent again.
+    already delivered; ``publish_retries`` publish frames sent again; ``refreshes`` tokens
+    the hub took in a ``refresh`` (see ``open_client``'s ``token``).
     """
 
     connected: bool
@@ -90,6 +91,7 @@ class ClientStatistics:
     published: int
     publish_retries: int
     last_error: str | None
+    refreshes: int = 0
 
 
 class Client:
@@ -254,6 +256,7 @@ class Client:
             published=counts["published"],
             publish_retries=counts["publish_retries"],
             last_error=connection.last_error,
+            refreshes=self._state.credentials.refreshes,
         )
 
     # ------------------------------------------------------------------ lifetime
