@@ -149,8 +149,7 @@ class Hub:
         await trio.lowlevel.checkpoint()
         if stream_kind(stream) not in ("topic", "personal"):
             raise ValueError(f"cannot publish to {stream!r}: not a topic or personal stream name")
-        if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
-            raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+        _check_id(id)
         return self._publish_nowait(stream, data, SERVER_PUBLISHER, id)
 
     async def send(self, client_id: str, data: Any, *, id: str | None = None) -> PublishResult:
@@ -253,8 +252,7 @@ class Hub:
         await trio.lowlevel.checkpoint()
         if stream_kind(stream) != "topic":
             raise ValueError(f"cannot publish to {stream!r} as a client: not a topic")
-        if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
-            raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+        _check_id(id)
         return self._publish_nowait(stream, data, client_id, id)
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
@@ -525,6 +523,11 @@ class Hub:
     def overflowing(self) -> bool:
         """Whether a queue overflowed since the last metrics flush."""
         return self.metrics.queue_overflows > self._overflows_at_last_flush
+
+
+def _check_id(id: object) -> None:
+    if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
+        raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
 
 
 def _status(replay: Replay) -> StreamStatus:
