@@ -664,3 +664,20 @@ def test_plain_hypercorn_serves_publish_subscribe_and_cuts_with_1001(tmp_path: P
             assert ws.close_code == 1001
     finally:
         server.stop(signal.SIGKILL)
+
+
+async def test_lifespan_startup_fails_naming_an_unreadable_public_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("WSHUB_AUTH__JWT_PUBLIC_KEY", str(missing))
+    monkeypatch.setenv("WSHUB_AUTH__JWT_ALGORITHMS", "ES256")
+    app = create_app()
+    server = FakeServer()
+    await server.to_app.send({"type": "lifespan.startup"})
+    with trio.fail_after(5):
+        await app({"type": "lifespan"}, server.receive, server.send)
+    assert await server.next() == {
+        "type": "lifespan.startup.failed",
+        "message": f"auth.jwt_public_key: cannot read {str(missing)!r}: No such file or directory",
+    }

@@ -464,6 +464,19 @@ def test_token_refuses_what_it_cannot_sign(
     assert message in capsys.readouterr().err
 
 
+def test_serve_refuses_an_unreadable_public_key_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("WSHUB_AUTH__JWT_PUBLIC_KEY", str(missing))
+    monkeypatch.setenv("WSHUB_AUTH__JWT_ALGORITHMS", "RS256")
+    assert main(["serve", "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"wshub serve: auth.jwt_public_key: cannot read {str(missing)!r}: "
+        "No such file or directory\n"
+    )
+
+
 def test_token_tail_and_publish_through_a_hub_that_requires_tokens(tmp_path: Path) -> None:
     env = {
         "WSHUB_AUTH__JWT_SECRET": JWT_SECRET,

@@ -180,6 +180,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = build_serve_config(
             config_file=args.config, preset=args.preset, host=args.host, port=args.port
         )
+        TokenVerifier.from_config(config.auth)  # the key file, checked before serving
     except ConfigError as error:
         print(f"wshub serve: {error}", file=sys.stderr)
         return 2
