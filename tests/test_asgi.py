@@ -520,12 +520,15 @@ async def test_websocket_on_another_path_is_refused_with_404() -> None:
 # --------------------------------------------------------------------------- real: wshub serve
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``wshub serve`` with an API key, shared by this module's real-server tests."""
+@pytest.fixture(scope="module", params=["hypercorn", "fast"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """``wshub serve --server KIND`` with an API key, shared by this module's real-server
+    tests: the endpoints answer the same on both servers."""
     log = tmp_path_factory.mktemp("serve") / "wshub.log"
     env = {"WSHUB_ADMIN__API_KEY": KEY, "WSHUB_METRICS__LOG": "false"}
-    running = wshub_serve(log, "--preset", "development", env=env)
+    running = wshub_serve(log, "--preset", "development", "--server", request.param, env=env)
     yield running
     running.stop()
 

@@ -179,9 +179,14 @@ def test_serve_config_layers_preset_file_environment_then_flags(tmp_path: Path) 
 # --------------------------------------------------------------------------- serve: for real
 
 
-def test_serve_logs_its_urls_and_drains_on_sigint(tmp_path: Path) -> None:
+#: ``wshub serve --server KIND``: both servers drain the same way.
+SERVERS = ["hypercorn", "fast"]
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_serve_logs_its_urls_and_drains_on_sigint(tmp_path: Path, kind: str) -> None:
     config = write(tmp_path / "wshub.toml", 'preset = "development"\n[server]\npath = "/hub"\n')
-    server = wshub_serve(tmp_path / "serve.log", "--config", config)
+    server = wshub_serve(tmp_path / "serve.log", "--config", config, "--server", kind)
     try:
         base = f"127.0.0.1:{server.port}"
         line = (
@@ -243,13 +248,16 @@ async def _drain_scenario(server: Server) -> tuple[list[tuple[int | None, list[A
     return outcomes, time.monotonic() - start
 
 
-def test_sigterm_drains_every_client_with_1001_and_exits_within_the_grace(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+def test_sigterm_drains_every_client_with_1001_and_exits_within_the_grace(
+    tmp_path: Path, kind: str
+) -> None:
     env = {
         "WSHUB_SHUTDOWN__GRACE": str(GRACE),
         "WSHUB_ADMIN__API_KEY": KEY,
         "WSHUB_METRICS__LOG": "false",
     }
-    server = wshub_serve(tmp_path / "serve.log", env=env)
+    server = wshub_serve(tmp_path / "serve.log", "--server", kind, env=env)
     try:
         outcomes, elapsed = asyncio.run(_drain_scenario(server))
         assert server.process.returncode == 0, server.log()
@@ -295,6 +303,39 @@ def test_a_peer_that_stopped_reading_cannot_keep_serve_running(tmp_path: Path) -
         assert server.process.returncode == 1
         assert elapsed < GRACE + 3.0 + 2.0 + 2.5, f"exited after {elapsed:.2f} s"
         assert "a peer that stopped reading holds a socket write" in server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def test_a_peer_that_stopped_reading_is_cut_by_the_fast_server_drain(tmp_path: Path) -> None:
+    env = {
+        "WSHUB_SHUTDOWN__GRACE": str(GRACE),
+        "WSHUB_ADMIN__API_KEY": KEY,
+        "WSHUB_METRICS__LOG": "false",
+    }
+    server = wshub_serve(tmp_path / "serve.log", "--server", "fast", env=env)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    auth = {"authorization": f"Bearer {KEY}"}
+    try:
+        with connect_sync(f"{server.ws}/ws", sock=stalled, max_queue=1, close_timeout=1) as ws:
+            ws.send(hello("stalled", {"news": None}))
+            assert objects(ws.recv(5))[0]["type"] == "welcome"
+            with httpx.Client(base_url=server.http, headers=auth) as http:
+                for n in range(400):
+                    http.post("/api/publish", json={"stream": "news", "data": [n, "x" * 60_000]})
+                    queues = http.get("/health/websocket").json()["queues"]
+                    if queues["depth"] >= 10:  # the writer waits on the full socket
+                        break
+                else:
+                    pytest.fail("the peer never stalled")
+            elapsed = server.stop(signal.SIGTERM, timeout=20)
+        # The fast server's writes can be cancelled: the drain cuts the stuck write at the
+        # grace (the frame cannot finish) and the process exits cleanly, no forced exit.
+        assert server.process.returncode == 0, server.log()
+        assert elapsed < GRACE + 3.0 + 2.0, f"exited after {elapsed:.2f} s"
+        assert "Traceback" not in server.log()
     finally:
         server.stop(signal.SIGKILL)
 

@@ -33,9 +33,18 @@ from wshub.cli_clients import add_publish_command, add_tail_command
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.protocol import is_valid_client_id
 from wshub.hub.auth import TokenVerifier, mint_dev_token
+from wshub.hub.hub import open_hub
 from wshub.servers.asgi import HubApp, create_app
+from wshub.servers.fast import serve_fast
 
-__all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
+__all__ = [
+    "SUBCOMMANDS",
+    "build_serve_config",
+    "hypercorn_config",
+    "main",
+    "serve",
+    "serve_fast_until_signal",
+]
 
 logger = logging.getLogger("wshub.cli")
 
@@ -165,6 +174,31 @@ async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
     os._exit(1)
 
 
+async def serve_fast_until_signal(
+    config: HubConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``config`` with the fast server until SIGINT or SIGTERM, then drain and stop.
+
+    ``await nursery.start(serve_fast_until_signal, config)`` returns the bound address
+    (``["http://127.0.0.1:8765"]``, the real port with port 0) and logs the URLs, as ``serve``.
+    The drain sends 1001 to every client once its queue is flushed; a peer that stopped
+    reading is cut at ``shutdown.grace`` (this server's writes can be cancelled).
+    """
+    host, port = config.server.host, config.server.port
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_hub(config) as hub:
+            server = await hub.nursery.start(serve_fast, hub, host, port)
+            bind = (
+                f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"
+            )
+            logger.info("%s", _urls(bind, config.server.path))
+            task_status.started([bind])
+            async for number in signals:
+                logger.info("%s received: draining", signal.Signals(number).name)
+                break
+        logger.info("drained; stopping")  # leaving open_hub drained it, then stopped serving
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"wshub serve: --workers must be 1, got {args.workers}", file=sys.stderr)
@@ -188,11 +222,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        trio.run(
-            partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
-            create_app(config),
-            hypercorn_config(config),
-        )
+        if args.server == "fast":
+            trio.run(serve_fast_until_signal, config)
+        else:
+            trio.run(
+                partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
+                create_app(config),
+                hypercorn_config(config),
+            )
     except Exception as error:
         cause = _sole_os_error(error)
         if cause is None:
@@ -213,7 +250,7 @@ def add_serve_command(subparsers: _Subparsers) -> None:
     """``wshub serve``."""
     parser = subparsers.add_parser(
         "serve",
-        help="serve the hub (WebSocket and HTTP on one port) with hypercorn",
+        help="serve the hub (WebSocket and HTTP on one port)",
         description="Serve /ws, /health, /metrics, /api/* and /dashboard on one port. "
         "SIGINT or SIGTERM drains the hub (clients get 1001) and exits.",
     )
@@ -228,6 +265,12 @@ def add_serve_command(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+    )
+    parser.add_argument(
+        "--server",
+        choices=("hypercorn", "fast"),
+        default="hypercorn",
+        help="hypercorn's trio worker (default), or wshub's own fast server (wsproto and h11)",
     )
     parser.set_defaults(run=_run_serve)
 

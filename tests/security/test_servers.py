@@ -1,7 +1,9 @@
-"""The key credential rules through both servers: the embedded one (``wshub.serve_websocket``,
-real sockets on 127.0.0.1) and the ASGI app (in process, as tests/test_asgi.py drives it).
+"""The key credential rules through every server: the embedded ones (``wshub.serve_websocket``
+on trio-websocket and ``serve_fast`` on wsproto + h11, real sockets on 127.0.0.1) and the ASGI
+app (in process, as tests/test_asgi.py drives it). HTTP with tokens through the fast server's
+own HTTP endpoints is at the end (test_http.py has every rule through the ASGI app).
 
-The embedded server runs on the real clock, so its expiry tests assert close codes only; the
+The embedded servers run on the real clock, so their expiry tests assert close codes only; the
 ASGI app runs under the mock clock too, where the close is asserted at its exact time.
 """
 
@@ -11,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import httpx
 import orjson
 import pytest
 import trio
@@ -22,9 +25,10 @@ from wshub.core.config import HubConfig
 from wshub.core.protocol import split_batch
 from wshub.hub.hub import Hub, open_hub
 from wshub.servers.asgi import create_app
+from wshub.servers.fast import serve_fast
 from wshub.servers.websocket import serve_websocket
 
-SERVERS = ["embedded", "asgi"]
+SERVERS = ["embedded", "fast", "asgi"]
 
 
 def auth_config(leeway: float = 0.0) -> HubConfig:
@@ -114,8 +118,9 @@ Dial = Callable[[str, str | None, dict[str, Any] | None], Any]
 async def server(kind: str, hub: Hub) -> AsyncIterator[Dial]:
     """A way to open connections to ``hub`` through the server of that ``kind``."""
     async with trio.open_nursery() as nursery:
-        if kind == "embedded":
-            listening = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+        if kind in ("embedded", "fast"):
+            serve = serve_websocket if kind == "embedded" else serve_fast
+            listening = await nursery.start(serve, hub, "127.0.0.1", 0)
             url = f"ws://127.0.0.1:{listening.port}/ws"
 
             @asynccontextmanager
@@ -268,3 +273,41 @@ async def test_asgi_refreshed_in_time_is_not_closed(autojump_clock: Any) -> None
         assert (await peer.receive())["type"] == "refreshed"
         assert (await peer.closed())[0] == 4005
         assert trio.current_time() == 120 + 1.5
+
+
+async def test_the_fast_servers_http_endpoints_take_tokens() -> None:
+    config = auth_config().merged({"admin": {"api_key": "the-admin-key"}})
+    async with (
+        open_hub(config, wall_clock=wall_clock) as hub,
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient() as http,
+    ):
+        listening = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{listening.port}"
+
+        def bearer(signed: str) -> dict[str, str]:
+            return {"authorization": f"Bearer {signed}"}
+
+        body = {"stream": "chat.a", "data": 1, "id": "k1"}
+        writer = token("alice", publish=["chat.*"])
+        published = await http.post(f"{base}/api/publish", json=body, headers=bearer(writer))
+        assert (published.status_code, published.json()["offset"]) == (200, 1)
+        refused = await http.post(
+            f"{base}/api/publish", json={**body, "stream": "news"}, headers=bearer(writer)
+        )
+        assert (refused.status_code, refused.json()) == (
+            403,
+            {"error": "'news' is not among this token's publish rights"},
+        )
+        forged = await http.post(
+            f"{base}/api/publish", json=body, headers=bearer(token(secret=OTHER_SECRET))
+        )
+        assert (forged.status_code, forged.json()) == (
+            401,
+            {"error": "invalid credential: token signature is invalid"},
+        )
+        admin = bearer(token("ops", admin=True))
+        assert (await http.get(f"{base}/api/stats", headers=admin)).status_code == 200
+        plain = bearer(token("alice"))
+        assert (await http.get(f"{base}/metrics", headers=plain)).status_code == 403
+        nursery.cancel_scope.cancel()
