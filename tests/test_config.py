@@ -23,7 +23,8 @@ from wshub.core.sections import (
 )
 
 SECTIONS = (
-    "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin"
+    "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin,"
+    " auth"
 )
 TIMEZONE_ALLOWED = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
 
@@ -73,6 +74,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "cleanup.interval": (0, True, None),
     "shutdown.grace": (0, False, None),
     "health.queue_degraded_ratio": (0, True, 1),
+    "auth.leeway": (0, False, None),
 }
 
 LARGEST = 1e12  # keeps generated numbers readable; the validators have no upper bound here

@@ -1,4 +1,7 @@
-"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config``.
+"""The ``wshub`` command: ``serve``, ``check-config``, ``tail``, ``publish`` and ``token``.
+
+``tail`` and ``publish``, the commands that act as a client of a running hub, are in
+``wshub.cli_clients``.
 
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
 ``SUBCOMMANDS`` lists them, so a new one is one line there.
@@ -26,8 +29,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
+from wshub.cli_clients import add_publish_command, add_tail_command
 from wshub.core.config import ConfigError, HubConfig
-from wshub.core.protocol import is_valid_client_id, stream_kind
+from wshub.core.protocol import is_valid_client_id
+from wshub.hub.auth import TokenVerifier, mint_dev_token
 from wshub.hub.hub import open_hub
 from wshub.servers.asgi import HubApp, create_app
 from wshub.servers.fast import serve_fast
@@ -209,6 +214,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = build_serve_config(
             config_file=args.config, preset=args.preset, host=args.host, port=args.port
         )
+        TokenVerifier.from_config(config.auth)  # the key file, checked before serving
     except ConfigError as error:
         print(f"wshub serve: {error}", file=sys.stderr)
         return 2
@@ -274,14 +280,16 @@ def add_serve_command(subparsers: _Subparsers) -> None:
 
 def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
     data = config.to_dict()
-    if data["admin"]["api_key"] is not None:
-        data["admin"]["api_key"] = "<redacted>"
+    for section, key in (("admin", "api_key"), ("auth", "jwt_secret")):
+        if data[section][key] is not None:
+            data[section][key] = "<redacted>"
     return data
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
     try:
         config = HubConfig.from_file(args.file)
+        TokenVerifier.from_config(config.auth)  # reads and checks the public key file
     except ConfigError as error:
         print(f"wshub check-config: {error}", file=sys.stderr)
         return 2
@@ -296,118 +304,73 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
         help="validate a TOML config file and print the resolved configuration as JSON",
         description="Validate FILE (its preset key, sections, keys and values) and print the "
         "resolved configuration as JSON; exit 2 with the error otherwise. "
-        "admin.api_key is printed as <redacted>.",
+        "admin.api_key and auth.jwt_secret are printed as <redacted>; the file named by "
+        "auth.jwt_public_key is read and checked.",
     )
     parser.add_argument("file", metavar="FILE")
     parser.set_defaults(run=_run_check_config)
 
 
-# --------------------------------------------------------------------------- tail, publish
+# --------------------------------------------------------------------------- token
 
 
-def _run_tail(args: argparse.Namespace) -> int:
-    from wshub.client.client import ClientError
-    from wshub.tools import tail
-
-    if not is_valid_client_id(args.client_id):
-        print(f"wshub tail: invalid --client-id {args.client_id!r}", file=sys.stderr)
+def _run_token(args: argparse.Namespace) -> int:
+    if not is_valid_client_id(args.sub):
+        print(f"wshub token: invalid --sub {args.sub!r}", file=sys.stderr)
         return 2
-    for stream in args.stream:
-        if stream_kind(stream) is None:
-            print(f"wshub tail: invalid --stream {stream!r}", file=sys.stderr)
-            return 2
-    if args.from_offset is not None and args.from_offset < 0:
-        print("wshub tail: --from must be an offset >= 0", file=sys.stderr)
+    if not args.ttl > 0:
+        print(f"wshub token: --ttl must be > 0 seconds, got {args.ttl:g}", file=sys.stderr)
         return 2
     try:
-        trio.run(
-            partial(
-                tail,
-                args.url,
-                args.client_id,
-                args.stream,
-                from_offset=args.from_offset,
-                max_attempts=args.max_attempts,
-            )
+        config = build_serve_config(config_file=args.config, preset=args.preset)
+        signed = mint_dev_token(
+            config.auth,
+            args.sub,
+            ttl=args.ttl,
+            subscribe=args.subscribe,
+            publish=args.publish,
+            admin=args.admin,
         )
-    except KeyboardInterrupt:
-        return 0
-    except ClientError as error:
-        print(f"wshub tail: {error}", file=sys.stderr)
-        return 1
+    except ConfigError as error:
+        print(f"wshub token: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(signed + "\n")
     return 0
 
 
-def add_tail_command(subparsers: _Subparsers) -> None:
-    """``wshub tail URL --client-id ID --stream S [--from OFFSET]``."""
+def add_token_command(subparsers: _Subparsers) -> None:
+    """``wshub token --sub ID [--subscribe P]... [--publish P]... [--admin] [--ttl S]``."""
     parser = subparsers.add_parser(
-        "tail",
-        help="print a stream's messages as JSON lines, resuming through drops",
-        description="Connect to the hub's WebSocket URL and print every message (and every "
-        "gap the hub reports) as one JSON object per line until interrupted.",
+        "token",
+        help="mint a development JWT from the configured auth.jwt_secret",
+        description="Print a JWT for client SUB signed with auth.jwt_secret (HS256, or the "
+        "first HS algorithm auth.jwt_algorithms lists), carrying auth.jwt_audience and "
+        "auth.jwt_issuer when configured. The configuration is read as `wshub serve` reads it "
+        "(--config, --preset, WSHUB_* variables). For development: a deployment's tokens come "
+        "from its own backend.",
     )
-    parser.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765/ws")
-    parser.add_argument("--client-id", required=True, help="the client id to connect as")
+    parser.add_argument("--sub", required=True, help="the client id the token is for")
     parser.add_argument(
-        "--stream", action="append", required=True, help="a stream to follow (repeatable)"
+        "--subscribe",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may subscribe to (repeatable)",
     )
     parser.add_argument(
-        "--from",
-        dest="from_offset",
-        type=int,
-        metavar="OFFSET",
-        help="start after this offset (0: all the history still holds); default: new ones",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may publish to (repeatable)",
     )
+    parser.add_argument("--admin", action="store_true", help="grant the admin right")
     parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=8,
-        help="give up after this many failed connection attempts in a row (default 8)",
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
     )
-    parser.set_defaults(run=_run_tail)
-
-
-def _run_publish(args: argparse.Namespace) -> int:
-    from wshub.tools import PublishHTTPError, publish_http
-
-    try:
-        data = orjson.loads(args.data)
-    except orjson.JSONDecodeError as error:
-        print(f"wshub publish: DATA is not valid JSON: {error}", file=sys.stderr)
-        return 2
-    if stream_kind(args.stream) not in ("topic", "personal"):
-        print(f"wshub publish: invalid STREAM {args.stream!r}", file=sys.stderr)
-        return 2
-    base_url = args.url.rstrip("/")
-    try:
-        answer = trio.run(
-            partial(publish_http, base_url, args.stream, data, id=args.id, api_key=args.api_key)
-        )
-    except PublishHTTPError as error:
-        print(f"wshub publish: {error}", file=sys.stderr)
-        return 1
-    sys.stdout.write(orjson.dumps(answer).decode() + "\n")
-    return 0
-
-
-def add_publish_command(subparsers: _Subparsers) -> None:
-    """``wshub publish URL STREAM DATA [--id K] [--api-key KEY]``."""
-    parser = subparsers.add_parser(
-        "publish",
-        help="publish one message through POST /api/publish",
-        description="Publish DATA (JSON) to STREAM through the hub's HTTP API and print the "
-        "answer (stream, offset, id, duplicate). Exit 1 when the hub refuses or is unreachable.",
-    )
-    parser.add_argument("url", metavar="URL", help="the hub's base URL, e.g. http://127.0.0.1:8765")
-    parser.add_argument("stream", metavar="STREAM")
-    parser.add_argument("data", metavar="DATA", help="the message, as JSON")
-    parser.add_argument("--id", help="idempotency key (default: the hash of stream and data)")
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("WSHUB_API_KEY"),
-        help="the hub's admin.api_key (default: $WSHUB_API_KEY)",
-    )
-    parser.set_defaults(run=_run_publish)
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    parser.add_argument("--preset", choices=HubConfig.PRESETS, help="as for `wshub serve`")
+    parser.set_defaults(run=_run_token)
 
 
 # --------------------------------------------------------------------------- main
@@ -418,6 +381,7 @@ SUBCOMMANDS: Sequence[Callable[[_Subparsers], None]] = (
     add_check_config_command,
     add_tail_command,
     add_publish_command,
+    add_token_command,
 )
 
 

@@ -23,7 +23,10 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from wshub.core.sections import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
     AdminConfig,
+    AuthConfig,
     BreakerConfig,
     CleanupConfig,
     ConfigError,
@@ -38,7 +41,10 @@ from wshub.core.sections import (
 )
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "HMAC_ALGORITHMS",
     "AdminConfig",
+    "AuthConfig",
     "BreakerConfig",
     "CleanupConfig",
     "ConfigError",
@@ -66,6 +72,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "shutdown": ShutdownConfig,
     "health": HealthConfig,
     "admin": AdminConfig,
+    "auth": AuthConfig,
 }
 
 _C = TypeVar("_C", bound="HubConfig")
@@ -94,6 +101,7 @@ class HubConfig:
     shutdown: ShutdownConfig = _section_field(ShutdownConfig)
     health: HealthConfig = _section_field(HealthConfig)
     admin: AdminConfig = _section_field(AdminConfig)
+    auth: AuthConfig = _section_field(AuthConfig)
 
     PRESETS: ClassVar[tuple[str, ...]] = ("development", "production", "testing")
 
