@@ -24,7 +24,7 @@ from wshub.core.sections import (
 
 SECTIONS = (
     "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin,"
-    " broker"
+    " broker, auth"
 )
 TIMEZONE_ALLOWED = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
 
@@ -76,6 +76,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "shutdown.grace": (0, False, None),
     "health.queue_degraded_ratio": (0, True, 1),
     "broker.timeout": (0, True, None),
+    "auth.leeway": (0, False, None),
 }
 
 LARGEST = 1e12  # keeps generated numbers readable; the validators have no upper bound here

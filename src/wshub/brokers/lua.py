@@ -101,8 +101,9 @@ return {'ok', offset, epoch}
 """
 )
 
-# KEYS: meta, history.  ARGV: the client's epoch ('' for none), the client's offset (-1: from
-# now on, nothing to replay), new epoch, history ttl ms, meta ttl ms, most entries to return.
+# KEYS: meta, history.  ARGV: the client's epoch ('' for none: the current one), the client's
+# offset (-1: from now on, nothing to replay), new epoch, history ttl ms, meta ttl ms, most
+# entries to return.
 # Returns {epoch, newest offset, oldest offset held or -1, entries}: the entries from the
 # client's offset + 1 when that resumes it (same epoch, still held), else from the oldest held
 # (the twin of ``wshub.core.history.resume_plan``, which the broker applies to the answer).
@@ -121,7 +122,8 @@ local seen = tonumber(ARGV[2])
 local entries = {}
 if seen >= 0 and first >= 0 then
   local start = first
-  if ARGV[1] == epoch and seen <= top and seen + 1 >= first then start = seen + 1 end
+  local same = ARGV[1] == epoch or ARGV[1] == ''  -- no epoch: read against the current one
+  if same and seen <= top and seen + 1 >= first then start = seen + 1 end
   if start <= top then
     entries = redis.call('XRANGE', history, string.format('%d-0', start), '+', 'COUNT', ARGV[6])
   end

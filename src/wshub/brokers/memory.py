@@ -178,8 +178,11 @@ class MemoryBroker:
     # ------------------------------------------------------------------ subscribing
 
     async def prepare(self, stream: str, position: Position | None) -> Prepared:
-        """Nothing to fetch: the history is read when joining."""
-        await trio.lowlevel.checkpoint()
+        """Nothing to fetch: the history is read when joining.
+
+        Does not checkpoint (nor does ``publish``): the memory broker never waits, so a hello
+        is welcomed in one step, as it was before brokers existed.
+        """
         return Prepared(stream, position)
 
     def join_nowait(self, prepared: Prepared) -> Replay:

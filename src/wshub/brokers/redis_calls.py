@@ -130,7 +130,7 @@ class RedisCalls:
 
         Creates the stream's epoch when Redis has none. Raises BrokerUnavailable.
         """
-        epoch = "" if position is None else position.epoch
+        epoch = "" if position is None or position.epoch is None else position.epoch
         seen = -1 if position is None else max(position.offset, 0)
         keys = [self.key(stream, "m"), self.key(stream, "h")]
         args = [

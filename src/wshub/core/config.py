@@ -23,7 +23,10 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from wshub.core.sections import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
     AdminConfig,
+    AuthConfig,
     BreakerConfig,
     BrokerConfig,
     CleanupConfig,
@@ -39,7 +42,10 @@ from wshub.core.sections import (
 )
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "HMAC_ALGORITHMS",
     "AdminConfig",
+    "AuthConfig",
     "BreakerConfig",
     "BrokerConfig",
     "CleanupConfig",
@@ -69,6 +75,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "health": HealthConfig,
     "admin": AdminConfig,
     "broker": BrokerConfig,
+    "auth": AuthConfig,
 }
 
 _C = TypeVar("_C", bound="HubConfig")
@@ -98,6 +105,7 @@ class HubConfig:
     health: HealthConfig = _section_field(HealthConfig)
     admin: AdminConfig = _section_field(AdminConfig)
     broker: BrokerConfig = _section_field(BrokerConfig)
+    auth: AuthConfig = _section_field(AuthConfig)
 
     PRESETS: ClassVar[tuple[str, ...]] = ("development", "production", "testing")
 

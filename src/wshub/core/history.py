@@ -48,7 +48,8 @@ def resume_plan(
     if position is None:
         return True, None
     seen = max(position.offset, 0)
-    if position.epoch != epoch or seen > last:
+    # No epoch (``{"offset": 0}``): read against the current epoch.
+    if (position.epoch is not None and position.epoch != epoch) or seen > last:
         return False, first
     if seen == last:
         return True, None
@@ -171,6 +172,9 @@ class StreamHistory:
         - Another epoch: not recovered, everything held.
         - Same epoch but an offset beyond ``last_offset``: no honest client can hold one, so
           the position is treated like one from another epoch: not recovered, everything held.
+        - No epoch (``{"offset": 0}``): "everything history still holds", read as offset 0 of
+          the current epoch: recovered when offset 1 is still held (or nothing was ever
+          published), else not recovered with everything held (the gap is 1 to ``first - 1``).
         - A negative offset (the protocol layer rejects them) is read as 0.
         """
         last = self._last_offset
