@@ -120,15 +120,17 @@ def test_serve_refuses_more_than_one_worker_with_the_memory_broker() -> None:
     assert 'Set broker.kind = "redis" (WSHUB_BROKER__KIND=redis)' in done.stderr
 
 
+@pytest.mark.parametrize("server_kind", ["hypercorn", "fast"])
 def test_two_workers_on_redis_serve_one_service_and_drain_on_sigterm(
-    tmp_path: Path, redis: Any
+    tmp_path: Path, redis: Any, server_kind: str
 ) -> None:
     env = {
         "WSHUB_BROKER__KIND": "redis",
         "WSHUB_BROKER__URL": redis.url,
         "WSHUB_ADMIN__API_KEY": "k",
     }
-    server = wshub_serve(tmp_path / "serve.log", "--workers", "2", env=env)
+    args = ("--workers", "2", "--server", server_kind)
+    server = wshub_serve(tmp_path / "serve.log", *args, env=env)
     try:
         deadline = time.monotonic() + 20
         while server.log().count("wshub listening on") < 2:  # both workers are up

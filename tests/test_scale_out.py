@@ -109,6 +109,25 @@ async def test_resume_past_history_says_not_recovered_with_the_gap(
             await each.aclose()
 
 
+async def test_a_first_connect_without_epoch_reads_everything_held(
+    config_of: Callable[..., HubConfig],
+) -> None:
+    async with open_hub(config_of(history={"size": 3})) as hub:
+        await publish_numbers(hub, "@alice", range(1, 3))
+        alice = await connect_memory(hub, "alice", subscribe={"@alice": Position(0, None)})
+        status = (await welcome(alice))["streams"]["@alice"]
+        assert (status["offset"], status["first"], status["recovered"]) == (2, 1, True)
+        assert [m["data"] for m in await receive_messages(alice, 2)] == [1, 2]
+        await publish_numbers(hub, "@bob", range(1, 5))  # history holds 2..4
+        bob = await connect_memory(hub, "bob", subscribe={"@bob": Position(0, None)})
+        status = (await welcome(bob))["streams"]["@bob"]
+        assert (status["offset"], status["first"], status["recovered"]) == (4, 2, False)
+        assert [m["data"] for m in await receive_messages(bob, 3)] == [2, 3, 4]
+        for client in (alice, bob):
+            await nothing_more(client)
+            await client.aclose()
+
+
 async def test_client_publishes_are_deduplicated_and_conflicts_refused(
     config_of: Callable[..., HubConfig],
 ) -> None:
