@@ -75,6 +75,9 @@ class PublishKey(NamedTuple):
     """False for a publish without id when ``dedup.content_ids`` is off."""
 
 
+_new_key = tuple.__new__
+
+
 def publish_key(stream: str, data: Any, id: str | None, *, content_ids: bool) -> PublishKey:
     """The message id and content id of a publish, the one way both brokers make them.
 
@@ -84,9 +87,10 @@ def publish_key(stream: str, data: Any, id: str | None, *, content_ids: bool) ->
         content = message_id(stream, data)
     except TypeError as error:
         raise ValueError(f"data is not JSON-serialisable: {error}") from None
+    # tuple.__new__ skips the NamedTuple constructor's Python-level __new__ (a third of the cost).
     if id is None:
-        return PublishKey(content, content, content_ids)
-    return PublishKey(id, content, True)
+        return _new_key(PublishKey, (content, content, content_ids))
+    return _new_key(PublishKey, (id, content, True))
 
 
 @attrs.define(eq=False)

@@ -168,6 +168,13 @@ class Hub:
         if stream_kind(stream) not in ("topic", "personal"):
             raise ValueError(f"cannot publish to {stream!r}: not a topic or personal stream name")
         _check_id(id)
+        if self.broker is self.local:  # the fast path: synchronous from dedup to fan-out
+            result = self.local.publish_nowait(stream, data, publisher=SERVER_PUBLISHER, id=id)
+            if result.duplicate:
+                self.metrics.deduplicated += 1
+            else:
+                self.metrics.published += 1
+            return result
         return await self._publish(stream, data, SERVER_PUBLISHER, id)
 
     async def send(self, client_id: str, data: Any, *, id: str | None = None) -> PublishResult:
@@ -271,11 +278,7 @@ class Hub:
     async def _publish(
         self, stream: str, data: Any, publisher: str, id: str | None
     ) -> PublishResult:
-        broker = self.broker
-        if broker is self.local:  # the fast path: synchronous from dedup to fan-out
-            result = self.local.publish_nowait(stream, data, publisher=publisher, id=id)
-        else:
-            result = await broker.publish(stream, data, publisher=publisher, id=id)
+        result = await self.broker.publish(stream, data, publisher=publisher, id=id)
         self._count(result)
         return result
 
