@@ -18,6 +18,8 @@ KIND is one of:
   ``hub.publish`` in a loop (which checkpoints on every call);
 - ``wshub-fast``: ``wshub.servers.fast.serve_fast`` (wsproto and h11 on sockets the hub owns,
   what ``wshub serve --server fast`` runs) inside ``open_hub``, the same publisher;
+- ``wshub-redis``: ``wshub-fast`` on the Redis broker at ``$WSHUB_BENCH_REDIS_URL``; several
+  of them on one Redis are the workers of one service (``benchmarks/redis_broker.py``);
 - ``wshub-hypercorn``: ``wshub.asgi.create_app`` under ``hypercorn.trio.serve``, configured
   as ``wshub serve`` does; the publisher runs in the same Trio loop through ``app.hub``;
 - ``trio-websocket``: the ceiling of the embedded stack. Every connection has a task that
@@ -208,6 +210,24 @@ async def _serve_wshub_fast(lifetime: float) -> None:
 
     with trio.move_on_after(lifetime):
         async with open_hub(_wshub_config()) as hub, trio.open_nursery() as nursery:
+            server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
+            await _control_wshub(hub, server.port)
+    quit_now()
+
+
+async def _serve_wshub_redis(lifetime: float) -> None:
+    """``wshub-fast`` on the Redis broker at ``$WSHUB_BENCH_REDIS_URL`` (one worker of many)."""
+    import os
+
+    import trio
+
+    from wshub import open_hub
+    from wshub.servers.fast import serve_fast
+
+    url = os.environ["WSHUB_BENCH_REDIS_URL"]
+    config = _wshub_config().merged({"broker": {"kind": "redis", "url": url}})
+    with trio.move_on_after(lifetime):
+        async with open_hub(config) as hub, trio.open_nursery() as nursery:
             server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
             await _control_wshub(hub, server.port)
     quit_now()
@@ -595,6 +615,7 @@ class _RawServer:
 KINDS = (
     "wshub",
     "wshub-fast",
+    "wshub-redis",
     "wshub-hypercorn",
     "trio-websocket",
     "hypercorn",
@@ -625,6 +646,8 @@ def main() -> None:
         trio.run(_serve_wshub, args.lifetime)
     elif args.kind == "wshub-fast":
         trio.run(_serve_wshub_fast, args.lifetime)
+    elif args.kind == "wshub-redis":
+        trio.run(_serve_wshub_redis, args.lifetime)
     elif args.kind == "wshub-hypercorn":
         trio.run(_serve_wshub_hypercorn, args.lifetime)
     elif args.kind == "trio-websocket":

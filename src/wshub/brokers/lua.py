@@ -32,6 +32,9 @@ local function now_ms()
 end
 
 local function trim_expired(history, cutoff)
+  -- The common case, nothing expired, costs one entry read.
+  local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) > cutoff then return end
   while true do
     local oldest = redis.call('XRANGE', history, '-', '+', 'COUNT', 64)
     local last = nil
