@@ -9,7 +9,8 @@ numbers. What it measures, on this machine, all on 127.0.0.1:
    ``benchmarks/servers.py`` and the load generator of the end-to-end suite (two processes):
    ``wshub-fast`` on the memory broker (one process), then ``wshub-redis`` with 1 and with 2
    worker processes on one Redis, the subscribers spread over the workers and the publisher in
-   the first. Also the server processes' CPU seconds per million deliveries (user + system,
+   the first; a lone publisher waits one Redis round trip per message, so the Redis rows are
+   also run with 16 publisher tasks in the first worker, whose publishes share round trips. Also the server processes' CPU seconds per million deliveries (user + system,
    from ``/proc``), which is what decides how N cores scale.
 2. Publish rate through Redis from one process: one task publishing in a loop (each publish is
    one round trip), and 32 tasks publishing at once (coredis pipelines their scripts).
@@ -68,9 +69,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fanout(kind: str, workers: int) -> dict[str, float]:
+def fanout(kind: str, workers: int, publishers: int = 1) -> dict[str, float]:
     """Deliveries/s at SUBSCRIBERS over ``workers`` server processes of ``kind``."""
     settings = QUICK
+    os.environ["WSHUB_BENCH_PUBLISHERS"] = str(publishers)
     servers: list[Child] = []
     clients: list[Child] = []
     try:
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, Any] = {
                 "memory, 1 process": fanout("wshub-fast", 1),
                 "redis, 1 worker": fanout("wshub-redis", 1),
-                "redis, 2 workers": fanout("wshub-redis", 2),
+                "redis, 1 worker, 16 publishers": fanout("wshub-redis", 1, 16),
+                "redis, 2 workers, 16 publishers": fanout("wshub-redis", 2, 16),
             }
             results["publish and resume"] = trio.run(publish_and_resume, url)
         finally:

@@ -235,6 +235,36 @@ async def test_two_nodes_share_offsets_history_and_dedup(redis: Any) -> None:
         assert [m.frame for m in sink_a.delivered] == [m.frame for m in sink_b.delivered]
 
 
+async def test_concurrent_publishes_share_round_trips_and_keep_their_answers(
+    redis: Any,
+) -> None:
+    broker = make_broker("redis", redis.url, history_size=500)
+    assert isinstance(broker, RedisBroker)
+    answers: dict[int, Any] = {}
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        redis.command("SCRIPT", "FLUSH")  # the pipelines must load the script again
+
+        async def publisher(task: int) -> None:
+            for n in range(10):
+                value = task * 100 + n
+                answers[value] = await broker.publish("news", value, publisher="", id=f"{value}")
+
+        async with trio.open_nursery() as nursery:
+            for task in range(20):
+                nursery.start_soon(publisher, task)
+        offsets = sorted(answer.offset for answer in answers.values())
+        assert offsets == list(range(1, 201))  # each its own offset, none lost
+        assert broker.batcher.batches < 200  # and they shared round trips
+        assert ("publish", "error") not in broker.calls
+        await sink.wait_for(lambda: len(sink.delivered) == 200)
+        by_offset = {m.offset: m.frame for m in sink.delivered}
+        for value, answer in answers.items():  # each answer names its own message
+            assert f'"data":{value},' in by_offset[answer.offset]
+        again = await broker.publish("news", 5, publisher="", id="5")
+        assert (again.offset, again.duplicate) == (answers[5].offset, True)
+
+
 async def test_a_restarted_node_keeps_every_epoch(redis: Any) -> None:
     first = make_broker("redis", redis.url)
     async with running(first):

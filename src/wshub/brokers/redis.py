@@ -10,7 +10,8 @@ Theory of operation:
   waits until it has delivered) the read's newest offset, and ``join_nowait`` adds what the
   feed delivered since the read, so the replay meets delivery exactly.
 - Every call has ``broker.timeout`` and runs under the hub's ``broker`` circuit breaker; all
-  failures become ``BrokerUnavailable`` (``redis_calls.py``).
+  failures become ``BrokerUnavailable`` (``redis_calls.py``). Publishes that wait at once share
+  one pipeline per round trip (``batch.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import trio
 
 from wshub.brokers.base import BrokerUnavailable, Prepared, PublishKey, StreamSink, publish_key
+from wshub.brokers.batch import PublishBatcher
 from wshub.brokers.feed import Feed
 from wshub.brokers.follower import Follower
 from wshub.brokers.redis_calls import BREAKER, HistoryRead, RedisCalls
@@ -73,6 +75,7 @@ class RedisBroker:
             clock=clock,
         )
         self.follower = Follower(self.redis, recent_size=recent_size, clock=clock)
+        self.batcher = PublishBatcher(self.redis)
         self._nursery: trio.Nursery | None = None
 
     @classmethod
@@ -137,6 +140,7 @@ class RedisBroker:
             self._nursery = nursery
             self.redis.bind(client)
             self.follower.start(nursery, client, sink)
+            nursery.start_soon(self.batcher.run)
             # A node whose Redis is up starts ready; one whose Redis is down starts anyway,
             # unavailable (1013 to hellos, 503 to publishes) until Redis answers.
             with trio.move_on_after(self.redis.timeout):
@@ -186,7 +190,7 @@ class RedisBroker:
             new_epoch(),
             mid,
         ]
-        kind, offset, _epoch = await redis.script("publish", "publish", keys, args)
+        kind, offset, _epoch = await self.batcher.submit(keys, args)
         if kind == b"conflict":
             raise IdConflict(stream, mid, int(offset))
         return PublishResult(stream, int(offset), mid, kind == b"duplicate")
@@ -297,4 +301,5 @@ class RedisBroker:
             "calls": calls,
             "gap_fills": self.gap_fills,
             "lost": self.lost,
+            "publish_round_trips": self.batcher.batches,
         }

@@ -114,6 +114,11 @@ class RedisCalls:
         key = (op, outcome)
         self.calls[key] = self.calls.get(key, 0) + 1
 
+    def sha(self, name: str) -> str:
+        """The SHA1 of the script called ``name`` (for EVALSHA in pipelines)."""
+        sha: str = self._scripts[name].sha
+        return sha
+
     async def script(self, op: str, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run the script called ``name`` as operation ``op``. Raises BrokerUnavailable."""
         script = self._scripts.get(name)
