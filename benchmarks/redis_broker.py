@@ -10,8 +10,9 @@ numbers. What it measures, on this machine, all on 127.0.0.1:
    ``wshub-fast`` on the memory broker (one process), then ``wshub-redis`` with 1 and with 2
    worker processes on one Redis, the subscribers spread over the workers and the publisher in
    the first; a lone publisher waits one Redis round trip per message, so the Redis rows are
-   also run with 16 publisher tasks in the first worker, whose publishes share round trips. Also the server processes' CPU seconds per million deliveries (user + system,
-   from ``/proc``), which is what decides how N cores scale.
+   also run with 16 publisher tasks in the first worker, whose publishes share round trips.
+   Also the server processes' CPU seconds per million deliveries (user + system, from
+   ``/proc``), which is what decides how N cores scale.
 2. Publish rate through Redis from one process: one task publishing in a loop (each publish is
    one round trip), and 32 tasks publishing at once (coredis pipelines their scripts).
 3. Resume: from ``hello`` to the last of 1,000 messages replayed from Redis, on a fresh
