@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import settings
@@ -20,15 +20,25 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def require_tool(path_or_name: str, why: str) -> str:
-    """The tool's path; skips locally when it is missing, but fails in CI (CI is set)."""
-    found = path_or_name if os.path.exists(path_or_name) else shutil.which(path_or_name)
-    if found:
-        return found
-    message = f"{path_or_name} is needed for {why} (Debian: apt-get install chromium)"
+def missing_tool(message: str) -> NoReturn:
+    """Skip with ``message`` locally, but fail in CI (CI is set): CI must not go green without
+    the tool.
+
+    Call it from a sync test or a sync fixture: pytest-trio drops the reason of a skip raised
+    inside an async test (the summary then says only "Skipped").
+    """
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_tool(path_or_name: str, why: str, package: str) -> str:
+    """The tool's path; skips locally when it is missing (naming the Debian ``package``), but
+    fails in CI."""
+    found = path_or_name if os.path.exists(path_or_name) else shutil.which(path_or_name)
+    if found:
+        return found
+    missing_tool(f"{path_or_name} is needed for {why} (Debian: apt-get install {package})")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +48,7 @@ def chromium_browser() -> Iterator[Any]:
     Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread while it
     is open, and a test module run after it that calls ``asyncio.run`` must not find one.
     """
-    executable = require_tool(CHROMIUM, "the browser tests")
+    executable = require_tool(CHROMIUM, "the browser tests", "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
