@@ -170,7 +170,7 @@ def test_the_image_build_and_run_steps_work_in_a_directory_standing_for_the_imag
         env["WSHUB_SERVER__PORT"] = str(server.port)
         assert subprocess.run(probe, env=env, capture_output=True, timeout=30).returncode == 0
         # The installed package carries its static files.
-        for path in ("/dashboard", "/client.js"):
+        for path in ("/dashboard", "/client.js", "/static/uplot/uPlot.iife.min.js"):
             assert httpx.get(f"{server.http}{path}", timeout=5).status_code == 200, path
         assert server.stop(signal.SIGTERM) < 15
         assert process.returncode == 0, server.log()

@@ -103,6 +103,9 @@ class Hub:
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
         self._idle_streams: dict[str, float] = {}
         self._overflows_at_last_flush = 0
+        #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
+        #: ``top_streams`` count from there (reports.stream_rows).
+        self.stream_marks: dict[str, tuple[str, int, float]] = {}
         self._nursery: trio.Nursery | None = None
         self._drained = trio.Event()
 
@@ -405,6 +408,10 @@ class Hub:
         self.metrics.queue_depth = total
         return total, largest
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscribed connections per stream, for the streams that have any."""
+        return {stream: len(connections) for stream, connections in self._subscribers.items()}
+
     def queued_by_client(self) -> dict[str, int]:
         """Messages waiting in outbound queues, summed per client id (over its tabs)."""
         queued: dict[str, int] = {}
@@ -452,6 +459,10 @@ class Hub:
     def flush_metrics(self) -> dict[str, Any]:
         """Take a snapshot: into the ring buffer, onto ``$sys.metrics``, and to the log."""
         point = self.stats()
+        now = trio.current_time()
+        self.stream_marks = {
+            row["stream"]: (row["epoch"], row["offset"], now) for row in point["top_streams"]
+        }
         self.series.append(point)
         self._overflows_at_last_flush = self.metrics.queue_overflows
         try:

@@ -8,6 +8,7 @@ metrics flush), and "shutting_down" wins over both once the hub drains.
 from __future__ import annotations
 
 import datetime
+import heapq
 import zoneinfo
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,10 @@ import trio
 if TYPE_CHECKING:
     from wshub.hub.hub import Hub
 
-__all__ = ["health_report", "stats_report"]
+__all__ = ["TOP_STREAMS", "health_report", "stats_report", "stream_rows"]
+
+#: How many streams ``/api/stats`` lists in ``top_streams``, the most subscribed first.
+TOP_STREAMS = 20
 
 
 def _timestamps(timezone: str) -> dict[str, str]:
@@ -82,6 +86,40 @@ def health_report(
     }
 
 
+def stream_rows(hub: Hub, limit: int = TOP_STREAMS) -> list[dict[str, Any]]:
+    """The ``limit`` streams with the most subscribers (then the highest offset), one row each.
+
+    A row holds ``stream``, ``subscribers`` (connections), ``epoch``, ``offset`` (the newest),
+    ``first`` (the oldest offset history holds, None when it holds none), ``held`` (messages in
+    history) and ``rate``: messages per second since the last metrics flush, None when that
+    flush did not list the stream or its epoch has changed since. O(streams).
+    """
+    counts = hub.subscriber_counts()
+    top = heapq.nlargest(
+        limit, hub.histories, key=lambda h: (counts.get(h.stream, 0), h.last_offset)
+    )
+    now = trio.current_time()
+    rows: list[dict[str, Any]] = []
+    for history in top:
+        offset = history.last_offset
+        rate = None
+        mark = hub.stream_marks.get(history.stream)
+        if mark is not None and mark[0] == history.epoch and now > mark[2]:
+            rate = (offset - mark[1]) / (now - mark[2])
+        rows.append(
+            {
+                "stream": history.stream,
+                "subscribers": counts.get(history.stream, 0),
+                "epoch": history.epoch,
+                "offset": offset,
+                "first": history.first_offset,
+                "held": len(history),
+                "rate": rate,
+            }
+        )
+    return rows
+
+
 def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
     """Every figure as JSON: metrics, streams, dedup, the busiest clients, health status."""
     depths = hub.queue_depths()  # refreshes the queue depth gauge before the snapshot
@@ -95,6 +133,7 @@ def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
         streams=attrs.asdict(hub.histories.statistics()),
         dedup=attrs.asdict(hub.dedup.statistics()),
         busiest_clients=hub.metrics.client_snapshot(10),
+        top_streams=stream_rows(hub),
     )
     report["clients"]["connected"] = hub.connection_count
     queued = hub.queued_by_client()

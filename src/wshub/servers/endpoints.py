@@ -231,7 +231,7 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
 
 
 async def _static(request: Request, name: str, content_type: str) -> Response:
-    resource = importlib.resources.files("wshub").joinpath("static").joinpath(name)
+    resource = importlib.resources.files("wshub").joinpath("static", *name.split("/"))
     try:
         data = await trio.to_thread.run_sync(resource.read_bytes)
     except OSError:
@@ -245,6 +245,16 @@ async def _dashboard(hub: Hub, request: Request, receive: Receive) -> Response:
 
 async def _client_js(hub: Hub, request: Request, receive: Receive) -> Response:
     return await _static(request, "client.js", "application/javascript; charset=utf-8")
+
+
+async def _uplot_js(hub: Hub, request: Request, receive: Receive) -> Response:
+    # The dashboard's charts (static/vendor/uplot/README.md): public code, no key needed.
+    name = "vendor/uplot/uPlot.iife.min.js"
+    return await _static(request, name, "application/javascript; charset=utf-8")
+
+
+async def _uplot_css(hub: Hub, request: Request, receive: Receive) -> Response:
+    return await _static(request, "vendor/uplot/uPlot.min.css", "text/css; charset=utf-8")
 
 
 _Handler: TypeAlias = Callable[[Hub, Request, Receive], Awaitable[Response]]
@@ -265,6 +275,8 @@ _ROUTES: Final[Mapping[str, _Route]] = {
     "/api/publish": _Route(_POST, _publish),
     "/dashboard": _Route(_GET, _dashboard, monitoring=True),
     "/client.js": _Route(_GET, _client_js),
+    "/static/uplot/uPlot.iife.min.js": _Route(_GET, _uplot_js),
+    "/static/uplot/uPlot.min.css": _Route(_GET, _uplot_css),
 }
 
 
