@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from itertools import islice
 from typing import Any
 
@@ -235,6 +235,7 @@ class HistoryStore:
         default=trio.current_time, on_setattr=attrs.setters.frozen
     )
     _streams: dict[str, StreamHistory] = attrs.field(init=False, factory=dict)
+    _idle_since: dict[str, float] = attrs.field(init=False, factory=dict)
 
     def get(self, stream: str) -> StreamHistory | None:
         """Return the history of ``stream``, or None if there is none."""
@@ -256,6 +257,7 @@ class HistoryStore:
 
     def remove(self, stream: str) -> StreamHistory | None:
         """Forget the history of ``stream`` (a later one gets a new epoch); return it if held."""
+        self._idle_since.pop(stream, None)
         return self._streams.pop(stream, None)
 
     def trim_expired(self) -> int:
@@ -264,6 +266,24 @@ class HistoryStore:
         Costs O(streams + dropped): each stream checks its oldest message.
         """
         return sum(history.trim_expired() for history in self._streams.values())
+
+    def forget_idle(self, in_use: Container[str]) -> int:
+        """Forget streams that held no message and were not ``in_use`` for ``ttl``; how many.
+
+        A forgotten stream is resumed later with recovered false in a new epoch, the
+        conservative answer, and memory stays bounded by live streams. O(streams).
+        """
+        now = self.clock()
+        forgotten = 0
+        for name, history in list(self._streams.items()):
+            if len(history) or name in in_use:
+                self._idle_since.pop(name, None)
+                continue
+            since = self._idle_since.setdefault(name, now)
+            if now - since >= self.ttl:
+                del self._streams[name], self._idle_since[name]
+                forgotten += 1
+        return forgotten
 
     def statistics(self) -> HistoryStatistics:
         """Count streams and messages held; O(streams)."""

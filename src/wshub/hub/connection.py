@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
+from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed
 from wshub.core.history import StoredMessage
-from wshub.core.metrics import ClientStats
+from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import (
     NO_REF,
     SUBPROTOCOL,
@@ -44,17 +45,14 @@ from wshub.core.protocol import (
     Unsubscribe,
     encode_error,
     encode_pong,
-    encode_unsubscribed,
     parse_client_frame,
 )
 from wshub.core.ratelimit import TokenBucket
+from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import AuthenticationError, HookUnavailable, Identity
 from wshub.hub.transport import RequestInfo, Transport
 
-if TYPE_CHECKING:
-    from wshub.hub.hub import Hub
-
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionHost"]
 
 logger = logging.getLogger("wshub.connection")
 
@@ -65,12 +63,49 @@ CLOSE_TIMEOUT = 2.0
 FINISH_FRAME_TIMEOUT = 0.5
 
 QueueItem = StoredMessage | str
+Request = Publish | Subscribe | Unsubscribe
+
+
+class ConnectionHost(Protocol):
+    """Everything a connection asks of the hub, and nothing more (``Hub`` is one).
+
+    The connection owns its transport, queue, writer and heartbeat; the hub owns streams,
+    identities and counters. They meet only here, so neither reaches into the other.
+    """
+
+    config: HubConfig
+    metrics: HubMetrics
+    flush: FlushTick
+
+    def admission_refusal(self, request: RequestInfo) -> tuple[int, str] | None:
+        """Why a new connection must be closed at once (code, reason), or None."""
+        ...
+
+    async def authenticate_hello(self, hello: Hello, request: RequestInfo) -> Identity:
+        """Who the hello is; raises AuthenticationError or HookUnavailable."""
+        ...
+
+    def register(self, connection: Connection, hello: Hello) -> None:
+        """Welcome a connection: subscribe it, queue its welcome and replays."""
+        ...
+
+    def unregister(self, connection: Connection) -> None:
+        """Forget a connection that has ended, and count how it ended."""
+        ...
+
+    async def handle_request(self, connection: Connection, request: Request) -> None:
+        """Serve a publish, subscribe or unsubscribe; the answer goes to the queue."""
+        ...
+
+    def record_overflow(self, dropped: int) -> None:
+        """Count a slow consumer whose queue overflowed."""
+        ...
 
 
 class Connection:
     """One client's connection to the hub. Created and run by ``Hub.serve_connection``."""
 
-    def __init__(self, hub: Hub, transport: Transport, request: RequestInfo) -> None:
+    def __init__(self, hub: ConnectionHost, transport: Transport, request: RequestInfo) -> None:
         config = hub.config
         self.hub = hub
         self._flush = hub.flush
@@ -304,16 +339,10 @@ class Connection:
             await self._handle(event)
 
     async def _handle(self, event: Any) -> None:
-        hub = self.hub
         if isinstance(event, Ping):
             self.enqueue(encode_pong())
-        elif isinstance(event, Publish):
-            self.enqueue(await hub.publish_from_client(self, event))
-        elif isinstance(event, Subscribe):
-            hub.subscribe(self, event.stream, event.position)
-        elif isinstance(event, Unsubscribe):
-            refusal = hub.unsubscribe(self, event.stream)
-            self.enqueue(refusal or encode_unsubscribed(event.stream))
+        elif isinstance(event, Publish | Subscribe | Unsubscribe):
+            await self.hub.handle_request(self, event)
         elif isinstance(event, Hello):
             self.enqueue(encode_error("bad_request", "hello was already received"))
 

@@ -23,17 +23,27 @@ Theory of operation:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 import trio.testing
 
 from wshub.core.config import LimitsConfig
 
-if TYPE_CHECKING:
-    from wshub.hub.connection import Connection
+__all__ = ["FlushTick", "Writer"]
 
-__all__ = ["FlushTick"]
+
+class Writer(Protocol):
+    """What the tick needs of a connection's writer (``Connection`` is one)."""
+
+    writer_alive: bool
+    """Whether the writer task runs (a released dead writer would never report back)."""
+    flush_tick: int | None
+    """The tick this writer was released by and has not yet reported to, if any."""
+
+    def wake_writer(self) -> None:
+        """Let the writer send what is queued, then call ``writer_flushed``."""
+        ...
 
 
 class FlushTick:
@@ -44,7 +54,7 @@ class FlushTick:
         self.pause_ratio = limits.flush_pause_ratio
         # A queue this long (of a writer not sending) ends the publishers' pause.
         self.high_water = max(limits.max_batch, limits.max_queue // 4)
-        self._dirty: list[Connection] = []
+        self._dirty: list[Writer] = []
         self._dirty_event = trio.Event()
         self._tick = 0  # ticks so far
         self._flushing = 0  # writers released by this tick that have not finished
@@ -52,7 +62,7 @@ class FlushTick:
         self._flushed = trio.Event()
         self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
 
-    def mark_dirty(self, connection: Connection) -> None:
+    def mark_dirty(self, connection: Writer) -> None:
         """Schedule a connection's writer for the next tick."""
         self._dirty.append(connection)
         self._dirty_event.set()

@@ -13,7 +13,10 @@ Theory of operation:
   publish arriving meanwhile waits for it and gets the same answer.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded server, every connection. Leaving it drains connections (1001 after their
-  queues are flushed, within ``shutdown.grace``), flushes metrics once more, then cancels.
+  queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
+  more, then cancels.
+- Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
+  hub implements; the reports read it through ``ReportSource`` (``reports.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,25 +42,28 @@ from wshub.core.protocol import (
     Position,
     Publish,
     StreamStatus,
+    Subscribe,
     encode_error,
     encode_message,
     encode_published,
     encode_subscribed,
+    encode_unsubscribed,
     encode_welcome,
     personal_stream,
     stream_kind,
 )
-from wshub.hub.connection import CLOSE_TIMEOUT, Connection
+from wshub.hub.access import SYS_METRICS, authenticate, publish_refusal, subscribe_refusal
+from wshub.hub.connection import Connection, Request
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
-    AuthenticationError,
     HookUnavailable,
     Identity,
     OnPublishHook,
     PublishRejected,
     call_guarded,
 )
+from wshub.hub.lifetime import Lifetime, every
 from wshub.hub.reports import health_report, stats_report
 from wshub.hub.transport import RequestInfo, Transport
 
@@ -65,7 +71,6 @@ __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
 
 logger = logging.getLogger("wshub.hub")
 
-SYS_METRICS = "$sys.metrics"
 SERVER_PUBLISHER = ""  # the server API's publisher scope; no client id can be empty
 
 
@@ -91,23 +96,18 @@ class Hub:
         )
         self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
-        self.draining = False
+        self.lifetime = Lifetime(config.shutdown.grace)  # connection tasks and the drain
         self._authenticate = authenticate
         self._on_publish = on_publish
-        self._connections: set[Connection] = set()
-        self._running = 0  # connection tasks not yet finished, closing handshake included
-        self._all_finished: trio.Event | None = None  # made by drain, set at _running == 0
+        self._connections = self.lifetime.connections
         self._registered = 0
         self._subscribers: dict[str, set[Connection]] = {}
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
-        self._idle_streams: dict[str, float] = {}
         self._overflows_at_last_flush = 0
         #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
         #: ``top_streams`` count from there (reports.stream_rows).
         self.stream_marks: dict[str, tuple[str, int, float]] = {}
-        self._nursery: trio.Nursery | None = None
-        self._drained = trio.Event()
 
     # ------------------------------------------------------------------ public API
 
@@ -140,24 +140,38 @@ class Hub:
         """Connections that completed their hello."""
         return self._registered
 
+    @property
+    def draining(self) -> bool:
+        """Whether the hub is shutting down (new connections are refused with 1001)."""
+        return self.lifetime.draining
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The hub's nursery, for tasks that must end no later than the hub (connections).
+
+        Raises RuntimeError outside ``open_hub``.
+        """
+        if self.lifetime.nursery is None:
+            raise RuntimeError("the hub is not running; use open_hub()")
+        return self.lifetime.nursery
+
     async def serve_connection(self, transport: Transport, request: RequestInfo) -> None:
         """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
         connection = Connection(self, transport, request)
         del request  # the connection drops its headers after the hello: keep no other copy
-        self._connections.add(connection)
-        self._running += 1
-        try:
-            await connection.run()
-        finally:
-            self._running -= 1
-            if not self._running and self._all_finished is not None:
-                self._all_finished.set()
+        await self.lifetime.run(connection)
 
     def start_soon_in_hub(self, function: Any, *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
-        if self._nursery is None:
-            raise RuntimeError("the hub is not running; use open_hub()")
-        self._nursery.start_soon(function, *args)
+        self.lifetime.start_soon(function, *args)
+
+    async def drain(self) -> None:
+        """Stop accepting, flush every queue and close each connection with 1001.
+
+        Connections get ``shutdown.grace`` seconds to flush before they are cut; then the
+        metrics are flushed one last time. Idempotent: a second call waits for the first.
+        """
+        await self.lifetime.drain(self.flush_metrics)
 
     # ------------------------------------------------------------------ publishing
 
@@ -199,19 +213,23 @@ class Hub:
                 connection.enqueue(message)
         return message
 
+    async def handle_request(self, connection: Connection, request: Request) -> None:
+        """Serve a client's publish, subscribe or unsubscribe; answers go to its queue."""
+        if isinstance(request, Publish):
+            connection.enqueue(await self.publish_from_client(connection, request))
+        elif isinstance(request, Subscribe):
+            self.subscribe(connection, request.stream, request.position)
+        else:
+            refusal = self.unsubscribe(connection, request.stream)
+            connection.enqueue(refusal or encode_unsubscribed(request.stream))
+
     async def publish_from_client(self, connection: Connection, event: Publish) -> str:
         """Publish for a client; returns the frame to answer with (published or error)."""
         identity = connection.identity
         assert identity is not None and connection.client_id is not None
-        allowed = identity.can_publish
-        if allowed is None:
-            allowed = self.config.server.client_publish
-        if stream_kind(event.stream) != "topic":
-            return encode_error(
-                "forbidden", f"clients cannot publish to {event.stream!r}", event.ref
-            )
-        if not allowed:
-            return encode_error("forbidden", "this client may not publish", event.ref)
+        refusal = publish_refusal(identity, event.stream, self.config)
+        if refusal is not None:
+            return encode_error("forbidden", refusal, event.ref)
         try:
             mid = message_id(event.stream, event.data, event.id)
         except (TypeError, ValueError) as error:
@@ -271,26 +289,14 @@ class Hub:
 
     async def authenticate_hello(self, hello: Hello, request: RequestInfo) -> Identity:
         """Decide who a hello is; raises AuthenticationError or HookUnavailable."""
-        if self._authenticate is not None:
-            identity = await call_guarded(
-                "authenticate",
-                self._authenticate,
-                hello,
-                request,
-                breakers=self.breakers,
-                config=self.config.breaker,
-                metrics=self.metrics,
-            )
-            if identity.client_id != hello.client_id:
-                raise AuthenticationError(f"client id {hello.client_id!r} not allowed")
-            return identity
-        admin = self.config.admin
-        if admin.api_key is not None and hello.token == admin.api_key:
-            return Identity(hello.client_id, admin=True, can_publish=True)
-        if not self.config.server.allow_anonymous:
-            raise AuthenticationError("anonymous clients are not allowed")
-        open_monitoring = admin.api_key is None or not admin.protect_monitoring
-        return Identity(hello.client_id, admin=open_monitoring)
+        return await authenticate(
+            hello,
+            request,
+            hook=self._authenticate,
+            config=self.config,
+            breakers=self.breakers,
+            metrics=self.metrics,
+        )
 
     def register(self, connection: Connection, hello: Hello) -> None:
         """Welcome a connection: subscribe it, queue welcome and replays."""
@@ -364,7 +370,8 @@ class Hub:
     def _attach(
         self, connection: Connection, stream: str, position: Position | None, errors: list[str]
     ) -> Replay | None:
-        refusal = self._subscribe_refusal(connection, stream)
+        assert connection.identity is not None
+        refusal = subscribe_refusal(connection.identity, stream)
         if refusal is not None:
             errors.append(encode_error("forbidden", refusal))
             return None
@@ -380,19 +387,6 @@ class Hub:
             self.metrics.record_resume(replay.recovered)
             self.metrics.replayed += len(replay.messages)
         return replay
-
-    def _subscribe_refusal(self, connection: Connection, stream: str) -> str | None:
-        kind = stream_kind(stream)
-        if kind == "personal" and stream != personal_stream(connection.client_id or ""):
-            return f"{stream!r} is another client's personal stream"
-        if kind == "system":
-            if stream != SYS_METRICS:
-                return f"unknown system stream {stream!r}"
-            if connection.identity is None or not connection.identity.admin:
-                return f"{stream!r} needs the admin right"
-        if kind is None:
-            return f"invalid stream name {stream!r}"
-        return None
 
     # ------------------------------------------------------------------ writers and queues
 
@@ -426,35 +420,16 @@ class Hub:
 
     def sweep(self) -> dict[str, int]:
         """Expire history, dedup keys, idle client stats and forgotten streams."""
-        now = trio.current_time()
         expired = self.histories.trim_expired()
         removed = {
             "history": expired,
             "dedup": self.dedup.expire(),
             "clients": self.metrics.expire_clients(),
-            "streams": self._forget_idle_streams(now),
+            "streams": self.histories.forget_idle(in_use=self._subscribers),
         }
         self.metrics.expired += expired
         self.metrics.record_cleanup(removed)
         return removed
-
-    def _forget_idle_streams(self, now: float) -> int:
-        # A stream with no retained message and no subscriber for ``history.ttl`` is
-        # forgotten: a client resuming it later gets recovered=false (new epoch), the
-        # conservative answer, and the hub's memory stays bounded by live streams.
-        ttl = self.config.history.ttl
-        forgotten = 0
-        for history in list(self.histories):
-            name = history.stream
-            if len(history) or name in self._subscribers:
-                self._idle_streams.pop(name, None)
-                continue
-            since = self._idle_streams.setdefault(name, now)
-            if now - since >= ttl:
-                self.histories.remove(name)
-                del self._idle_streams[name]
-                forgotten += 1
-        return forgotten
 
     def flush_metrics(self) -> dict[str, Any]:
         """Take a snapshot: into the ring buffer, onto ``$sys.metrics``, and to the log."""
@@ -485,44 +460,6 @@ class Hub:
         """Whether a queue overflowed since the last metrics flush."""
         return self.metrics.queue_overflows > self._overflows_at_last_flush
 
-    async def _every(self, interval: float, action: Callable[[], object]) -> None:
-        while True:
-            await trio.sleep(interval)
-            action()
-
-    async def _wait_all_finished(self) -> None:
-        # One hub-wide event rather than one per connection: idle connections stay small.
-        while self._running:
-            self._all_finished = trio.Event()
-            await self._all_finished.wait()
-
-    async def drain(self) -> None:
-        """Stop accepting, flush every queue and close each connection with 1001.
-
-        Connections get ``shutdown.grace`` seconds to flush before they are cut; then the
-        metrics are flushed one last time. Idempotent: a second call waits for the first.
-        """
-        if self._drained.is_set() or self.draining:
-            await self._drained.wait()
-            return
-        self.draining = True
-        grace = self.config.shutdown.grace
-        for connection in list(self._connections):
-            if connection.stats is None:  # still before its hello: nothing to flush
-                connection.abort(CloseCode.GOING_AWAY, "the server is shutting down")
-            else:
-                connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
-        with trio.move_on_after(grace):
-            await self._wait_all_finished()
-        for connection in list(self._connections):
-            connection.abort(
-                CloseCode.GOING_AWAY, "the server is shutting down", finish_frame=False
-            )
-        with trio.move_on_after(CLOSE_TIMEOUT + 1):
-            await self._wait_all_finished()
-        self.flush_metrics()
-        self._drained.set()
-
 
 def _status(replay: Replay) -> StreamStatus:
     return StreamStatus(replay.epoch, replay.offset, replay.first, replay.recovered)
@@ -542,10 +479,10 @@ async def open_hub(
     """
     hub = Hub(config or HubConfig(), authenticate=authenticate, on_publish=on_publish)
     async with trio.open_nursery() as nursery:
-        hub._nursery = nursery
+        hub.lifetime.nursery = nursery
         nursery.start_soon(hub.flush.run)
-        nursery.start_soon(hub._every, hub.config.cleanup.interval, hub.sweep)
-        nursery.start_soon(hub._every, hub.config.metrics.flush_interval, hub.flush_metrics)
+        nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
+        nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
         try:
             yield hub
         finally:

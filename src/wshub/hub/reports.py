@@ -10,18 +10,66 @@ from __future__ import annotations
 import datetime
 import heapq
 import zoneinfo
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-if TYPE_CHECKING:
-    from wshub.hub.hub import Hub
+from wshub.core.breaker import BreakerRegistry
+from wshub.core.config import HubConfig
+from wshub.core.dedup import Deduplicator
+from wshub.core.history import HistoryStore
+from wshub.core.metrics import HubMetrics
 
-__all__ = ["TOP_STREAMS", "health_report", "stats_report", "stream_rows"]
+__all__ = ["TOP_STREAMS", "ReportSource", "health_report", "stats_report", "stream_rows"]
 
 #: How many streams ``/api/stats`` lists in ``top_streams``, the most subscribed first.
 TOP_STREAMS = 20
+
+
+class ReportSource(Protocol):
+    """What the reports read of the hub (``Hub`` is one); they change nothing."""
+
+    config: HubConfig
+    metrics: HubMetrics
+    breakers: BreakerRegistry
+    histories: HistoryStore
+    dedup: Deduplicator
+    series: deque[dict[str, Any]]
+    started_at: float
+
+    @property
+    def draining(self) -> bool:
+        """Whether the hub is shutting down."""
+        ...
+
+    @property
+    def overflowing(self) -> bool:
+        """Whether a queue overflowed since the last metrics flush."""
+        ...
+
+    @property
+    def connection_count(self) -> int:
+        """Connections that completed their hello."""
+        ...
+
+    def queue_depths(self) -> tuple[int, int]:
+        """Total and largest outbound queue length."""
+        ...
+
+    def queued_by_client(self) -> dict[str, int]:
+        """Messages waiting in outbound queues, per client id."""
+        ...
+
+    @property
+    def stream_marks(self) -> dict[str, tuple[str, int, float]]:
+        """Per stream listed at the last metrics flush: (epoch, offset, time)."""
+        ...
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscribed connections per stream, for the streams that have any."""
+        ...
 
 
 def _timestamps(timezone: str) -> dict[str, str]:
@@ -35,7 +83,7 @@ def _timestamps(timezone: str) -> dict[str, str]:
 
 
 def health_report(
-    hub: Hub,
+    hub: ReportSource,
     snapshot: dict[str, Any] | None = None,
     depths: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
@@ -86,7 +134,7 @@ def health_report(
     }
 
 
-def stream_rows(hub: Hub, limit: int = TOP_STREAMS) -> list[dict[str, Any]]:
+def stream_rows(hub: ReportSource, limit: int = TOP_STREAMS) -> list[dict[str, Any]]:
     """The ``limit`` streams with the most subscribers (then the highest offset), one row each.
 
     A row holds ``stream``, ``subscribers`` (connections), ``epoch``, ``offset`` (the newest),
@@ -120,7 +168,7 @@ def stream_rows(hub: Hub, limit: int = TOP_STREAMS) -> list[dict[str, Any]]:
     return rows
 
 
-def stats_report(hub: Hub, *, series: bool = False) -> dict[str, Any]:
+def stats_report(hub: ReportSource, *, series: bool = False) -> dict[str, Any]:
     """Every figure as JSON: metrics, streams, dedup, the busiest clients, health status."""
     depths = hub.queue_depths()  # refreshes the queue depth gauge before the snapshot
     report = hub.metrics.snapshot()

@@ -162,7 +162,7 @@ async def serve_websocket(
         host,
         port,
         None,
-        handler_nursery=hub._nursery,
+        handler_nursery=hub.nursery,
         max_message_size=hub.config.limits.max_message_bytes,
         task_status=task_status,
     )
