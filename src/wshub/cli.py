@@ -1,7 +1,10 @@
-"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config``.
+"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config`` (``tail`` and ``publish``
+are in ``wshub.tools``).
 
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
-``SUBCOMMANDS`` lists them, so a new one is one line there.
+``SUBCOMMANDS`` lists them, so a new one is one line there. One error style everywhere: one
+line on stderr, ``wshub COMMAND: what is wrong; what to do``, exit status 2 for bad input or
+configuration and 1 for a failure at run time, never a traceback for either.
 
 ``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port. Its shutdown
 trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
@@ -27,10 +30,18 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
 from wshub.core.config import ConfigError, HubConfig
-from wshub.core.protocol import is_valid_client_id, stream_kind
+from wshub.logs import add_log_arguments, configure_logging
 from wshub.servers.asgi import HubApp, create_app
+from wshub.tools import add_publish_command, add_tail_command, complain
 
-__all__ = ["SUBCOMMANDS", "build_serve_config", "hypercorn_config", "main", "serve"]
+__all__ = [
+    "SUBCOMMANDS",
+    "add_config_arguments",
+    "build_serve_config",
+    "hypercorn_config",
+    "main",
+    "serve",
+]
 
 logger = logging.getLogger("wshub.cli")
 
@@ -162,25 +173,18 @@ async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        print(f"wshub serve: --workers must be 1, got {args.workers}", file=sys.stderr)
-        return 2
+        return complain("serve", f"--workers must be 1, got {args.workers}")
     if args.workers > 1:
-        print(
-            f"wshub serve: --workers {args.workers} refused: wshub keeps streams in memory; "
+        return complain(
+            "serve",
+            f"--workers {args.workers} refused: wshub keeps streams in memory; "
             "run one worker per process until a shared backend exists",
-            file=sys.stderr,
         )
-        return 2
     try:
-        config = build_serve_config(
-            config_file=args.config, preset=args.preset, host=args.host, port=args.port
-        )
+        config = _config_of(args)
     except ConfigError as error:
-        print(f"wshub serve: {error}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        return complain("serve", f"{error}; `wshub check-config` shows what serve would load")
+    configure_logging(args.log_level, args.log_format)
     try:
         trio.run(
             partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
@@ -211,19 +215,32 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         description="Serve /ws, /health, /metrics, /api/* and /dashboard on one port. "
         "SIGINT or SIGTERM drains the hub (clients get 1001) and exits.",
     )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+    )
+    add_log_arguments(parser)
+    parser.set_defaults(run=_run_serve)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the configuration, shared by ``serve`` and ``check-config``."""
     parser.add_argument("--host", help="address to bind (default: server.host)")
     parser.add_argument("--port", type=int, help="port to bind, 0 for any free port")
-    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
     parser.add_argument(
         "--preset",
         choices=HubConfig.PRESETS,
         help="preset under the file (default: WSHUB_PRESET, else the file's preset key, "
         "else production with a file and development without)",
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+
+
+def _config_of(args: argparse.Namespace) -> HubConfig:
+    """What ``serve`` runs with for these arguments and the environment; raises ConfigError."""
+    return build_serve_config(
+        config_file=args.config, preset=args.preset, host=args.host, port=args.port
     )
-    parser.set_defaults(run=_run_serve)
 
 
 # --------------------------------------------------------------------------- check-config
@@ -237,134 +254,31 @@ def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
+    if args.file is not None and args.config is not None and args.file != args.config:
+        return complain("check-config", "give the file once, as FILE or as --config")
+    args.config = args.file if args.file is not None else args.config
     try:
-        config = HubConfig.from_file(args.file)
+        config = _config_of(args)
     except ConfigError as error:
-        print(f"wshub check-config: {error}", file=sys.stderr)
-        return 2
+        return complain("check-config", str(error))
     sys.stdout.write(orjson.dumps(_redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
 def add_check_config_command(subparsers: _Subparsers) -> None:
-    """``wshub check-config FILE``."""
+    """``wshub check-config [FILE] [--preset NAME] [--host H] [--port P]``."""
     parser = subparsers.add_parser(
         "check-config",
-        help="validate a TOML config file and print the resolved configuration as JSON",
-        description="Validate FILE (its preset key, sections, keys and values) and print the "
-        "resolved configuration as JSON; exit 2 with the error otherwise. "
-        "admin.api_key is printed as <redacted>.",
+        help="validate what `wshub serve` would load and print it as JSON",
+        description="Build the configuration exactly as `wshub serve` would with the same "
+        "options: the preset, the file (FILE, else WSHUB_CONFIG), every WSHUB_SECTION__KEY "
+        "variable, then --host and --port; print it as JSON, or exit 2 with the error, which "
+        "names the key or the variable. admin.api_key is printed as <redacted>.",
     )
-    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("file", metavar="FILE", nargs="?", help="TOML config file")
+    parser.add_argument("--config", metavar="FILE", help="the same as FILE, as serve spells it")
+    add_config_arguments(parser)
     parser.set_defaults(run=_run_check_config)
-
-
-# --------------------------------------------------------------------------- tail, publish
-
-
-def _run_tail(args: argparse.Namespace) -> int:
-    from wshub.client.client import ClientError
-    from wshub.tools import tail
-
-    if not is_valid_client_id(args.client_id):
-        print(f"wshub tail: invalid --client-id {args.client_id!r}", file=sys.stderr)
-        return 2
-    for stream in args.stream:
-        if stream_kind(stream) is None:
-            print(f"wshub tail: invalid --stream {stream!r}", file=sys.stderr)
-            return 2
-    if args.from_offset is not None and args.from_offset < 0:
-        print("wshub tail: --from must be an offset >= 0", file=sys.stderr)
-        return 2
-    try:
-        trio.run(
-            partial(
-                tail,
-                args.url,
-                args.client_id,
-                args.stream,
-                from_offset=args.from_offset,
-                max_attempts=args.max_attempts,
-            )
-        )
-    except KeyboardInterrupt:
-        return 0
-    except ClientError as error:
-        print(f"wshub tail: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_tail_command(subparsers: _Subparsers) -> None:
-    """``wshub tail URL --client-id ID --stream S [--from OFFSET]``."""
-    parser = subparsers.add_parser(
-        "tail",
-        help="print a stream's messages as JSON lines, resuming through drops",
-        description="Connect to the hub's WebSocket URL and print every message (and every "
-        "gap the hub reports) as one JSON object per line until interrupted.",
-    )
-    parser.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765/ws")
-    parser.add_argument("--client-id", required=True, help="the client id to connect as")
-    parser.add_argument(
-        "--stream", action="append", required=True, help="a stream to follow (repeatable)"
-    )
-    parser.add_argument(
-        "--from",
-        dest="from_offset",
-        type=int,
-        metavar="OFFSET",
-        help="start after this offset (0: all the history still holds); default: new ones",
-    )
-    parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=8,
-        help="give up after this many failed connection attempts in a row (default 8)",
-    )
-    parser.set_defaults(run=_run_tail)
-
-
-def _run_publish(args: argparse.Namespace) -> int:
-    from wshub.tools import PublishHTTPError, publish_http
-
-    try:
-        data = orjson.loads(args.data)
-    except orjson.JSONDecodeError as error:
-        print(f"wshub publish: DATA is not valid JSON: {error}", file=sys.stderr)
-        return 2
-    if stream_kind(args.stream) not in ("topic", "personal"):
-        print(f"wshub publish: invalid STREAM {args.stream!r}", file=sys.stderr)
-        return 2
-    base_url = args.url.rstrip("/")
-    try:
-        answer = trio.run(
-            partial(publish_http, base_url, args.stream, data, id=args.id, api_key=args.api_key)
-        )
-    except PublishHTTPError as error:
-        print(f"wshub publish: {error}", file=sys.stderr)
-        return 1
-    sys.stdout.write(orjson.dumps(answer).decode() + "\n")
-    return 0
-
-
-def add_publish_command(subparsers: _Subparsers) -> None:
-    """``wshub publish URL STREAM DATA [--id K] [--api-key KEY]``."""
-    parser = subparsers.add_parser(
-        "publish",
-        help="publish one message through POST /api/publish",
-        description="Publish DATA (JSON) to STREAM through the hub's HTTP API and print the "
-        "answer (stream, offset, id, duplicate). Exit 1 when the hub refuses or is unreachable.",
-    )
-    parser.add_argument("url", metavar="URL", help="the hub's base URL, e.g. http://127.0.0.1:8765")
-    parser.add_argument("stream", metavar="STREAM")
-    parser.add_argument("data", metavar="DATA", help="the message, as JSON")
-    parser.add_argument("--id", help="idempotency key (default: the hash of stream and data)")
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("WSHUB_API_KEY"),
-        help="the hub's admin.api_key (default: $WSHUB_API_KEY)",
-    )
-    parser.set_defaults(run=_run_publish)
 
 
 # --------------------------------------------------------------------------- main

@@ -32,6 +32,7 @@ import trio
 from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed
 from wshub.core.history import StoredMessage
+from wshub.core.logcontext import add_log_context
 from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import (
     NO_REF,
@@ -286,6 +287,7 @@ class Connection:
             self.abort(CloseCode.TRY_AGAIN_LATER, "authentication is unavailable; retry later")
             return False
         self.client_id = self.identity.client_id
+        add_log_context(client_id=self.client_id)  # in this task's records from now on
         return True
 
     # ------------------------------------------------------------------ the two tasks

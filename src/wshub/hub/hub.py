@@ -22,6 +22,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, message_id, scoped_key
 from wshub.core.events import PublishResult
 from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
+from wshub.core.logcontext import log_context
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import (
     CloseCode,
@@ -64,7 +66,7 @@ from wshub.hub.hooks import (
     call_guarded,
 )
 from wshub.hub.lifetime import Lifetime, every
-from wshub.hub.reports import health_report, stats_report
+from wshub.hub.reports import StatusLog, health_report, stats_report
 from wshub.hub.transport import RequestInfo, Transport
 
 __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
@@ -108,6 +110,9 @@ class Hub:
         #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
         #: ``top_streams`` count from there (reports.stream_rows).
         self.stream_marks: dict[str, tuple[str, int, float]] = {}
+        self.status_log = StatusLog(self.started_at)
+        #: This hub among others in the logs (the ``hub`` field) and in its reports.
+        self.id = secrets.token_hex(4)
 
     # ------------------------------------------------------------------ public API
 
@@ -159,7 +164,8 @@ class Hub:
         """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
         connection = Connection(self, transport, request)
         del request  # the connection drops its headers after the hello: keep no other copy
-        await self.lifetime.run(connection)
+        with log_context(hub=self.id):  # the connection adds its client_id once welcomed
+            await self.lifetime.run(connection)
 
     def start_soon_in_hub(self, function: Any, *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
@@ -246,16 +252,17 @@ class Hub:
         if self._on_publish is not None:
             done = self._pending[key] = trio.Event()
             try:
-                data = await call_guarded(
-                    "on_publish",
-                    self._on_publish,
-                    connection.client_id,
-                    event.stream,
-                    data,
-                    breakers=self.breakers,
-                    config=self.config.breaker,
-                    metrics=self.metrics,
-                )
+                with log_context(stream=event.stream):  # the hook's own records say which
+                    data = await call_guarded(
+                        "on_publish",
+                        self._on_publish,
+                        connection.client_id,
+                        event.stream,
+                        data,
+                        breakers=self.breakers,
+                        config=self.config.breaker,
+                        metrics=self.metrics,
+                    )
             except PublishRejected as error:
                 return encode_error("forbidden", str(error) or "publish rejected", event.ref)
             except HookUnavailable:
@@ -443,16 +450,13 @@ class Hub:
         try:
             self._append(SYS_METRICS, point, message_id(SYS_METRICS, point))
         except HistoryFull:
-            logger.warning("cannot publish %s: stream limit reached", SYS_METRICS)
-        if self.config.metrics.log:
-            logger.info(
-                "status=%s connections=%d published=%d delivered=%d queue=%d",
-                point["status"],
-                self._registered,
-                self.metrics.published,
-                self.metrics.delivered,
-                self.metrics.queue_depth,
+            logger.warning(
+                "cannot publish %s: stream limit reached",
+                SYS_METRICS,
+                extra={"stream": SYS_METRICS},
             )
+        if self.config.metrics.log:
+            self.status_log.flushed(point)
         return point
 
     @property
@@ -478,14 +482,16 @@ async def open_hub(
     cancelled, the hub drains its connections within ``shutdown.grace`` before stopping.
     """
     hub = Hub(config or HubConfig(), authenticate=authenticate, on_publish=on_publish)
-    async with trio.open_nursery() as nursery:
-        hub.lifetime.nursery = nursery
-        nursery.start_soon(hub.flush.run)
-        nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
-        nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
-        try:
-            yield hub
-        finally:
-            with trio.CancelScope(shield=True):
-                await hub.drain()
-            nursery.cancel_scope.cancel()
+    # The hub's own tasks (and the caller's block) log with its id.
+    with log_context(hub=hub.id):
+        async with trio.open_nursery() as nursery:
+            hub.lifetime.nursery = nursery
+            nursery.start_soon(hub.flush.run)
+            nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
+            nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
+            try:
+                yield hub
+            finally:
+                with trio.CancelScope(shield=True):
+                    await hub.drain()
+                nursery.cancel_scope.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import heapq
+import logging
 import zoneinfo
 from collections import deque
 from typing import Any, Protocol
@@ -22,7 +23,20 @@ from wshub.core.dedup import Deduplicator
 from wshub.core.history import HistoryStore
 from wshub.core.metrics import HubMetrics
 
-__all__ = ["TOP_STREAMS", "ReportSource", "health_report", "stats_report", "stream_rows"]
+__all__ = [
+    "SUMMARY_INTERVAL",
+    "TOP_STREAMS",
+    "ReportSource",
+    "StatusLog",
+    "health_report",
+    "stats_report",
+    "stream_rows",
+]
+
+logger = logging.getLogger("wshub.hub")
+
+#: Seconds between the INFO summaries in the log (each metrics flush logs at DEBUG).
+SUMMARY_INTERVAL = 60.0
 
 #: How many streams ``/api/stats`` lists in ``top_streams``, the most subscribed first.
 TOP_STREAMS = 20
@@ -31,6 +45,7 @@ TOP_STREAMS = 20
 class ReportSource(Protocol):
     """What the reports read of the hub (``Hub`` is one); they change nothing."""
 
+    id: str
     config: HubConfig
     metrics: HubMetrics
     breakers: BreakerRegistry
@@ -174,6 +189,7 @@ def stats_report(hub: ReportSource, *, series: bool = False) -> dict[str, Any]:
     report = hub.metrics.snapshot()
     health = health_report(hub, report, depths)
     report.update(
+        hub=hub.id,
         time=health["timestamp_utc"],
         uptime_seconds=health["uptime_seconds"],
         status=health["status"],
@@ -191,3 +207,55 @@ def stats_report(hub: ReportSource, *, series: bool = False) -> dict[str, Any]:
     if series:
         report["series"] = list(hub.series)
     return report
+
+
+class StatusLog:
+    """The metrics flushes in the log: each one at DEBUG, and an INFO summary every minute.
+
+    A line per flush at INFO (every second in development) drowns a log; the summary says what
+    happened over the last ``SUMMARY_INTERVAL`` seconds, counted from the hub's start.
+    """
+
+    def __init__(self, started_at: float) -> None:
+        self._since = started_at
+        self._counts = (0, 0, 0, 0)  # opened, closed, published, delivered at the last summary
+
+    def flushed(self, point: dict[str, Any]) -> None:
+        """Log one flushed snapshot (``hub.stats()``)."""
+        connections, messages = point["connections"], point["messages"]
+        logger.debug(
+            "status=%s connections=%d published=%d delivered=%d queue=%d",
+            point["status"],
+            connections["active"],
+            messages["published"],
+            messages["delivered"],
+            point["queues"]["depth"],
+        )
+        now = trio.current_time()
+        seconds = now - self._since
+        if seconds < SUMMARY_INTERVAL:
+            return
+        counts = (
+            connections["total"],
+            sum(connections["disconnects"].values()),
+            messages["published"],
+            messages["delivered"],
+        )
+        opened, closed, published, delivered = (
+            now - before for now, before in zip(counts, self._counts, strict=True)
+        )
+        logger.info(
+            "last %.0f s: %s; %d connections open (%d opened, %d closed); %d published (%.1f/s), "
+            "%d delivered (%.1f/s); %d queued",
+            seconds,
+            point["status"],
+            connections["active"],
+            opened,
+            closed,
+            published,
+            published / seconds,
+            delivered,
+            delivered / seconds,
+            point["queues"]["depth"],
+        )
+        self._since, self._counts = now, counts
