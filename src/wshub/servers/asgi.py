@@ -18,6 +18,9 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
+import logging
+
+import sniffio
 
 from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed, translate_errors
@@ -28,6 +31,8 @@ from wshub.hub.transport import RequestInfo
 from wshub.servers.endpoints import Message, Receive, Scope, Send, error_response, handle_http
 
 __all__ = ["ASGITransport", "HubApp", "app", "create_app"]
+
+logger = logging.getLogger("wshub.asgi")
 
 
 class ASGITransport:
@@ -174,6 +179,12 @@ class HubApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "lifespan.startup":
             return
+        library = _async_library()
+        if library != "trio":
+            # Refuse to start, rather than serve 503 from an app whose hub can never run.
+            logger.error("%s", _needs_trio(library))
+            await send({"type": "lifespan.startup.failed", "message": _needs_trio(library)})
+            return
         if not self._owns_hub:
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown: the hub's owner ends it
@@ -195,6 +206,9 @@ class HubApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._hub is None and _async_library() != "trio":
+            # A server that ran no lifespan (hypercorn --lifespan off, say) on another loop.
+            raise RuntimeError(_needs_trio(_async_library()))
         if (await receive())["type"] != "websocket.connect":
             return
         hub = self._hub
@@ -228,6 +242,20 @@ class HubApp:
         }
         await send(start)
         await send({"type": "websocket.http.response.body", "body": response.body})
+
+
+def _async_library() -> str:
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return "unknown"
+
+
+def _needs_trio(library: str) -> str:
+    return (
+        f"wshub runs on Trio, not {library}: start hypercorn with --worker-class trio "
+        "(hypercorn --worker-class trio wshub.asgi:app), or use wshub serve"
+    )
 
 
 def create_app(

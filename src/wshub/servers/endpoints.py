@@ -290,6 +290,15 @@ def _allowed(route: _Route, cors: bool) -> list[str]:
 async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Response:
     route = _ROUTES.get(request.path)
     if route is None:
+        if hub is not None and request.path == hub.config.server.path:
+            # The WebSocket endpoint asked for without an upgrade: say how to ask (RFC 9110).
+            return error_response(
+                426,
+                f"{request.path} is the WebSocket endpoint: connect with a WebSocket client "
+                "(Upgrade: websocket)",
+                ("upgrade", "websocket"),
+                path=request.path,
+            )
         return error_response(404, "not found", path=request.path)
     cors = hub is not None and hub.config.server.cors_origin is not None
     preflight = cors and request.path.startswith("/api/")
