@@ -28,6 +28,7 @@ from conftest import missing_tool, require_tool
 from serve_helpers import wshub_serve
 from wshub import serve_websocket
 from wshub.core.config import HubConfig
+from wshub.core.dedup import message_id
 from wshub.core.protocol import CloseCode, Position
 from wshub.hub.hub import Hub, open_hub
 
@@ -250,15 +251,16 @@ async def restart_and_publish(hub: Hub, script: NodeScript, old_epoch: str) -> N
     assert report["epoch"] != old_epoch
     assert gaps["@node-1"]["from"] == 4  # the personal stream's history was lost too
 
-    # An explicit id twice, and a generated id.
+    # An explicit id twice, and the same data twice without an id: the hub's content id.
     items = [{"id": f"p-{n}", "data": n} for n in range(5)]
-    items += [{"id": "p-3", "data": 3}, {"data": "no id"}]
+    items += [{"id": "p-3", "data": 3}, {"data": "no id"}, {"data": "no id"}]
     await script.send("publish", stream="pub", items=items)
     results = (await script.wait_for("published"))["results"]
     assert [result["offset"] for result in results[:5]] == [1, 2, 3, 4, 5]
     assert results[5] == {"stream": "pub", "offset": 4, "id": "p-3", "duplicate": True}
-    assert results[6]["offset"] == 6
-    assert len(results[6]["id"]) == 36  # a UUID
+    content_id = message_id("pub", "no id")  # what hub.publish("pub", "no id") would store
+    assert results[6] == {"stream": "pub", "offset": 6, "id": content_id, "duplicate": False}
+    assert results[7] == {"stream": "pub", "offset": 6, "id": content_id, "duplicate": True}
 
     # Answers lost on the way: after reconnecting the client resends with the same ids and
     # learns the original offsets; the hub stored each message once.
