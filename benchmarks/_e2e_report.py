@@ -14,6 +14,7 @@ from _harness import machine as base_machine
 
 LABELS = {
     "wshub": "wshub, embedded (trio-websocket)",
+    "wshub-fast": "wshub, fast server (wsproto + h11, sockets the hub owns)",
     "wshub-hypercorn": "wshub under hypercorn (ASGI)",
     "trio-websocket": "raw trio-websocket, pre-batched (ceiling)",
     "hypercorn": "raw hypercorn ASGI, pre-batched (ceiling)",

@@ -47,15 +47,23 @@ import _e2e_report as report
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SUBSCRIBERS = (1, 100, 1000)
-SERVERS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets", "raw-socket")
-LATENCY_SERVERS = ("wshub", "wshub-hypercorn", "websockets")  # at half their maximum
+SERVERS = (
+    "wshub",
+    "wshub-fast",
+    "wshub-hypercorn",
+    "trio-websocket",
+    "hypercorn",
+    "websockets",
+    "raw-socket",
+)
+LATENCY_SERVERS = ("wshub", "wshub-fast", "wshub-hypercorn", "websockets")  # at half their maximum
 # The floors: the raw stacks sending each message as its own frame to every client, at a rate
 # low enough for them to keep up. What one message costs to fan out to 1000 clients there
 # bounds what any server built on that stack can reach.
 FLOOR_SERVERS = ("trio-websocket", "hypercorn", "raw-socket")
 FLOOR_RATE = 10.0
 AT_WSHUB_RATE = "raw-socket@wshub-rate"  # raw-socket's latency at wshub's half-load rate
-MEMORY_SERVERS = ("wshub", "trio-websocket")
+MEMORY_SERVERS = ("wshub", "wshub-fast", "trio-websocket")
 LOADGEN_PROCESSES = 2
 SAMPLE_EVERY = 10  # time every message on one connection in ten
 

@@ -16,6 +16,8 @@ KIND is one of:
 
 - ``wshub``: ``wshub.serve_websocket`` inside ``open_hub``; one publisher task calls
   ``hub.publish`` in a loop (which checkpoints on every call);
+- ``wshub-fast``: ``wshub.servers.fast.serve_fast`` (wsproto and h11 on sockets the hub owns,
+  what ``wshub serve --server fast`` runs) inside ``open_hub``, the same publisher;
 - ``wshub-hypercorn``: ``wshub.asgi.create_app`` under ``hypercorn.trio.serve``, configured
   as ``wshub serve`` does; the publisher runs in the same Trio loop through ``app.hub``;
 - ``trio-websocket``: the ceiling of the embedded stack. Every connection has a task that
@@ -194,6 +196,19 @@ async def _serve_wshub(lifetime: float) -> None:
     with trio.move_on_after(lifetime):
         async with open_hub(_wshub_config()) as hub, trio.open_nursery() as nursery:
             server = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+            await _control_wshub(hub, server.port)
+    quit_now()
+
+
+async def _serve_wshub_fast(lifetime: float) -> None:
+    import trio
+
+    from wshub import open_hub
+    from wshub.servers.fast import serve_fast
+
+    with trio.move_on_after(lifetime):
+        async with open_hub(_wshub_config()) as hub, trio.open_nursery() as nursery:
+            server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
             await _control_wshub(hub, server.port)
     quit_now()
 
@@ -577,7 +592,15 @@ class _RawServer:
         return count
 
 
-KINDS = ("wshub", "wshub-hypercorn", "trio-websocket", "hypercorn", "websockets", "raw-socket")
+KINDS = (
+    "wshub",
+    "wshub-fast",
+    "wshub-hypercorn",
+    "trio-websocket",
+    "hypercorn",
+    "websockets",
+    "raw-socket",
+)
 
 
 def main() -> None:
@@ -600,6 +623,8 @@ def main() -> None:
 
     if args.kind == "wshub":
         trio.run(_serve_wshub, args.lifetime)
+    elif args.kind == "wshub-fast":
+        trio.run(_serve_wshub_fast, args.lifetime)
     elif args.kind == "wshub-hypercorn":
         trio.run(_serve_wshub_hypercorn, args.lifetime)
     elif args.kind == "trio-websocket":

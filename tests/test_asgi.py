@@ -237,8 +237,8 @@ async def test_publish_refuses_a_bad_body_with_400(body: bytes, message: str) ->
 @pytest.mark.parametrize(
     ("headers", "status", "message"),
     [
-        ({}, 401, "missing API key"),
-        ({"authorization": f"Basic {KEY}"}, 401, "missing API key"),
+        ({}, 401, "missing credential"),
+        ({"authorization": f"Basic {KEY}"}, 401, "missing credential"),
         ({"authorization": "Bearer wrong"}, 403, "invalid API key"),
         ({"authorization": "Bearer s3cret-kéy"}, 403, "invalid API key"),
     ],
@@ -274,7 +274,7 @@ async def test_publish_is_503_without_a_configured_key_and_while_draining() -> N
     async with serving(HubConfig.testing()) as (_, app):
         reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[b"{}"])
         assert reply.status == 503
-        assert "admin.api_key is not configured" in reply.json()["error"]
+        assert "neither admin.api_key nor [auth] is configured" in reply.json()["error"]
     async with serving() as (hub, app):
         await hub.drain()
         body = b'{"stream": "news", "data": 1}'
@@ -285,17 +285,23 @@ async def test_publish_is_503_without_a_configured_key_and_while_draining() -> N
 # --------------------------------------------------------------------------- in-process: the rest
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/api/stats", "/dashboard"])
+@pytest.mark.parametrize("path", ["/metrics", "/api/stats"])
 async def test_monitoring_endpoints_need_the_key_when_protected(path: str) -> None:
     async with serving() as (_, app):
         assert (await call(app, "GET", path)).status == 401
         assert (await call(app, "GET", path, headers={"authorization": "Bearer no"})).status == 403
         assert (await call(app, "GET", path, query="api_key=no")).status == 403
-        allowed = {200, 404}  # /dashboard is 404 until its file is installed
-        assert (await call(app, "GET", path, headers=AUTH)).status in allowed
-        assert (await call(app, "GET", path, query=f"api_key={KEY}")).status in allowed
+        assert (await call(app, "GET", path, headers=AUTH)).status == 200
+        assert (await call(app, "GET", path, query=f"api_key={KEY}")).status == 200
     async with serving(hub_config(admin={"protect_monitoring": False})) as (_, app):
-        assert (await call(app, "GET", path)).status in allowed
+        assert (await call(app, "GET", path)).status == 200
+
+
+async def test_the_dashboard_page_holds_no_figures_and_is_served_with_its_login_form() -> None:
+    async with serving() as (_, app):
+        reply = await call(app, "GET", "/dashboard")
+        assert reply.status == 200
+        assert b'<form id="login"' in reply.body
 
 
 async def test_health_endpoints_stay_open_when_monitoring_is_protected() -> None:
@@ -554,12 +560,15 @@ async def test_websocket_on_another_path_is_refused_with_404() -> None:
 # --------------------------------------------------------------------------- real: wshub serve
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``wshub serve`` with an API key, shared by this module's real-server tests."""
+@pytest.fixture(scope="module", params=["hypercorn", "fast"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """``wshub serve --server KIND`` with an API key, shared by this module's real-server
+    tests: the endpoints answer the same on both servers."""
     log = tmp_path_factory.mktemp("serve") / "wshub.log"
     env = {"WSHUB_ADMIN__API_KEY": KEY, "WSHUB_METRICS__LOG": "false"}
-    running = wshub_serve(log, "--preset", "development", env=env)
+    running = wshub_serve(log, "--preset", "development", "--server", request.param, env=env)
     yield running
     running.stop()
 
@@ -720,3 +729,20 @@ def test_plain_hypercorn_serves_publish_subscribe_and_cuts_with_1001(tmp_path: P
             assert ws.close_code == 1001
     finally:
         server.stop(signal.SIGKILL)
+
+
+async def test_lifespan_startup_fails_naming_an_unreadable_public_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("WSHUB_AUTH__JWT_PUBLIC_KEY", str(missing))
+    monkeypatch.setenv("WSHUB_AUTH__JWT_ALGORITHMS", "ES256")
+    app = create_app()
+    server = FakeServer()
+    await server.to_app.send({"type": "lifespan.startup"})
+    with trio.fail_after(5):
+        await app({"type": "lifespan"}, server.receive, server.send)
+    assert await server.next() == {
+        "type": "lifespan.startup.failed",
+        "message": f"auth.jwt_public_key: cannot read {str(missing)!r}: No such file or directory",
+    }

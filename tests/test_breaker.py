@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 
 from wshub.core.breaker import (
     BreakerPermit,
-    BreakerRegistry,
-    BreakerRegistryFull,
     BreakerState,
     BreakerStatistics,
     CircuitBreaker,
     CircuitOpenError,
 )
-from wshub.core.config import BreakerConfig, HubConfig
+from wshub.core.breaker_registry import BreakerRegistry, BreakerRegistryFull
+from wshub.core.config import HubConfig
+from wshub.core.sections import BreakerConfig
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
@@ -634,6 +634,24 @@ def test_registry_never_evicts_busy_open_or_disabled_breakers() -> None:
     busy.release(permit)
     registry.get("new")
     assert [b.name for b in registry] == ["open", "disabled", "new"]
+
+
+def test_evictable_only_when_closed_enabled_and_without_calls_in_flight() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("svc", failure_threshold=1, open_timeout=5.0, clock=clock)
+    assert breaker.evictable
+    permit = breaker.acquire_nowait()
+    assert not breaker.evictable
+    breaker.release(permit, Boom())
+    assert breaker.state is OPEN
+    assert not breaker.evictable
+    clock.now = 5.0
+    assert breaker.state is HALF_OPEN
+    assert not breaker.evictable
+    breaker.disable()
+    assert not breaker.evictable
+    breaker.reset()
+    assert breaker.evictable
 
 
 def test_registry_listeners_reach_existing_and_future_breakers() -> None:

@@ -40,14 +40,20 @@ def test_check_config_prints_the_resolved_configuration(
 ) -> None:
     file = write(
         tmp_path / "wshub.toml",
-        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n',
+        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n'
+        '[auth]\njwt_secret = "a-jwt-secret-of-at-least-32-bytes"\n',
     )
     assert main(["check-config", file]) == 0
-    resolved = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    resolved = json.loads(out)
     assert resolved["limits"]["max_queue"] == 42
     assert resolved["server"]["port"] == 0  # from the testing preset
     assert resolved["admin"]["api_key"] == "<redacted>"  # never printed
-    sections = "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin"
+    assert resolved["auth"]["jwt_secret"] == "<redacted>"
+    assert "a-jwt-secret" not in out
+    sections = (
+        "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin auth"
+    )
     assert list(resolved) == sections.split()
 
 
@@ -58,6 +64,10 @@ def test_check_config_prints_the_resolved_configuration(
         ("[limits]\nmax_queues = 3\n", "unknown key limits.max_queues"),
         ('preset = "staging"\n', "preset must be one of development, production, testing"),
         ("[limits\n", "is not valid TOML"),
+        (
+            '[auth]\njwt_public_key = "/nonexistent/key.pem"\njwt_algorithms = ["RS256"]\n',
+            "auth.jwt_public_key: cannot read '/nonexistent/key.pem': No such file or directory",
+        ),
     ],
 )
 def test_check_config_refuses_a_bad_file_with_exit_2(
@@ -223,9 +233,14 @@ def test_serve_config_layers_preset_file_environment_then_flags(tmp_path: Path) 
 # --------------------------------------------------------------------------- serve: for real
 
 
-def test_serve_logs_its_urls_and_drains_on_sigint(tmp_path: Path) -> None:
+#: ``wshub serve --server KIND``: both servers drain the same way.
+SERVERS = ["hypercorn", "fast"]
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_serve_logs_its_urls_and_drains_on_sigint(tmp_path: Path, kind: str) -> None:
     config = write(tmp_path / "wshub.toml", 'preset = "development"\n[server]\npath = "/hub"\n')
-    server = wshub_serve(tmp_path / "serve.log", "--config", config)
+    server = wshub_serve(tmp_path / "serve.log", "--config", config, "--server", kind)
     try:
         base = f"127.0.0.1:{server.port}"
         line = (
@@ -287,13 +302,16 @@ async def _drain_scenario(server: Server) -> tuple[list[tuple[int | None, list[A
     return outcomes, time.monotonic() - start
 
 
-def test_sigterm_drains_every_client_with_1001_and_exits_within_the_grace(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+def test_sigterm_drains_every_client_with_1001_and_exits_within_the_grace(
+    tmp_path: Path, kind: str
+) -> None:
     env = {
         "WSHUB_SHUTDOWN__GRACE": str(GRACE),
         "WSHUB_ADMIN__API_KEY": KEY,
         "WSHUB_METRICS__LOG": "false",
     }
-    server = wshub_serve(tmp_path / "serve.log", env=env)
+    server = wshub_serve(tmp_path / "serve.log", "--server", kind, env=env)
     try:
         outcomes, elapsed = asyncio.run(_drain_scenario(server))
         assert server.process.returncode == 0, server.log()
@@ -339,6 +357,39 @@ def test_a_peer_that_stopped_reading_cannot_keep_serve_running(tmp_path: Path) -
         assert server.process.returncode == 1
         assert elapsed < GRACE + 3.0 + 2.0 + 2.5, f"exited after {elapsed:.2f} s"
         assert "a peer that stopped reading holds a socket write" in server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def test_a_peer_that_stopped_reading_is_cut_by_the_fast_server_drain(tmp_path: Path) -> None:
+    env = {
+        "WSHUB_SHUTDOWN__GRACE": str(GRACE),
+        "WSHUB_ADMIN__API_KEY": KEY,
+        "WSHUB_METRICS__LOG": "false",
+    }
+    server = wshub_serve(tmp_path / "serve.log", "--server", "fast", env=env)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    auth = {"authorization": f"Bearer {KEY}"}
+    try:
+        with connect_sync(f"{server.ws}/ws", sock=stalled, max_queue=1, close_timeout=1) as ws:
+            ws.send(hello("stalled", {"news": None}))
+            assert objects(ws.recv(5))[0]["type"] == "welcome"
+            with httpx.Client(base_url=server.http, headers=auth) as http:
+                for n in range(400):
+                    http.post("/api/publish", json={"stream": "news", "data": [n, "x" * 60_000]})
+                    queues = http.get("/health/websocket").json()["queues"]
+                    if queues["depth"] >= 10:  # the writer waits on the full socket
+                        break
+                else:
+                    pytest.fail("the peer never stalled")
+            elapsed = server.stop(signal.SIGTERM, timeout=20)
+        # The fast server's writes can be cancelled: the drain cuts the stuck write at the
+        # grace (the frame cannot finish) and the process exits cleanly, no forced exit.
+        assert server.process.returncode == 0, server.log()
+        assert elapsed < GRACE + 3.0 + 2.0, f"exited after {elapsed:.2f} s"
+        assert "Traceback" not in server.log()
     finally:
         server.stop(signal.SIGKILL)
 
@@ -501,3 +552,123 @@ def test_tail_and_publish_fail_clearly(args: tuple[str, ...], code: int, message
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"wshub {args[0]}: ")
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- token
+
+JWT_SECRET = "a-cli-jwt-secret-that-is-32-bytes-long"
+
+
+def test_token_mints_what_pyjwt_verifies_with_the_configured_secret() -> None:
+    import jwt
+
+    env = {
+        "WSHUB_AUTH__JWT_SECRET": JWT_SECRET,
+        "WSHUB_AUTH__JWT_AUDIENCE": "wshub",
+        "WSHUB_AUTH__JWT_ISSUER": "https://dev.example",
+    }
+    argv = ["token", "--sub", "alice", "--subscribe", "news", "--publish", "chat.*"]
+    before = time.time()
+    result = run_cli(*argv, "--ttl", "3600", env=env)
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(
+        result.stdout.strip(),
+        JWT_SECRET,
+        algorithms=["HS256"],
+        audience="wshub",
+        issuer="https://dev.example",
+    )
+    assert claims["sub"] == "alice"
+    assert claims["wshub"] == {"subscribe": ["news"], "publish": ["chat.*"], "admin": False}
+    assert int(before) + 3600 <= claims["exp"] <= time.time() + 3600
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--sub", "alice"), {}, "auth.jwt_secret is not configured"),
+        (("--sub", "bad id"), {"WSHUB_AUTH__JWT_SECRET": JWT_SECRET}, "invalid --sub 'bad id'"),
+        (
+            ("--sub", "a", "--ttl", "0"),
+            {"WSHUB_AUTH__JWT_SECRET": JWT_SECRET},
+            "--ttl must be > 0 seconds",
+        ),
+        (("--sub", "a"), {"WSHUB_AUTH__JWT_SECRET": "short"}, "at least 32 bytes"),
+    ],
+)
+def test_token_refuses_what_it_cannot_sign(
+    args: tuple[str, ...],
+    env: dict[str, str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["token", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_refuses_an_unreadable_public_key_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("WSHUB_AUTH__JWT_PUBLIC_KEY", str(missing))
+    monkeypatch.setenv("WSHUB_AUTH__JWT_ALGORITHMS", "RS256")
+    assert main(["serve", "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"wshub serve: auth.jwt_public_key: cannot read {str(missing)!r}: "
+        "No such file or directory; `wshub check-config` shows what serve would load\n"
+    )
+
+
+def test_token_tail_and_publish_through_a_hub_that_requires_tokens(tmp_path: Path) -> None:
+    env = {
+        "WSHUB_AUTH__JWT_SECRET": JWT_SECRET,
+        "WSHUB_SERVER__ALLOW_ANONYMOUS": "false",
+        "WSHUB_SERVER__CLIENT_PUBLISH": "false",
+    }
+    server = wshub_serve(tmp_path / "serve.log", env=env)
+    tail_out = tmp_path / "tail.jsonl"
+    try:
+        reader = run_cli("token", "--sub", "reader", "--subscribe", "news", env=env)
+        writer = run_cli("token", "--sub", "writer", "--publish", "news", env=env)
+        assert reader.returncode == writer.returncode == 0
+        with tail_out.open("w") as out:
+            tail = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "wshub.cli", "tail", f"{server.ws}/ws"),
+                    *("--client-id", "reader", "--stream", "news", "--from", "0"),
+                    *("--token", reader.stdout.strip()),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            refused = run_cli("publish", server.http, "news", "1", "--token", reader.stdout.strip())
+            assert refused.returncode == 1
+            assert "403" in refused.stderr and "publish rights" in refused.stderr
+            published = run_cli(
+                "publish", server.http, "news", '{"n": 1}', "--token", writer.stdout.strip()
+            )
+            assert published.returncode == 0, published.stderr
+            assert orjson.loads(published.stdout)["offset"] == 1
+            deadline = time.monotonic() + 10
+            while not tail_out.read_text().strip():
+                assert time.monotonic() < deadline, "tail printed nothing"
+                assert tail.poll() is None, tail_out.read_text()
+                time.sleep(0.05)
+            line = orjson.loads(tail_out.read_text().splitlines()[0])
+            assert (line["stream"], line["offset"], line["data"]) == ("news", 1, {"n": 1})
+        finally:
+            tail.terminate()
+            tail.wait(10)
+        anonymous = run_cli(
+            "tail", f"{server.ws}/ws", "--client-id", "x", "--stream", "news", "--max-attempts", "1"
+        )
+        assert anonymous.returncode == 1
+        assert "anonymous clients are not allowed" in anonymous.stderr
+    finally:
+        server.stop()

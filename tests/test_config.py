@@ -13,18 +13,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub.core.config import (
+from wshub.core.config import ConfigError, HubConfig
+from wshub.core.sections import (
     AdminConfig,
     BreakerConfig,
-    ConfigError,
     HealthConfig,
-    HubConfig,
     LimitsConfig,
     ServerConfig,
 )
 
 SECTIONS = (
-    "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin"
+    "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin,"
+    " auth"
 )
 TIMEZONE_ALLOWED = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
 
@@ -74,6 +74,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "cleanup.interval": (0, True, None),
     "shutdown.grace": (0, False, None),
     "health.queue_degraded_ratio": (0, True, 1),
+    "auth.leeway": (0, False, None),
 }
 
 LARGEST = 1e12  # keeps generated numbers readable; the validators have no upper bound here

@@ -96,16 +96,24 @@ def breaker_hub(tmp_path: Path) -> Iterator[Server]:
 # --------------------------------------------------------------------------- the page
 
 
+# What the login form stores: a tab signed in before the page loads.
+SIGNED_IN = f"""try {{
+  sessionStorage.setItem("wshub.dashboard.credential", {json.dumps(API_KEY)});
+}} catch {{}}"""
+
+
 @contextmanager
 def dashboard(
     browser: Any,
     server: Server,
-    query: str = f"api_key={API_KEY}",
+    query: str = "",
     *,
     viewport: tuple[int, int] = (1280, 800),
     init_script: str | None = None,
+    signed_in: bool = True,
 ) -> Iterator[tuple[Any, list[str]]]:
-    """The dashboard open in a fresh context; yields the page and its console problems."""
+    """The dashboard open in a fresh context, signed in with the admin key unless told not to;
+    yields the page and its console problems."""
     width, height = viewport
     context = browser.new_context(viewport={"width": width, "height": height})
     try:
@@ -124,6 +132,8 @@ def dashboard(
         page.on("request", on_request)
         page.on("console", on_console)
         page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+        if signed_in:
+            page.add_init_script(SIGNED_IN)
         if init_script is not None:
             page.add_init_script(init_script)
         response = page.goto(f"{server.http}/dashboard?{query}")
@@ -347,22 +357,38 @@ class Traffic:
 # --------------------------------------------------------------------------- tests
 
 
-def test_the_dashboard_and_its_data_need_the_key(chromium_browser: Any, hub: Server) -> None:
+def test_the_dashboard_data_needs_the_key_and_the_page_asks_for_it(
+    chromium_browser: Any, hub: Server
+) -> None:
     with httpx.Client(base_url=hub.http, timeout=5.0) as http:
-        for path in ("/dashboard", "/api/stats", "/metrics"):
+        for path in ("/api/stats", "/metrics"):
             assert http.get(path).status_code == 401, path
             assert http.get(path, params={"api_key": "wrong"}).status_code == 403, path
-        page = http.get("/dashboard", params={"api_key": API_KEY})
+        page = http.get("/dashboard")  # the page holds no figures: served to anyone
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert 'import("./client.js")' in page.text
         assert http.get("/client.js").status_code == 200
-    context = chromium_browser.new_context()
-    try:
-        response = context.new_page().goto(f"{hub.http}/dashboard")
-        assert response is not None and response.status == 401
-    finally:
-        context.close()
+    with dashboard(chromium_browser, hub, signed_in=False) as (page, problems):
+        page.wait_for_selector("#login:not([hidden])", timeout=SHOWN)
+        assert "401" in page.text_content("#login-error")
+        page.fill("#credential", "wrong")
+        page.click("#login button[type=submit]")
+        page.wait_for_function(
+            "() => document.querySelector('#login-error').textContent.includes('403')",
+            timeout=SHOWN,
+        )
+        assert not page.is_hidden("#login")
+        page.fill("#credential", API_KEY)
+        page.click("#login button[type=submit]")
+        wait_for_mode(page, "live")
+        assert page.is_hidden("#login")
+        wait_for_charts(page, strict=False)
+        # The key went in headers and the hello, never in a URL.
+        assert API_KEY not in page.url
+        assert page.evaluate("sessionStorage.getItem('wshub.dashboard.credential')") == API_KEY
+        # The only console problems are the two refused requests the form answered.
+        assert all("401" in p or "403" in p for p in problems), problems
 
 
 def test_live_charts_follow_the_traffic(chromium_browser: Any, hub: Server) -> None:
@@ -418,7 +444,7 @@ def test_the_dashboard_resumes_metrics_after_a_lost_connection(
       };
     })();"""
     # A long poll interval: whatever the gap holds must come from the stream's replay.
-    query = f"api_key={API_KEY}&poll=60"
+    query = "poll=60"
     with dashboard(chromium_browser, hub, query, init_script=cut) as (page, problems):
         wait_for_mode(page, "live")
         wait_for_charts(page, strict=False)
@@ -455,7 +481,7 @@ def test_without_websocket_the_dashboard_polls(chromium_browser: Any, hub: Serve
         dashboard(
             chromium_browser,
             hub,
-            f"api_key={API_KEY}&poll=0.5",
+            "poll=0.5",
             viewport=(390, 844),  # a phone: the grid becomes one column
             init_script=no_websocket,
         ) as (page, problems),

@@ -16,7 +16,7 @@ import gc
 import random
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +37,7 @@ from ws_clients import (
 )
 from wshub import HubConfig, serve_websocket
 from wshub.hub.hub import Hub, open_hub
+from wshub.servers.fast import serve_fast
 
 HOST = "127.0.0.1"
 
@@ -46,6 +47,22 @@ def config(**sections: dict[str, Any]) -> HubConfig:
     return HubConfig.testing().merged(sections)
 
 
+#: The embedded servers every test here runs against; the ``server_kind`` fixture picks one.
+SERVERS: dict[str, Callable[..., Awaitable[None]]] = {
+    "trio-websocket": serve_websocket,
+    "fast": serve_fast,
+}
+_serving_with: list[Callable[..., Awaitable[None]]] = [serve_websocket]
+
+
+@pytest.fixture(autouse=True, params=sorted(SERVERS))
+def server_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run each test once per embedded server (``serving`` uses the one chosen here)."""
+    _serving_with[0] = SERVERS[request.param]
+    yield request.param
+    _serving_with[0] = serve_websocket
+
+
 @asynccontextmanager
 async def serving(cfg: HubConfig) -> AsyncIterator[tuple[Hub, str]]:
     """A hub and its embedded server; yields the hub and the WebSocket URL.
@@ -53,7 +70,7 @@ async def serving(cfg: HubConfig) -> AsyncIterator[tuple[Hub, str]]:
     On exit the listener stops first, then the hub block ends (draining its connections).
     """
     async with open_hub(cfg) as hub, trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, hub, HOST, 0)
+        server = await nursery.start(_serving_with[0], hub, HOST, 0)
         try:
             yield hub, f"ws://{HOST}:{server.port}{cfg.server.path}"
         finally:

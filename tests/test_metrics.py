@@ -282,6 +282,19 @@ def test_seeding_breaker_state_counts_no_transition() -> None:
     }
 
 
+def test_breaker_figures_are_read_only_views_of_the_live_counts() -> None:
+    metrics = HubMetrics()
+    states, transitions = metrics.breaker_states, metrics.breaker_transitions
+    metrics.on_breaker_transition(FakeBreaker("backend"), State.CLOSED, State.OPEN)
+
+    assert states == {"backend": "open"}
+    assert transitions == {"backend": {"closed": 0, "open": 1, "half_open": 0}}
+    with pytest.raises(TypeError):
+        states["backend"] = "closed"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del transitions["backend"]  # type: ignore[attr-defined]
+
+
 def test_unknown_breaker_state_is_rejected() -> None:
     with pytest.raises(ValueError, match="breaker state"):
         HubMetrics().set_breaker_state("redis", "broken")

@@ -12,12 +12,12 @@ from wshub import (
     testing,
 )
 from wshub.core.breaker import (
-    BreakerRegistry,
     BreakerState,
     BreakerStatistics,
     CircuitBreaker,
     CircuitOpenError,
 )
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import Deduplicator, message_id
 from wshub.core.errors import TransportClosed

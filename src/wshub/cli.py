@@ -1,10 +1,13 @@
-"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config`` (``tail`` and ``publish``
-are in ``wshub.tools``).
+"""The ``wshub`` command: ``serve``, ``check-config``, ``tail``, ``publish`` and ``token``.
+
+``tail`` and ``publish``, the commands that act as a client of a running hub, are in
+``wshub.cli_clients``.
 
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
-``SUBCOMMANDS`` lists them, so a new one is one line there. One error style everywhere: one
-line on stderr, ``wshub COMMAND: what is wrong; what to do``, exit status 2 for bad input or
-configuration and 1 for a failure at run time, never a traceback for either.
+``SUBCOMMANDS`` lists them, so a new one is one line there. One error style everywhere
+(``cli_clients.complain``): one line on stderr, ``wshub COMMAND: what is wrong; what to do``,
+exit status 2 for bad input or configuration and 1 for a failure at run time, never a
+traceback for either.
 
 ``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port. Its shutdown
 trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
@@ -29,10 +32,14 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
+from wshub.cli_clients import add_publish_command, add_tail_command, complain
 from wshub.core.config import ConfigError, HubConfig
+from wshub.core.protocol import is_valid_client_id
+from wshub.hub.auth import TokenVerifier, mint_dev_token
+from wshub.hub.hub import open_hub
 from wshub.logs import add_log_arguments, configure_logging
 from wshub.servers.asgi import HubApp, create_app
-from wshub.tools import add_publish_command, add_tail_command, complain
+from wshub.servers.fast import serve_fast
 
 __all__ = [
     "SUBCOMMANDS",
@@ -41,6 +48,7 @@ __all__ = [
     "hypercorn_config",
     "main",
     "serve",
+    "serve_fast_until_signal",
 ]
 
 logger = logging.getLogger("wshub.cli")
@@ -171,6 +179,31 @@ async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
     os._exit(1)
 
 
+async def serve_fast_until_signal(
+    config: HubConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``config`` with the fast server until SIGINT or SIGTERM, then drain and stop.
+
+    ``await nursery.start(serve_fast_until_signal, config)`` returns the bound address
+    (``["http://127.0.0.1:8765"]``, the real port with port 0) and logs the URLs, as ``serve``.
+    The drain sends 1001 to every client once its queue is flushed; a peer that stopped
+    reading is cut at ``shutdown.grace`` (this server's writes can be cancelled).
+    """
+    host, port = config.server.host, config.server.port
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_hub(config) as hub:
+            server = await hub.nursery.start(serve_fast, hub, host, port)
+            bind = (
+                f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"
+            )
+            logger.info("%s", _urls(bind, config.server.path))
+            task_status.started([bind])
+            async for number in signals:
+                logger.info("%s received: draining", signal.Signals(number).name)
+                break
+        logger.info("drained; stopping")  # leaving open_hub drained it, then stopped serving
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         return complain("serve", f"--workers must be 1, got {args.workers}")
@@ -181,16 +214,19 @@ def _run_serve(args: argparse.Namespace) -> int:
             "run one worker per process until a shared backend exists",
         )
     try:
-        config = _config_of(args)
+        config = _checked_config(args)
     except ConfigError as error:
         return complain("serve", f"{error}; `wshub check-config` shows what serve would load")
     configure_logging(args.log_level, args.log_format)
     try:
-        trio.run(
-            partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
-            create_app(config),
-            hypercorn_config(config),
-        )
+        if args.server == "fast":
+            trio.run(serve_fast_until_signal, config)
+        else:
+            trio.run(
+                partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
+                create_app(config),
+                hypercorn_config(config),
+            )
     except Exception as error:
         cause = _sole_os_error(error)
         if cause is None:
@@ -211,7 +247,7 @@ def add_serve_command(subparsers: _Subparsers) -> None:
     """``wshub serve``."""
     parser = subparsers.add_parser(
         "serve",
-        help="serve the hub (WebSocket and HTTP on one port) with hypercorn",
+        help="serve the hub (WebSocket and HTTP on one port)",
         description="Serve /ws, /health, /metrics, /api/* and /dashboard on one port. "
         "SIGINT or SIGTERM drains the hub (clients get 1001) and exits.",
     )
@@ -219,6 +255,12 @@ def add_serve_command(subparsers: _Subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+    )
+    parser.add_argument(
+        "--server",
+        choices=("hypercorn", "fast"),
+        default="hypercorn",
+        help="hypercorn's trio worker (default), or wshub's own fast server (wsproto and h11)",
     )
     add_log_arguments(parser)
     parser.set_defaults(run=_run_serve)
@@ -236,11 +278,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_of(args: argparse.Namespace) -> HubConfig:
-    """What ``serve`` runs with for these arguments and the environment; raises ConfigError."""
-    return build_serve_config(
+def _checked_config(args: argparse.Namespace) -> HubConfig:
+    """What ``serve`` runs with for these arguments and the environment, its key file read
+    and checked; raises ConfigError."""
+    config = build_serve_config(
         config_file=args.config, preset=args.preset, host=args.host, port=args.port
     )
+    TokenVerifier.from_config(config.auth)
+    return config
 
 
 # --------------------------------------------------------------------------- check-config
@@ -248,8 +293,9 @@ def _config_of(args: argparse.Namespace) -> HubConfig:
 
 def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
     data = config.to_dict()
-    if data["admin"]["api_key"] is not None:
-        data["admin"]["api_key"] = "<redacted>"
+    for section, key in (("admin", "api_key"), ("auth", "jwt_secret")):
+        if data[section][key] is not None:
+            data[section][key] = "<redacted>"
     return data
 
 
@@ -258,7 +304,7 @@ def _run_check_config(args: argparse.Namespace) -> int:
         return complain("check-config", "give the file once, as FILE or as --config")
     args.config = args.file if args.file is not None else args.config
     try:
-        config = _config_of(args)
+        config = _checked_config(args)
     except ConfigError as error:
         return complain("check-config", str(error))
     sys.stdout.write(orjson.dumps(_redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -273,12 +319,72 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
         description="Build the configuration exactly as `wshub serve` would with the same "
         "options: the preset, the file (FILE, else WSHUB_CONFIG), every WSHUB_SECTION__KEY "
         "variable, then --host and --port; print it as JSON, or exit 2 with the error, which "
-        "names the key or the variable. admin.api_key is printed as <redacted>.",
+        "names the key or the variable. admin.api_key and auth.jwt_secret are printed as "
+        "<redacted>; the file named by auth.jwt_public_key is read and checked.",
     )
     parser.add_argument("file", metavar="FILE", nargs="?", help="TOML config file")
     parser.add_argument("--config", metavar="FILE", help="the same as FILE, as serve spells it")
     add_config_arguments(parser)
     parser.set_defaults(run=_run_check_config)
+
+
+# --------------------------------------------------------------------------- token
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    if not is_valid_client_id(args.sub):
+        return complain("token", f"invalid --sub {args.sub!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    if not args.ttl > 0:
+        return complain("token", f"--ttl must be > 0 seconds, got {args.ttl:g}")
+    try:
+        config = build_serve_config(config_file=args.config, preset=args.preset)
+        signed = mint_dev_token(
+            config.auth,
+            args.sub,
+            ttl=args.ttl,
+            subscribe=args.subscribe,
+            publish=args.publish,
+            admin=args.admin,
+        )
+    except ConfigError as error:
+        return complain("token", str(error))
+    sys.stdout.write(signed + "\n")
+    return 0
+
+
+def add_token_command(subparsers: _Subparsers) -> None:
+    """``wshub token --sub ID [--subscribe P]... [--publish P]... [--admin] [--ttl S]``."""
+    parser = subparsers.add_parser(
+        "token",
+        help="mint a development JWT from the configured auth.jwt_secret",
+        description="Print a JWT for client SUB signed with auth.jwt_secret (HS256, or the "
+        "first HS algorithm auth.jwt_algorithms lists), carrying auth.jwt_audience and "
+        "auth.jwt_issuer when configured. The configuration is read as `wshub serve` reads it "
+        "(--config, --preset, WSHUB_* variables). For development: a deployment's tokens come "
+        "from its own backend.",
+    )
+    parser.add_argument("--sub", required=True, help="the client id the token is for")
+    parser.add_argument(
+        "--subscribe",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may subscribe to (repeatable)",
+    )
+    parser.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may publish to (repeatable)",
+    )
+    parser.add_argument("--admin", action="store_true", help="grant the admin right")
+    parser.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    parser.add_argument("--preset", choices=HubConfig.PRESETS, help="as for `wshub serve`")
+    parser.set_defaults(run=_run_token)
 
 
 # --------------------------------------------------------------------------- main
@@ -289,6 +395,7 @@ SUBCOMMANDS: Sequence[Callable[[_Subparsers], None]] = (
     add_check_config_command,
     add_tail_command,
     add_publish_command,
+    add_token_command,
 )
 
 

@@ -300,3 +300,88 @@ test("for await yields messages until the client closes", async (t) => {
   await client.close();
   assert.deepEqual(await seen, [1, 2]);
 });
+
+// ------------------------------------------------------------------ tokens: provider and refresh
+
+/** A JWT-shaped token with `claims` (the client reads `exp` without verifying; the hub verifies). */
+const jwtWith = (claims) => ["eyJhbGciOiJIUzI1NiJ9", Buffer.from(JSON.stringify(claims)).toString("base64url"), "sig"].join(".");
+
+/** A token provider minting 100 s tokens on the mocked clock; `failing` makes it throw. */
+function provider() {
+  const calls = [];
+  const next = () => {
+    calls.push(Date.now());
+    if (next.failing) throw new Error("the token service is down");
+    return jwtWith({ sub: "alice", exp: Date.now() / 1000 + 100, n: calls.length });
+  };
+  next.calls = calls;
+  next.failing = false;
+  return next;
+}
+
+test("a token provider is asked before each connection, and a JWT is refreshed at 80 %", async (t) => {
+  const token = provider();
+  const { socket, tick, client } = await start(t, { token });
+  socket().open();
+  assert.equal(JSON.parse(atob(socket().sent[0].token.split(".")[1])).n, 1);
+  socket().receive(welcome());
+  await tick(79_999);
+  assert.equal(socket().sentOfType("refresh").length, 0);
+  await tick(1);
+  const [refresh] = socket().sentOfType("refresh");
+  assert.equal(JSON.parse(atob(refresh.token.split(".")[1])).n, 2);
+  socket().receive({ type: "refreshed", expires: 180 });
+  await tick(79_999);
+  assert.equal(socket().sentOfType("refresh").length, 1);
+  await tick(1); // 80 % of the refreshed token's 100 s, counted from its answer
+  assert.equal(socket().sentOfType("refresh").length, 2);
+  assert.deepEqual(token.calls, [0, 80_000, 160_000]);
+  assert.equal(client.statistics().refreshes, 1);
+});
+
+test("4005 after a welcome reconnects at once, with a fresh token", async (t) => {
+  const token = provider();
+  const { socket, tick, of } = await start(t, { token });
+  socket().open();
+  socket().receive(welcome());
+  await tick(30_000);
+  socket().drop(4005, "credential expired; reconnect with a fresh one");
+  assert.equal(of("close").at(-1).delay, 0);
+  await tick(0);
+  socket().open();
+  assert.equal(JSON.parse(atob(socket().sent[0].token.split(".")[1])).n, 2);
+  assert.deepEqual(token.calls, [0, 30_000]);
+});
+
+test("a provider failing at refresh time is asked again halfway to the expiry", async (t) => {
+  const token = provider();
+  const { socket, tick, of } = await start(t, { token });
+  socket().open();
+  socket().receive(welcome());
+  token.failing = true;
+  await tick(80_000);
+  assert.match(of("error").at(-1).message, /token service is down/);
+  token.failing = false;
+  await tick(10_000); // 20 s were left: asked again at 90 s
+  assert.deepEqual(token.calls, [0, 80_000, 90_000]);
+  assert.equal(socket().sentOfType("refresh").length, 1);
+});
+
+test("a fixed token or one without exp is never refreshed", async (t) => {
+  const { socket, tick } = await start(t, { token: "the-admin-key" });
+  socket().open();
+  socket().receive(welcome());
+  await tick(1_000_000);
+  assert.equal(socket().sentOfType("refresh").length, 0);
+});
+
+test("an unasked unsubscribed (narrower rights) drops the stream; our own is just an answer", async (t) => {
+  const { client, socket, of } = await start(t, { subscribe: ["news", "chat.a"] });
+  socket().open();
+  socket().receive(welcome({ news: { epoch: "e", offset: 0, recovered: true }, "chat.a": { epoch: "c", offset: 0, recovered: true } }));
+  client.unsubscribe("news");
+  client.subscribe("news"); // again, before the answer to the unsubscribe arrives
+  socket().receive({ type: "unsubscribed", stream: "news" }, { type: "unsubscribed", stream: "chat.a" });
+  assert.deepEqual(client.statistics().subscriptions, ["news"]);
+  assert.deepEqual(of("error").map((e) => [e.code, e.stream]), [["forbidden", "chat.a"]]);
+});

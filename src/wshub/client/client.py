@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import attrs
 import trio
 
+from wshub.client.credentials import Credentials, TokenProvider
 from wshub.client.reconnect import (
     ClientError,
     ClientRejected,
@@ -78,7 +80,8 @@ class ClientStatistics:
 
     ``reconnects`` counts welcomed connections after the first; ``resumes`` stream resumptions
     that lost nothing; ``messages`` messages delivered; ``duplicates`` messages dropped as
-    already delivered; ``publish_retries`` publish frames sent again.
+    already delivered; ``publish_retries`` publish frames sent again; ``refreshes`` tokens
+    the hub took in a ``refresh`` (see ``open_client``'s ``token``).
     """
 
     connected: bool
@@ -92,6 +95,7 @@ class ClientStatistics:
     published: int
     publish_retries: int
     last_error: str | None
+    refreshes: int = 0
 
 
 class Client:
@@ -186,6 +190,7 @@ class Client:
             await trio.lowlevel.checkpoint()
             return
         session.confirmed.discard(stream)
+        self._state.unsubscribing[stream] += 1
         await session.send(protocol.encode_unsubscribe(stream))
 
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
@@ -268,6 +273,7 @@ class Client:
             published=counts["published"],
             publish_retries=counts["publish_retries"],
             last_error=connection.last_error,
+            refreshes=self._state.credentials.refreshes,
         )
 
     # ------------------------------------------------------------------ lifetime
@@ -320,7 +326,7 @@ async def open_client(
     client_id: str,
     *,
     subscribe: Iterable[str] | Mapping[str, Position | None] = (),
-    token: str | None = None,
+    token: str | TokenProvider | None = None,
     positions: PositionStore | None = None,
     backoff_base: float = 0.1,
     backoff_cap: float = 10.0,
@@ -334,6 +340,7 @@ async def open_client(
     max_message_bytes: int = 65536,
     content_ids: bool = True,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Client]:
     """Connect to the hub at ``url`` as ``client_id`` and keep connected until the block ends.
 
@@ -341,11 +348,15 @@ async def open_client(
     ``positions`` (default: in memory) are resumed from, and updated as the application consumes
     events. Reconnects wait a full-jitter backoff (``backoff_base``, ``backoff_cap``), guarded
     by ``connect_breaker`` when given; ``connect(url, subprotocols)`` opens one connection
-    (default: trio-websocket). The block raises ClientRejected on close 1008, ConnectFailed
-    after ``max_attempts`` consecutive failed attempts, SubscribeError when a subscription made
-    at connect time is forbidden, and ValueError for invalid arguments. ``content_ids``
-    (default True) matches the hub's ``dedup.content_ids``: a publish without an id is
-    identified by its content (see ``Client.publish``).
+    (default: trio-websocket). ``token`` is sent in every hello: a string, or a token provider
+    (a function or an async function returning one) asked before every connection and, when
+    its token is a JWT with ``exp``, again at 80 % of the token's lifetime to ``refresh`` it
+    on the open connection (``wall_clock``, Unix seconds, is what ``exp`` is compared with).
+    The block raises ClientRejected on close 1008, ConnectFailed after ``max_attempts``
+    consecutive failed attempts, SubscribeError when a subscription made at connect time is
+    forbidden, and ValueError for invalid arguments. ``content_ids`` (default True) matches the
+    hub's ``dedup.content_ids``: a publish without an id is identified by its content (see
+    ``Client.publish``).
     """
     if not protocol.is_valid_client_id(client_id):
         raise ValueError(f"client_id must match [A-Za-z0-9_.:-]{{1,128}}, got {client_id!r}")
@@ -367,7 +378,7 @@ async def open_client(
     state = ClientState(
         client_id,
         wanted=wanted,
-        token=token,
+        credentials=Credentials(token, wall_clock=wall_clock),
         store=positions if positions is not None else MemoryPositionStore(),
         buffer=buffer,
     )

@@ -16,23 +16,22 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar, TypeVarTuple
 
 import attrs
 import trio
 
-from wshub.core.config import BreakerConfig
+from wshub.core.sections import BreakerConfig
 
 __all__ = [
     "BreakerPermit",
-    "BreakerRegistry",
-    "BreakerRegistryFull",
     "BreakerState",
     "BreakerStatistics",
     "CircuitBreaker",
     "CircuitOpenError",
+    "TransitionListener",
 ]
 
 logger = logging.getLogger("wshub.breaker")
@@ -58,7 +57,8 @@ class BreakerState(enum.Enum):
 # Module-level aliases: member lookup on an Enum class is slow on Python 3.11's hot path.
 _CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
-_Listener = Callable[["CircuitBreaker", BreakerState, BreakerState], None]
+#: A transition listener: called as ``listener(breaker, old_state, new_state)``.
+TransitionListener = Callable[["CircuitBreaker", BreakerState, BreakerState], None]
 
 
 class CircuitOpenError(Exception):
@@ -170,7 +170,7 @@ class CircuitBreaker:
     _held: dict[trio.lowlevel.Task, BreakerPermit] = attrs.field(
         factory=dict, init=False, repr=False
     )
-    _listeners: list[_Listener] = attrs.field(factory=list, init=False, repr=False)
+    _listeners: list[TransitionListener] = attrs.field(factory=list, init=False, repr=False)
     _forced_open: bool = attrs.field(default=False, init=False, repr=False)
     _disabled: bool = attrs.field(default=False, init=False, repr=False)
     _calls: int = attrs.field(default=0, init=False, repr=False)
@@ -237,12 +237,22 @@ class CircuitBreaker:
             active_probes=len(self._probes),
         )
 
-    def add_listener(self, callback: _Listener) -> None:
+    def add_listener(self, callback: TransitionListener) -> None:
         """Call ``callback(breaker, old, new)`` synchronously on every transition.
 
         An Exception raised by a listener is logged to ``wshub.breaker`` and otherwise ignored.
         """
         self._listeners.append(callback)
+
+    @property
+    def evictable(self) -> bool:
+        """True when forgetting this breaker loses nothing but its counters.
+
+        That is: CLOSED, not disabled, and no call in flight (an OPEN or HALF_OPEN breaker
+        still protects its dependency; a disabled one carries an operator's decision).
+        ``BreakerRegistry`` evicts only evictable breakers. Reading it never reads the clock.
+        """
+        return self._state is _CLOSED and self._active_calls == 0 and not self._disabled
 
     # ------------------------------------------------------------------ calling
 
@@ -443,79 +453,3 @@ class CircuitBreaker:
                 listener(self, old, new)
             except Exception:
                 logger.exception("breaker %r: transition listener %r raised", self.name, listener)
-
-    def _evictable(self) -> bool:
-        return self._state is _CLOSED and self._active_calls == 0 and not self._disabled
-
-
-class BreakerRegistryFull(RuntimeError):
-    """BreakerRegistry.get needed a new breaker, but all max_breakers are busy or not CLOSED."""
-
-
-def _config_or_default(config: BreakerConfig | None) -> BreakerConfig:
-    return BreakerConfig() if config is None else config
-
-
-@attrs.define(eq=False)
-class BreakerRegistry:
-    """Named breakers built from one BreakerConfig on first use, at most ``max_breakers``.
-
-    ``max_breakers`` defaults to ``config.max_breakers``. Iterating yields the breakers, least
-    recently used first; ``name in registry`` tests for a breaker by name.
-    """
-
-    config: BreakerConfig = attrs.field(default=None, converter=_config_or_default)
-    max_breakers: int = attrs.field(
-        default=attrs.Factory(lambda self: self.config.max_breakers, takes_self=True),
-        validator=attrs.validators.ge(1),
-        kw_only=True,
-    )
-    clock: Callable[[], float] = attrs.field(default=trio.current_time, kw_only=True, repr=False)
-    # Insertion order is recency order: get() moves a breaker to the end.
-    _breakers: dict[str, CircuitBreaker] = attrs.field(factory=dict, init=False, repr=False)
-    _listeners: list[_Listener] = attrs.field(factory=list, init=False, repr=False)
-
-    def get(self, name: str) -> CircuitBreaker:
-        """The breaker called ``name``, created from the config if missing.
-
-        At capacity, creating one evicts the least recently used breaker that is CLOSED, not
-        disabled and has no call in flight; raises BreakerRegistryFull when there is none.
-        """
-        breaker = self._breakers.pop(name, None)
-        if breaker is None:
-            if len(self._breakers) >= self.max_breakers:
-                self._evict_one(name)
-            breaker = CircuitBreaker.from_config(name, self.config, clock=self.clock)
-            for listener in self._listeners:
-                breaker.add_listener(listener)
-        self._breakers[name] = breaker
-        return breaker
-
-    def add_listener(self, callback: _Listener) -> None:
-        """Add a transition listener to every breaker, existing and future."""
-        self._listeners.append(callback)
-        for breaker in self._breakers.values():
-            breaker.add_listener(callback)
-
-    def statistics(self) -> dict[str, BreakerStatistics]:
-        """Each breaker's statistics, by name."""
-        return {name: breaker.statistics() for name, breaker in self._breakers.items()}
-
-    def __iter__(self) -> Iterator[CircuitBreaker]:
-        return iter(tuple(self._breakers.values()))
-
-    def __len__(self) -> int:
-        return len(self._breakers)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._breakers
-
-    def _evict_one(self, wanted: str) -> None:
-        for name, breaker in self._breakers.items():
-            if breaker._evictable():
-                del self._breakers[name]
-                return
-        raise BreakerRegistryFull(
-            f"cannot create breaker {wanted!r}: all {self.max_breakers} breakers are open, "
-            "half-open, disabled or in use"
-        )

@@ -148,6 +148,9 @@ class StreamHistory:
         - Another epoch: not recovered, everything held.
         - Same epoch but an offset beyond ``last_offset``: no honest client can hold one, so
           the position is treated like one from another epoch: not recovered, everything held.
+        - No epoch (``{"offset": 0}``): "everything history still holds", read as offset 0 of
+          the current epoch: recovered when offset 1 is still held (or nothing was ever
+          published), else not recovered with everything held (the gap is 1 to ``first - 1``).
         - A negative offset (the protocol layer rejects them) is read as 0.
         """
         last = self._last_offset
@@ -156,7 +159,8 @@ class StreamHistory:
         if position is None:
             return Replay(self.epoch, last, first, recovered=True, messages=[])
         seen = max(position.offset, 0)
-        if position.epoch != self.epoch or seen > last:
+        epoch = self.epoch if position.epoch is None else position.epoch
+        if epoch != self.epoch or seen > last:
             return Replay(self.epoch, last, first, recovered=False, messages=list(held))
         if seen == last:
             return Replay(self.epoch, last, first, recovered=True, messages=[])

@@ -4,9 +4,9 @@ Theory of operation:
 - The hot path (publish, fan-out, writers) bumps plain ints and floats on one ``HubMetrics``
   (``metrics.delivered += n``): tens of nanoseconds, no lock, no prometheus_client object.
   Everything runs in the hub's Trio thread, so nothing needs a lock.
-- Nothing is converted until someone reads: a collector registered in the instance's *own*
-  ``CollectorRegistry`` builds Prometheus families at scrape time, and ``snapshot()`` builds
-  JSON-ready dicts. Two hubs in one process never share a figure.
+- Nothing is converted until someone reads: a ``HubCollector`` (``wshub.core.exposition``)
+  registered in the instance's *own* ``CollectorRegistry`` builds Prometheus families at scrape
+  time, and ``snapshot()`` builds JSON-ready dicts. Two hubs in one process never share a figure.
 - Per-client figures never become Prometheus labels (unbounded cardinality). They live in
   ``ClientStats`` objects, reach the JSON export only, and expire ``client_ttl`` seconds after
   their last activity once the client has no open connection.
@@ -28,23 +28,16 @@ from typing import Any, Protocol
 
 import attrs
 import trio
-from prometheus_client import exposition as text_exposition
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics_exposition
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["BREAKER_STATE_VALUES", "LATENCY_BUCKETS", "ClientStats", "HubMetrics"]
+from wshub.core.exposition import BREAKER_STATE_VALUES, HubCollector, render
+
+__all__ = ["LATENCY_BUCKETS", "ClientStats", "HubMetrics"]
 
 #: Upper bounds (seconds) of the delivery-latency histogram buckets; +Inf is implied.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-
-#: Value of the ``wshub_breaker_state`` gauge for each breaker state.
-BREAKER_STATE_VALUES: Mapping[str, int] = MappingProxyType({"closed": 0, "open": 1, "half_open": 2})
-
-_LATENCY_LABELS = (*(repr(bound) for bound in LATENCY_BUCKETS), "+Inf")
 
 
 class _NamedBreaker(Protocol):
@@ -149,7 +142,7 @@ class HubMetrics:
         rate = Fraction(self._sample_rate).limit_denominator(1_000_000)
         self._sample_step, self._sample_period = rate.numerator, rate.denominator
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_HubCollector(self))
+        self.registry.register(HubCollector(self))
 
     @property
     def sample_rate(self) -> float:
@@ -208,6 +201,16 @@ class HubMetrics:
         self._breaker_states[name] = state_value
         if name not in self._breaker_transitions:
             self._breaker_transitions[name] = dict.fromkeys(BREAKER_STATE_VALUES, 0)
+
+    @property
+    def breaker_states(self) -> Mapping[str, str]:
+        """Read-only view: each breaker's current state value ("closed", "open", "half_open")."""
+        return MappingProxyType(self._breaker_states)
+
+    @property
+    def breaker_transitions(self) -> Mapping[str, Mapping[str, int]]:
+        """Read-only view: per breaker, transitions counted by the state entered."""
+        return MappingProxyType(self._breaker_transitions)
 
     # ---------------------------------------------------------------- latency
 
@@ -420,83 +423,4 @@ class HubMetrics:
         Prometheus text format (``text/plain; version=0.0.4``, the type prometheus_client
         itself pairs with this body) or, with ``openmetrics``, OpenMetrics 1.0 (ends ``# EOF``).
         """
-        if openmetrics:
-            render = openmetrics_exposition.generate_latest
-            body: bytes = render(self.registry)  # type: ignore[no-untyped-call]
-            return body, openmetrics_exposition.CONTENT_TYPE_LATEST
-        body = text_exposition.generate_latest(self.registry)
-        return body, text_exposition.CONTENT_TYPE_PLAIN_0_0_4
-
-
-# (Prometheus name, HubMetrics attribute, help) for the unlabelled families.
-_GAUGES = (
-    ("wshub_connections_active", "connections_active", "Open connections."),
-    ("wshub_queue_depth", "queue_depth", "Messages waiting in outbound queues."),
-)
-_COUNTERS = (
-    ("wshub_connections_total", "connections_total", "Connections accepted."),
-    ("wshub_connections_failed_total", "connections_failed", "Connections failed before hello."),
-    ("wshub_reconnections_total", "reconnections", "Clients that came back and resumed."),
-    ("wshub_messages_published_total", "published", "Messages published."),
-    ("wshub_messages_delivered_total", "delivered", "Messages sent to subscribers."),
-    ("wshub_messages_deduplicated_total", "deduplicated", "Publishes dropped as duplicates."),
-    ("wshub_messages_expired_total", "expired", "Messages expired from history."),
-    ("wshub_queue_overflows_total", "queue_overflows", "Outbound queues found full."),
-    ("wshub_replayed_messages_total", "replayed", "Messages replayed from history on resume."),
-    ("wshub_cleanup_runs_total", "cleanup_runs", "Sweeper runs."),
-)
-# (Prometheus name, label, HubMetrics attribute holding {label value: count}, help).
-_LABELLED_COUNTERS = (
-    ("wshub_disconnects_total", "code", "disconnects", "Closed connections by close code."),
-    ("wshub_messages_dropped_total", "reason", "dropped", "Messages dropped by reason."),
-    ("wshub_retry_attempts_total", "outcome", "retry_attempts", "Retry attempts by outcome."),
-    ("wshub_cleanup_removed_total", "kind", "cleanup_removed", "Sweeper removals by kind."),
-)
-
-
-class _HubCollector(Collector):
-    """Builds the DESIGN.md families from one HubMetrics at scrape time."""
-
-    def __init__(self, metrics: HubMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        m = self._metrics
-        for name, attribute, documentation in _GAUGES:
-            yield GaugeMetricFamily(name, documentation, getattr(m, attribute))
-        for name, attribute, documentation in _COUNTERS:
-            yield CounterMetricFamily(name, documentation, getattr(m, attribute))
-        for name, label, attribute, documentation in _LABELLED_COUNTERS:
-            family = CounterMetricFamily(name, documentation, labels=[label])
-            for label_value, n in sorted(getattr(m, attribute).items()):
-                family.add_metric([str(label_value)], n)
-            yield family
-        resumes = CounterMetricFamily(
-            "wshub_resumes_total",
-            "Resumes by whether history covered the gap.",
-            labels=["recovered"],
-        )
-        resumes.add_metric(["true"], m.resumes_recovered)
-        resumes.add_metric(["false"], m.resumes_unrecovered)
-        yield resumes
-        states = GaugeMetricFamily(
-            "wshub_breaker_state", "0 closed, 1 open, 2 half_open.", labels=["breaker"]
-        )
-        transitions = CounterMetricFamily(
-            "wshub_breaker_transitions_total",
-            "Breaker transitions by new state.",
-            labels=["breaker", "to"],
-        )
-        for breaker, state in m._breaker_states.items():
-            states.add_metric([breaker], BREAKER_STATE_VALUES[state])
-            for to, n in m._breaker_transitions[breaker].items():
-                transitions.add_metric([breaker, to], n)
-        yield states
-        yield transitions
-        cumulative = [n for _, n in m.latency_buckets()]
-        yield HistogramMetricFamily(
-            "wshub_delivery_latency_seconds",
-            "Publish-to-send latency of sampled deliveries.",
-            buckets=list(zip(_LATENCY_LABELS, cumulative, strict=True)),
-            sum_value=m.latency_sum,
-        )
+        return render(self.registry, openmetrics)

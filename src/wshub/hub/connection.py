@@ -12,6 +12,9 @@ Theory of operation:
   the history); the limit applies to what arrives after them.
 - A connection ends by cancelling its scope after setting ``close_code``; the transport is
   closed with that code in ``finally``, shielded and bounded in time.
+- A credential's expiry is a cancel scope's deadline around the reader, not a task: when it
+  passes, the reader is cancelled and the connection closes with 4005 (queued frames are
+  dropped: an expired credential receives nothing more). ``renew`` (a ``refresh``) moves it.
 - The heartbeat is the reader's deadline, not a task of its own: after waiting
   ``heartbeat.interval`` for a frame the reader pings (where the transport can) and waits
   ``heartbeat.timeout`` for the pong; without ping frames it waits ``interval + timeout`` for
@@ -42,6 +45,7 @@ from wshub.core.protocol import (
     Ping,
     ProtocolError,
     Publish,
+    Refresh,
     Subscribe,
     Unsubscribe,
     encode_error,
@@ -64,7 +68,7 @@ CLOSE_TIMEOUT = 2.0
 FINISH_FRAME_TIMEOUT = 0.5
 
 QueueItem = StoredMessage | str
-Request = Publish | Subscribe | Unsubscribe
+Request = Publish | Subscribe | Unsubscribe | Refresh
 
 
 class ConnectionHost(Protocol):
@@ -95,7 +99,7 @@ class ConnectionHost(Protocol):
         ...
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
-        """Serve a publish, subscribe or unsubscribe; the answer goes to the queue."""
+        """Serve a publish, subscribe, unsubscribe or refresh; the answer goes to the queue."""
         ...
 
     def record_overflow(self, dropped: int) -> None:
@@ -116,6 +120,7 @@ class Connection:
         self.batching = transport.subprotocol == SUBPROTOCOL
         self.client_id: str | None = None
         self.identity: Identity | None = None
+        self.expiry: trio.CancelScope | None = None  # around the reader, when credentials expire
         self.stats: ClientStats | None = None
         self.subscriptions: set[str] = set()
         self.queue: list[QueueItem] = []
@@ -183,6 +188,12 @@ class Connection:
             self._parked = None
             trio.lowlevel.reschedule(task)
 
+    def renew(self, identity: Identity) -> None:
+        """Take the identity of a refreshed credential, and its deadline (see the notes)."""
+        self.identity = identity
+        if self.expiry is not None and identity.deadline is not None:
+            self.expiry.deadline = identity.deadline
+
     def start_closing(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once everything already queued has been sent."""
         if self.closing is None:
@@ -223,10 +234,21 @@ class Connection:
                 # and they are the biggest part of an idle connection's own memory.
                 self.request = attrs.evolve(self.request, headers=())
                 hub.register(self, hello)
+                deadline = self.identity.deadline if self.identity is not None else None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
                     try:  # the reader runs in this task: one coroutine frame less per client
-                        await self._reader()
+                        if deadline is None:
+                            await self._reader()
+                        else:
+                            self.expiry = trio.CancelScope(deadline=deadline)
+                            with self.expiry:
+                                await self._reader()
+                            if self.expiry.cancelled_caught:
+                                self.abort(
+                                    CloseCode.CREDENTIAL_EXPIRED,
+                                    "credential expired; reconnect with a fresh one",
+                                )
                     except Exception as error:
                         self._stop_for(error)
         except BaseException:  # re-raised; only chooses the close code
@@ -343,7 +365,7 @@ class Connection:
     async def _handle(self, event: Any) -> None:
         if isinstance(event, Ping):
             self.enqueue(encode_pong())
-        elif isinstance(event, Publish | Subscribe | Unsubscribe):
+        elif isinstance(event, Publish | Subscribe | Unsubscribe | Refresh):
             await self.hub.handle_request(self, event)
         elif isinstance(event, Hello):
             self.enqueue(encode_error("bad_request", "hello was already received"))

@@ -28,7 +28,7 @@ from typing import Protocol
 import trio
 import trio.testing
 
-from wshub.core.config import LimitsConfig
+from wshub.core.sections import LimitsConfig
 
 __all__ = ["FlushTick", "Writer"]
 

@@ -17,6 +17,11 @@ Theory of operation:
   more, then cancels.
 - Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
   hub implements; the reports read it through ``ReportSource`` (``reports.py``).
+- With ``[auth]``, a hello's token is verified once (``auth.py``) and its expiry becomes the
+  connection's deadline on the trio clock; a ``refresh`` with a token for the same subject
+  moves the deadline and replaces the rights, leaving any stream the new rights no longer
+  allow. ``wall_clock`` is what tokens' ``exp`` is read against (tests give one that follows
+  the trio clock).
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, message_id, scoped_key
 from wshub.core.events import PublishResult
@@ -43,22 +48,33 @@ from wshub.core.protocol import (
     Hello,
     Position,
     Publish,
+    Refresh,
     StreamStatus,
     Subscribe,
     encode_error,
     encode_message,
     encode_published,
+    encode_refreshed,
     encode_subscribed,
     encode_unsubscribed,
     encode_welcome,
     personal_stream,
     stream_kind,
 )
-from wshub.hub.access import SYS_METRICS, authenticate, publish_refusal, subscribe_refusal
+from wshub.hub.access import (
+    SYS_METRICS,
+    authenticate,
+    identity_of,
+    publish_refusal,
+    subscribe_refusal,
+    verify_for,
+)
+from wshub.hub.auth import TokenVerifier
 from wshub.hub.connection import Connection, Request
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
+    AuthenticationError,
     HookUnavailable,
     Identity,
     OnPublishHook,
@@ -77,7 +93,11 @@ SERVER_PUBLISHER = ""  # the server API's publisher scope; no client id can be e
 
 
 class Hub:
-    """Streams, subscriptions and connections. Create it with ``open_hub(config)``."""
+    """Streams, subscriptions and connections. Create it with ``open_hub(config)``.
+
+    Raises ConfigError when ``[auth]``'s public key cannot be read or used, and ValueError
+    when an ``authenticate`` hook is given together with ``[auth]`` (one of them decides).
+    """
 
     def __init__(
         self,
@@ -85,7 +105,20 @@ class Hub:
         *,
         authenticate: AuthenticateHook | None = None,
         on_publish: OnPublishHook | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if authenticate is not None and config.auth.enabled:
+            raise ValueError(
+                "give either an authenticate hook or [auth] JWT keys, not both: "
+                "each decides alone who a client is"
+            )
+        #: Verifies JWTs when ``[auth]`` is on (None otherwise); also used by HTTP endpoints.
+        self.tokens = TokenVerifier.from_config(config.auth, wall_clock=wall_clock)
+        if self.tokens is not None and config.server.allow_anonymous:
+            logger.warning(
+                "[auth] is on but server.allow_anonymous is true: clients without a token "
+                "still connect, with every topic; set it to false to require tokens"
+            )
         self.config = config
         self.metrics = HubMetrics(
             client_ttl=config.metrics.client_ttl, sample_rate=config.metrics.sample_rate
@@ -124,8 +157,7 @@ class Hub:
         await trio.lowlevel.checkpoint()
         if stream_kind(stream) not in ("topic", "personal"):
             raise ValueError(f"cannot publish to {stream!r}: not a topic or personal stream name")
-        if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
-            raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+        _check_id(id)
         return self._publish_nowait(stream, data, SERVER_PUBLISHER, id)
 
     async def send(self, client_id: str, data: Any, *, id: str | None = None) -> PublishResult:
@@ -219,12 +251,28 @@ class Hub:
                 connection.enqueue(message)
         return message
 
+    async def publish_for(
+        self, client_id: str, stream: str, data: Any, *, id: str | None = None
+    ) -> PublishResult:
+        """Publish to topic ``stream`` as ``client_id`` (de-duplicated in that client's scope,
+        as its WebSocket publishes are); for HTTP publishers holding a token. Rights are the
+        caller's to check. Raises ValueError as ``publish`` does, for any stream but a topic.
+        """
+        await trio.lowlevel.checkpoint()
+        if stream_kind(stream) != "topic":
+            raise ValueError(f"cannot publish to {stream!r} as a client: not a topic")
+        _check_id(id)
+        return self._publish_nowait(stream, data, client_id, id)
+
     async def handle_request(self, connection: Connection, request: Request) -> None:
-        """Serve a client's publish, subscribe or unsubscribe; answers go to its queue."""
+        """Serve a client's publish, subscribe, unsubscribe or refresh; answers go to its
+        queue."""
         if isinstance(request, Publish):
             connection.enqueue(await self.publish_from_client(connection, request))
         elif isinstance(request, Subscribe):
             self.subscribe(connection, request.stream, request.position)
+        elif isinstance(request, Refresh):
+            self.refresh(connection, request.token)
         else:
             refusal = self.unsubscribe(connection, request.stream)
             connection.enqueue(refusal or encode_unsubscribed(request.stream))
@@ -281,6 +329,32 @@ class Hub:
         self.dedup.record(key, message.offset)
         return encode_published(event.ref, event.stream, message.offset, mid, False)
 
+    def refresh(self, connection: Connection, token: str) -> None:
+        """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008.
+
+        The new token must verify and carry the connection's client id; its rights replace the
+        old ones, and streams they no longer allow are left (``unsubscribed`` names each).
+        """
+        identity = connection.identity
+        assert identity is not None
+        if self.tokens is None or identity.deadline is None:
+            connection.enqueue(
+                encode_error("bad_request", "this connection's credential has no expiry to refresh")
+            )
+            return
+        try:
+            credential = verify_for(self.tokens, token, identity.client_id)
+        except AuthenticationError as error:
+            connection.abort(CloseCode.POLICY_VIOLATION, f"refresh refused: {error}")
+            return
+        renewed = identity_of(credential)
+        connection.renew(renewed)
+        for stream in sorted(connection.subscriptions):
+            if subscribe_refusal(renewed, stream) is not None:
+                self.unsubscribe(connection, stream)
+                connection.enqueue(encode_unsubscribed(stream))
+        connection.enqueue(encode_refreshed(credential.expires))
+
     # ------------------------------------------------------------------ connections
 
     def admission_refusal(self, request: RequestInfo) -> tuple[int, str] | None:
@@ -300,6 +374,7 @@ class Hub:
             hello,
             request,
             hook=self._authenticate,
+            tokens=self.tokens,
             config=self.config,
             breakers=self.breakers,
             metrics=self.metrics,
@@ -465,6 +540,11 @@ class Hub:
         return self.metrics.queue_overflows > self._overflows_at_last_flush
 
 
+def _check_id(id: object) -> None:
+    if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
+        raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+
+
 def _status(replay: Replay) -> StreamStatus:
     return StreamStatus(replay.epoch, replay.offset, replay.first, replay.recovered)
 
@@ -475,13 +555,22 @@ async def open_hub(
     *,
     authenticate: AuthenticateHook | None = None,
     on_publish: OnPublishHook | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Hub]:
     """Run a hub for the duration of the ``async with`` block.
 
     ``config`` defaults to ``HubConfig()`` (the production values). On exit, even when
     cancelled, the hub drains its connections within ``shutdown.grace`` before stopping.
+    ``wall_clock`` (Unix seconds) is what JWT ``exp`` and ``nbf`` are checked against; a test
+    under ``trio.testing.MockClock`` passes ``lambda: base + trio.current_time()`` so that
+    token expiry happens at exact virtual times. Raises what ``Hub`` raises.
     """
-    hub = Hub(config or HubConfig(), authenticate=authenticate, on_publish=on_publish)
+    hub = Hub(
+        config or HubConfig(),
+        authenticate=authenticate,
+        on_publish=on_publish,
+        wall_clock=wall_clock,
+    )
     # The hub's own tasks (and the caller's block) log with its id.
     with log_context(hub=hub.id):
         async with trio.open_nursery() as nursery:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from wshub.core.breaker import BreakerRegistry
+from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator
 from wshub.core.history import HistoryStore

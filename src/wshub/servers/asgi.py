@@ -197,9 +197,14 @@ class HubApp:
         except ValueError as error:  # ConfigError: the message names the key
             await send({"type": "lifespan.startup.failed", "message": str(error)})
             return
-        async with open_hub(
-            config, authenticate=self._authenticate, on_publish=self._on_publish
-        ) as hub:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                hub = await stack.enter_async_context(
+                    open_hub(config, authenticate=self._authenticate, on_publish=self._on_publish)
+                )
+            except ValueError as error:  # ConfigError (say, auth.jwt_public_key): names the key
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                return
             self._hub = hub
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown; leaving open_hub drains the hub

@@ -4,15 +4,19 @@ Each endpoint is a small function from a parsed ``Request`` to a ``Response``; `
 routes by path, answers 404 / 405 / CORS preflight, applies the API-key rules, and sends the
 answer. Every JSON body goes through orjson; every error is ``{"error": "..."}``.
 
-The key rules: ``POST /api/publish`` always needs ``admin.api_key`` (as a Bearer header; it
-answers 503 while no key is configured). With ``admin.protect_monitoring`` the monitoring
-endpoints (``/metrics``, ``/api/stats``, ``/dashboard``) need it too, as a Bearer header or,
-for a browser, an ``api_key`` query parameter. The health endpoints stay open for probes.
+The credential rules: ``POST /api/publish`` needs a Bearer credential: ``admin.api_key``
+(publishing in the server API's de-duplication scope) or, with ``[auth]``, a JWT whose rights
+allow that topic (publishing in its ``sub``'s scope, as that client's WebSocket publishes do);
+it answers 503 while neither is configured. With ``admin.protect_monitoring`` the monitoring
+endpoints (``/metrics``, ``/api/stats``) need the key or a token with the admin right, as a
+Bearer header or an ``api_key`` query parameter. ``/dashboard`` is a page without figures,
+served to anyone: its login form sends the credential with every request for them. A
+credential that is neither the key nor a valid token is 401 (the reason names the failed
+check, never the key); a valid token without the right is 403. The health endpoints stay open.
 """
 
 from __future__ import annotations
 
-import hmac
 import importlib.resources
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
@@ -25,9 +29,20 @@ from prometheus_client.exposition import choose_encoder
 
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
+from wshub.hub.access import is_admin_key, monitoring_is_open
+from wshub.hub.auth import Credential, TokenRejected
 from wshub.hub.hub import Hub
 
-__all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
+__all__ = [
+    "Message",
+    "Receive",
+    "Request",
+    "Response",
+    "Scope",
+    "Send",
+    "handle_http",
+    "upgrade_required",
+]
 
 #: An ASGI scope or event (a plain dict at run time).
 Scope: TypeAlias = MutableMapping[str, Any]
@@ -99,6 +114,16 @@ def error_response(
     return json_response(status, {"error": message, **extra}, *headers)
 
 
+def upgrade_required(path: str) -> Response:
+    """426 for the WebSocket endpoint asked for without an upgrade: says how to ask (RFC 9110)."""
+    return error_response(
+        426,
+        f"{path} is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
+        ("upgrade", "websocket"),
+        path=path,
+    )
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body was read: nobody to answer."""
 
@@ -115,20 +140,50 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() or None
 
 
-def _key_refusal(api_key: str, request: Request, *, allow_query: bool) -> Response | None:
-    """401 without a key, 403 with a wrong one, None with the right one."""
+_CHALLENGE: Final = ("www-authenticate", 'Bearer realm="wshub"')
+
+
+@attrs.frozen
+class _Admin:
+    """The credential was ``admin.api_key``."""
+
+
+_Caller: TypeAlias = _Admin | Credential
+
+
+def _caller(hub: Hub, request: Request, *, allow_query: bool) -> _Caller | Response:
+    """Who sent ``request``: the admin key, a verified token, or the 401/403 to answer."""
     given = _bearer(request.header("authorization"))
     if given is None and allow_query:
         given = request.param("api_key")
+    tokens = hub.tokens
     if given is None:
-        where = "Authorization: Bearer <admin.api_key>"
-        if allow_query:
-            where += " or ?api_key=<admin.api_key>"
-        return error_response(
-            401, f"missing API key: send {where}", ("www-authenticate", 'Bearer realm="wshub"')
-        )
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        where = "admin.api_key" + (" or a token" if tokens is not None else "")
+        how = f"Authorization: Bearer <{where}>"
+        return error_response(401, f"missing credential: send {how}", _CHALLENGE)
+    if is_admin_key(hub.config, given):
+        return _Admin()
+    if tokens is None:
         return error_response(403, "invalid API key")
+    try:
+        return tokens.verify(given)
+    except TokenRejected as rejected:
+        return error_response(
+            401,
+            f"invalid credential: {rejected.reason}",
+            ("www-authenticate", 'Bearer realm="wshub", error="invalid_token"'),
+        )
+
+
+def _monitoring_refusal(hub: Hub, request: Request) -> Response | None:
+    """None when ``request`` may read the monitoring figures, else the answer."""
+    if monitoring_is_open(hub.config):
+        return None
+    caller = _caller(hub, request, allow_query=True)
+    if isinstance(caller, Response):
+        return caller
+    if isinstance(caller, Credential) and not caller.admin:
+        return error_response(403, "this token has no admin right")
     return None
 
 
@@ -192,14 +247,13 @@ def _parse_publish(body: bytes) -> Publish:
 
 async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
     config = hub.config
-    api_key = config.admin.api_key
-    if api_key is None:
+    if config.admin.api_key is None and hub.tokens is None:
         return error_response(
-            503, "publishing over HTTP is disabled: admin.api_key is not configured"
+            503, "publishing over HTTP is disabled: neither admin.api_key nor [auth] is configured"
         )
-    refusal = _key_refusal(api_key, request, allow_query=False)
-    if refusal is not None:
-        return refusal
+    caller = _caller(hub, request, allow_query=False)
+    if isinstance(caller, Response):
+        return caller
     if hub.draining:
         return error_response(503, "the server is shutting down")
     limit = config.limits.max_message_bytes
@@ -212,7 +266,14 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
         return too_large
     try:
         event = _parse_publish(body)
-        result = await hub.publish(event.stream, event.data, id=event.id)
+        if isinstance(caller, Credential):
+            if not caller.rights.may_publish(event.stream):
+                return error_response(
+                    403, f"{event.stream!r} is not among this token's publish rights"
+                )
+            result = await hub.publish_for(caller.subject, event.stream, event.data, id=event.id)
+        else:
+            result = await hub.publish(event.stream, event.data, id=event.id)
     except ProtocolError as error:
         return error_response(400, error.message)
     except ValueError as error:  # not a publishable stream, a bad id, data that is not JSON
@@ -264,7 +325,7 @@ _Handler: TypeAlias = Callable[[Hub, Request, Receive], Awaitable[Response]]
 class _Route:
     methods: frozenset[str]
     handler: _Handler
-    monitoring: bool = False  # needs the key when admin.protect_monitoring is on
+    monitoring: bool = False  # needs the key or an admin token (admin.protect_monitoring)
 
 
 _ROUTES: Final[Mapping[str, _Route]] = {
@@ -273,7 +334,7 @@ _ROUTES: Final[Mapping[str, _Route]] = {
     "/metrics": _Route(_GET, _metrics, monitoring=True),
     "/api/stats": _Route(_GET, _stats, monitoring=True),
     "/api/publish": _Route(_POST, _publish),
-    "/dashboard": _Route(_GET, _dashboard, monitoring=True),
+    "/dashboard": _Route(_GET, _dashboard),  # no figures: its login form asks for the key
     "/client.js": _Route(_GET, _client_js),
     "/static/uplot/uPlot.iife.min.js": _Route(_GET, _uplot_js),
     "/static/uplot/uPlot.min.css": _Route(_GET, _uplot_css),
@@ -291,14 +352,7 @@ async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Respo
     route = _ROUTES.get(request.path)
     if route is None:
         if hub is not None and request.path == hub.config.server.path:
-            # The WebSocket endpoint asked for without an upgrade: say how to ask (RFC 9110).
-            return error_response(
-                426,
-                f"{request.path} is the WebSocket endpoint: connect with a WebSocket client "
-                "(Upgrade: websocket)",
-                ("upgrade", "websocket"),
-                path=request.path,
-            )
+            return upgrade_required(request.path)
         return error_response(404, "not found", path=request.path)
     cors = hub is not None and hub.config.server.cors_origin is not None
     preflight = cors and request.path.startswith("/api/")
@@ -322,9 +376,8 @@ async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Respo
         )
     if hub is None:
         return error_response(503, "the hub is not running", status="not_running")
-    admin = hub.config.admin
-    if route.monitoring and admin.api_key is not None and admin.protect_monitoring:
-        refusal = _key_refusal(admin.api_key, request, allow_query=True)
+    if route.monitoring:
+        refusal = _monitoring_refusal(hub, request)
         if refusal is not None:
             return refusal
     return await route.handler(hub, request, receive)
