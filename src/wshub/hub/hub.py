@@ -42,7 +42,7 @@ from wshub.core.dedup import Deduplicator, message_id, scoped_key
 from wshub.core.events import PublishResult
 from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
 from wshub.core.logcontext import log_context
-from wshub.core.metrics import HubMetrics
+from wshub.core.metrics import PEER_CLOSED, HubMetrics
 from wshub.core.protocol import (
     CloseCode,
     Hello,
@@ -146,6 +146,8 @@ class Hub:
         self.status_log = StatusLog(self.started_at)
         #: This hub among others in the logs (the ``hub`` field) and in its reports.
         self.id = secrets.token_hex(4)
+        #: The servers carrying its connections ("fast", "hypercorn", ...), in start order.
+        self.servers: list[str] = []
 
     # ------------------------------------------------------------------ public API
 
@@ -198,6 +200,11 @@ class Hub:
         del request  # the connection drops its headers after the hello: keep no other copy
         with log_context(hub=self.id):  # the connection adds its client_id once welcomed
             await self.lifetime.run(connection)
+
+    def served_by(self, server: str) -> None:
+        """Note that ``server`` carries this hub's connections (the reports' ``server``)."""
+        if server not in self.servers:
+            self.servers.append(server)
 
     def start_soon_in_hub(self, function: Any, *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
@@ -424,7 +431,14 @@ class Hub:
             return
         connection.stats = None
         self._registered -= 1
-        code = connection.peer_close_code or connection.close_code
+        # What the hub decided (1000, 1001, 4002, ...) when it closed first; else the peer's
+        # code where the server reports it truly, PEER_CLOSED where it cannot (hypercorn).
+        code: int | str = connection.close_code
+        if connection.peer_close_code is not None:
+            code = PEER_CLOSED
+            # (A transport that does not say is taken at its word, as before the attribute.)
+            if getattr(connection.transport, "peer_close_codes", True):
+                code = connection.peer_close_code
         self.metrics.connection_closed(stats.client_id, code)
 
     def subscribe(self, connection: Connection, stream: str, position: Position | None) -> None:
@@ -476,6 +490,7 @@ class Hub:
         """Count a slow consumer whose queue overflowed."""
         self.metrics.queue_overflows += 1
         self.metrics.record_drop("slow_consumer", dropped)
+        self.metrics.record_queue_depth(dropped)
 
     def queue_depths(self) -> tuple[int, int]:
         """Total and largest outbound queue length over all connections."""

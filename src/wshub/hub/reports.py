@@ -46,6 +46,7 @@ class ReportSource(Protocol):
     """What the reports read of the hub (``Hub`` is one); they change nothing."""
 
     id: str
+    servers: list[str]
     config: HubConfig
     metrics: HubMetrics
     breakers: BreakerRegistry
@@ -140,6 +141,7 @@ def health_report(
         "queues": {
             "depth": total,
             "largest": largest,
+            "depth_max": metrics.queue_depth_max,
             "limit": config.limits.max_queue,
             "overflows": metrics.queue_overflows,
         },
@@ -190,6 +192,7 @@ def stats_report(hub: ReportSource, *, series: bool = False) -> dict[str, Any]:
     health = health_report(hub, report, depths)
     report.update(
         hub=hub.id,
+        server=", ".join(hub.servers) or None,
         time=health["timestamp_utc"],
         uptime_seconds=health["uptime_seconds"],
         status=health["status"],

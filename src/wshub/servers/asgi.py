@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 
 import sniffio
 
@@ -43,6 +44,9 @@ class ASGITransport:
     """
 
     can_ping = False
+    # Hypercorn (0.18) reports 1006 for a client's own close unless the app closed first, so a
+    # disconnect code from the server says nothing; the hub counts such closes as PEER_CLOSED.
+    peer_close_codes = False
 
     def __init__(
         self, receive: Receive, send: Send, subprotocol: str | None, max_message_bytes: int
@@ -186,6 +190,7 @@ class HubApp:
             await send({"type": "lifespan.startup.failed", "message": _needs_trio(library)})
             return
         if not self._owns_hub:
+            self.hub.served_by(_server_name())
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown: the hub's owner ends it
             await send({"type": "lifespan.shutdown.complete"})
@@ -206,6 +211,7 @@ class HubApp:
                 await send({"type": "lifespan.startup.failed", "message": str(error)})
                 return
             self._hub = hub
+            hub.served_by(_server_name())
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown; leaving open_hub drains the hub
         await send({"type": "lifespan.shutdown.complete"})
@@ -254,6 +260,11 @@ def _async_library() -> str:
         return sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         return "unknown"
+
+
+def _server_name() -> str:
+    # ASGI does not name the server; hypercorn, the one wshub documents, is known by its module.
+    return "hypercorn" if "hypercorn" in sys.modules else "asgi"
 
 
 def _needs_trio(library: str) -> str:

@@ -165,6 +165,7 @@ async def serve_fast(
     address cannot be bound.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
+    hub.served_by("fast")
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(FastServer(host, int(bound)))
     await trio.serve_listeners(partial(_serve_client, hub), listeners, handler_nursery=hub.nursery)
