@@ -8,7 +8,6 @@ hub side. The browser test serves the hub with ``wshub serve`` and drives Debian
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import re
 import socket
@@ -24,7 +23,6 @@ import httpx
 import pytest
 import trio
 
-from conftest import missing_tool, require_tool
 from serve_helpers import wshub_serve
 from wshub import serve_websocket
 from wshub.core.config import HubConfig
@@ -40,36 +38,6 @@ CONFIG = HubConfig.testing().merged(
         "dedup": {"window": 60.0},
     }
 )
-
-
-#: Node's WebSocket global is needed: behind a flag in Node 20, built in from 22. Debian 12's
-#: own nodejs is 18 (no WebSocket at all); Debian 13's, or NodeSource's for Debian 12, is >= 20.
-NODE_NEEDED = "the JavaScript client tests (Node >= 20; Debian 12's own nodejs is 18)"
-
-
-@functools.cache
-def node_command() -> tuple[str, ...]:
-    """Node with the flags it needs: Node 20 has its WebSocket global behind a flag.
-
-    Skips (fails in CI) without Node >= 20. Called from the sync ``node`` fixture, so that the
-    skip reason reaches the summary (pytest-trio drops it when an async test skips).
-    """
-    node = require_tool("node", NODE_NEEDED, "nodejs")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
-    major, minor = (int(part) for part in version.stdout.strip().lstrip("v").split(".")[:2])
-    if major < 20:
-        found = version.stdout.strip()
-        missing_tool(f"node {found} is too old for {NODE_NEEDED} (Debian: apt-get install nodejs)")
-    flags = ["--experimental-websocket"] if major < 22 else []
-    if (major, minor) >= (20, 11):
-        flags.append("--disable-warning=ExperimentalWarning")
-    return (node, *flags)
-
-
-@pytest.fixture
-def node() -> tuple[str, ...]:
-    """The Node command line (``node_command``), or a skip whose reason names the package."""
-    return node_command()
 
 
 class NodeScript:
