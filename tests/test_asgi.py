@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -356,6 +359,43 @@ async def test_unknown_paths_are_404_and_wrong_methods_405() -> None:
         assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "15")
 
 
+async def test_the_websocket_path_without_an_upgrade_is_426_not_404() -> None:
+    async with serving() as (_, app):
+        for method in ("GET", "POST"):
+            plain = await call(app, method, "/ws")
+            assert plain.status == 426, method
+            assert plain.headers["upgrade"] == "websocket"
+            assert plain.json() == {
+                "error": "/ws is the WebSocket endpoint: connect with a WebSocket client "
+                "(Upgrade: websocket)",
+                "path": "/ws",
+            }
+    async with serving(hub_config(server={"path": "/hub"})) as (_, app):
+        assert (await call(app, "GET", "/hub")).status == 426
+        assert (await call(app, "GET", "/ws")).status == 404
+
+
+def test_under_asyncio_the_lifespan_refuses_to_start_naming_the_trio_worker() -> None:
+    import asyncio
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(create_app(hub_config())({"type": "lifespan"}, receive, send))
+    assert sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "wshub runs on Trio, not asyncio: start hypercorn with --worker-class "
+            "trio (hypercorn --worker-class trio wshub.asgi:app), or use wshub serve",
+        }
+    ]
+
+
 async def test_cors_header_and_preflight_when_configured() -> None:
     async with serving() as (_, app):
         reply = await call(app, "GET", "/health")
@@ -638,6 +678,28 @@ def test_real_unknown_paths_and_methods(server: Server) -> None:
     with pytest.raises(InvalidStatus) as refused:
         connect(f"{server.ws}/elsewhere", open_timeout=5)
     assert refused.value.response.status_code == 404
+
+
+def test_real_websocket_path_without_an_upgrade_is_426(server: Server) -> None:
+    plain = httpx.get(f"{server.ws.replace('ws://', 'http://')}/ws")
+    assert plain.status_code == 426
+    assert plain.headers["upgrade"] == "websocket"
+    assert "connect with a WebSocket client" in plain.json()["error"]
+
+
+def test_hypercorn_without_the_trio_worker_stops_at_start_naming_it(tmp_path: Path) -> None:
+    """Not a 503 on every request later: the worker fails its lifespan and nothing serves."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hypercorn", "--bind", "127.0.0.1:0", "wshub.asgi:app"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")},
+    )
+    output = done.stdout + done.stderr
+    assert "Running on" not in output
+    assert "wshub runs on Trio, not asyncio: start hypercorn with --worker-class trio" in output
 
 
 def test_real_websocket_frame_over_the_limit_is_closed_1009(server: Server) -> None:

@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
+import wshub.cli
 from serve_helpers import SUBPROTOCOL, Server, hello, objects, receive_objects, wshub_serve
 from wshub.cli import build_serve_config, main
 
@@ -103,6 +104,59 @@ def test_check_config_as_a_process_exits_2_for_a_missing_file(tmp_path: Path) ->
     )
     assert done.returncode == 2
     assert f"cannot read config file {str(missing)!r}" in done.stderr
+
+
+def test_check_config_reads_the_environment_as_serve_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WSHUB_LIMITS__MAX_QUEUE", "ten")
+    file = write(tmp_path / "wshub.toml", "[limits]\nmax_queue = 42\n")
+    assert main(["check-config", file]) == 2
+    assert main(["serve", "--config", file]) == 2  # what serve refuses, check-config refuses
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0] == "wshub check-config: WSHUB_LIMITS__MAX_QUEUE: cannot parse 'ten' as int"
+    assert err[1].startswith("wshub serve: WSHUB_LIMITS__MAX_QUEUE: cannot parse 'ten' as int")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ([], {}),  # no file: development, as serve
+        (["FILE"], {}),
+        (["FILE"], {"WSHUB_LIMITS__MAX_QUEUE": "77", "WSHUB_ADMIN__API_KEY": "k"}),
+        ([], {"WSHUB_CONFIG": "FILE", "WSHUB_PRESET": "testing"}),
+        (["--config", "FILE", "--preset", "production", "--port", "9100"], {}),
+    ],
+)
+def test_check_config_prints_exactly_what_serve_would_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    environ: dict[str, str],
+) -> None:
+    file = write(tmp_path / "wshub.toml", 'preset = "testing"\n[history]\nsize = 9\n')
+    # serve takes the file as --config FILE, check-config also as a plain FILE.
+    serve_argv = ["--config", file] if argv[:1] == ["FILE"] else argv
+    argv = [file if arg == "FILE" else arg for arg in argv]
+    serve_argv = [file if arg == "FILE" else arg for arg in serve_argv]
+    environ = {name: file if value == "FILE" else value for name, value in environ.items()}
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-config", *argv]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    args = wshub.cli._parser().parse_args(["serve", *serve_argv])
+    expected = build_serve_config(
+        config_file=args.config, preset=args.preset, host=args.host, port=args.port
+    ).to_dict()
+    if expected["admin"]["api_key"] is not None:
+        expected["admin"]["api_key"] = "<redacted>"
+    assert printed == expected
 
 
 # --------------------------------------------------------------------------- serve: arguments
@@ -443,6 +497,7 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
                 "id": "k1",
                 "duplicate": False,
             }
+            # The key from the variable the hub itself reads.
             again = run_cli(
                 "publish",
                 server.http,
@@ -453,6 +508,16 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
                 env={"WSHUB_ADMIN__API_KEY": "secret"},
             )
             assert orjson.loads(again.stdout)["duplicate"] is True
+            keyless = run_cli("publish", server.http, "news", "2")
+            assert keyless.returncode == 1
+            assert keyless.stderr.count("\n") == 1, keyless.stderr
+            assert "answered 401" in keyless.stderr
+            assert "--api-key or in WSHUB_ADMIN__API_KEY" in keyless.stderr
+            wrong = run_cli("publish", server.http, "news", "2", "--api-key", "guess")
+            assert wrong.returncode == 1
+            assert (
+                "answered 403" in wrong.stderr and "is not the hub's admin.api_key" in wrong.stderr
+            )
             deadline = time.monotonic() + 10
             while not tail_out.read_text().strip():
                 assert time.monotonic() < deadline, "tail printed nothing"
@@ -474,6 +539,43 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
         (("publish", "http://127.0.0.1:1", "news", "{bad"), 2, "DATA is not valid JSON"),
         (("publish", "http://127.0.0.1:1", "$sys.metrics", "1"), 2, "invalid STREAM"),
         (("publish", "http://127.0.0.1:1", "news", "1"), 1, "cannot reach the hub"),
+        (("publish", "http://127.0.0.1:1", "news", "1"), 1, "is a hub serving there?"),
+        (
+            ("publish", "ws://127.0.0.1:1/ws", "news", "1"),
+            2,
+            "give the hub's HTTP address, http://127.0.0.1:1, not its WebSocket",
+        ),
+        (
+            ("tail", "http://127.0.0.1:1", "--client-id", "a", "--stream", "n"),
+            2,
+            "is not a ws/wss URL; did you mean ws://127.0.0.1:1/ws?",
+        ),
+        (
+            ("tail", "https://hub.example/ws", "--client-id", "a", "--stream", "n"),
+            2,
+            "did you mean wss://hub.example/ws?",
+        ),
+        (("tail", "ws://[::1", "--client-id", "a", "--stream", "n"), 2, "is not valid"),
+        (("tail", "ws://h:port/ws", "--client-id", "a", "--stream", "n"), 2, "is not valid"),
+        (
+            ("tail", "ws://127.0.0.1:1/ws", "--client-id", "a", "--stream", "bad stream"),
+            2,
+            "invalid --stream 'bad stream'",
+        ),
+        (
+            (
+                "tail",
+                "ws://127.0.0.1:1/ws",
+                "--client-id",
+                "a",
+                "--stream",
+                "n",
+                "--max-attempts",
+                "0",
+            ),
+            2,
+            "--max-attempts must be >= 1",
+        ),
         (
             ("tail", "ws://127.0.0.1:1/ws", "--client-id", "bad id", "--stream", "n"),
             2,
@@ -504,6 +606,10 @@ def test_tail_and_publish_fail_clearly(args: tuple[str, ...], code: int, message
     result = run_cli(*args)
     assert result.returncode == code
     assert message in result.stderr
+    # One line: what is wrong and what to do; never a traceback.
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"wshub {args[0]}: ")
+    assert "Traceback" not in result.stderr
 
 
 # --------------------------------------------------------------------------- token
@@ -572,7 +678,7 @@ def test_serve_refuses_an_unreadable_public_key_before_serving(
     assert main(["serve", "--port", "0"]) == 2
     assert capsys.readouterr().err == (
         f"wshub serve: auth.jwt_public_key: cannot read {str(missing)!r}: "
-        "No such file or directory\n"
+        "No such file or directory; `wshub check-config` shows what serve would load\n"
     )
 
 

@@ -4,7 +4,10 @@
 ``wshub.cli_clients``.
 
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
-``SUBCOMMANDS`` lists them, so a new one is one line there.
+``SUBCOMMANDS`` lists them, so a new one is one line there. One error style everywhere
+(``cli_clients.complain``): one line on stderr, ``wshub COMMAND: what is wrong; what to do``,
+exit status 2 for bad input or configuration and 1 for a failure at run time, never a
+traceback for either.
 
 ``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port (``--workers N``:
 N such processes on one listening socket, see ``servers/workers.py``). Its shutdown
@@ -32,17 +35,19 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
-from wshub.cli_clients import add_publish_command, add_tail_command
+from wshub.cli_clients import add_publish_command, add_tail_command, complain
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.protocol import is_valid_client_id
 from wshub.hub.auth import TokenVerifier, mint_dev_token
 from wshub.hub.hub import open_hub
+from wshub.logs import add_log_arguments, configure_logging
 from wshub.servers.asgi import HubApp, create_app
 from wshub.servers.fast import serve_fast
 from wshub.servers.workers import listen, run_workers
 
 __all__ = [
     "SUBCOMMANDS",
+    "add_config_arguments",
     "build_serve_config",
     "hypercorn_config",
     "main",
@@ -211,28 +216,20 @@ async def serve_fast_until_signal(
 
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        print(f"wshub serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
-        return 2
+        return complain("serve", f"--workers must be at least 1, got {args.workers}")
     try:
-        config = build_serve_config(
-            config_file=args.config, preset=args.preset, host=args.host, port=args.port
-        )
-        TokenVerifier.from_config(config.auth)  # the key file, checked before serving
+        config = _checked_config(args)
     except ConfigError as error:
-        print(f"wshub serve: {error}", file=sys.stderr)
-        return 2
+        return complain("serve", f"{error}; `wshub check-config` shows what serve would load")
     if args.workers > 1 and config.broker.kind != "redis":
-        print(
-            f"wshub serve: --workers {args.workers} refused: broker.kind is "
-            f"{config.broker.kind!r}, so each worker would keep its own streams (other offsets, "
-            'history and de-duplication in each). Set broker.kind = "redis" '
-            "(WSHUB_BROKER__KIND=redis) to serve one service from several workers.",
-            file=sys.stderr,
+        return complain(
+            "serve",
+            f"--workers {args.workers} refused: broker.kind is {config.broker.kind!r}, so each "
+            "worker would keep its own streams (other offsets, history and de-duplication in "
+            'each). Set broker.kind = "redis" (WSHUB_BROKER__KIND=redis) to serve one service '
+            "from several workers.",
         )
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     if args.workers > 1:
         try:
             sock = listen(config.server.host, config.server.port)
@@ -264,6 +261,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _worker_arguments(args: argparse.Namespace, port: int) -> list[str]:
     """The ``serve`` arguments of each worker: the same configuration, on the bound port."""
     arguments = ["--port", str(port), "--server", args.server]
+    arguments += ["--log-level", args.log_level, "--log-format", args.log_format]
     given = (("--config", args.config), ("--preset", args.preset), ("--host", args.host))
     for flag, value in given:
         if value is not None:
@@ -286,15 +284,8 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         description="Serve /ws, /health, /metrics, /api/* and /dashboard on one port. "
         "SIGINT or SIGTERM drains the hub (clients get 1001) and exits.",
     )
-    parser.add_argument("--host", help="address to bind (default: server.host)")
-    parser.add_argument("--port", type=int, help="port to bind, 0 for any free port")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
-    parser.add_argument(
-        "--preset",
-        choices=HubConfig.PRESETS,
-        help="preset under the file (default: WSHUB_PRESET, else the file's preset key, "
-        "else production with a file and development without)",
-    )
+    add_config_arguments(parser)
     parser.add_argument(
         "--workers",
         type=int,
@@ -307,8 +298,31 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         default="hypercorn",
         help="hypercorn's trio worker (default), or wshub's own fast server (wsproto and h11)",
     )
+    add_log_arguments(parser)
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     parser.set_defaults(run=_run_serve)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the configuration, shared by ``serve`` and ``check-config``."""
+    parser.add_argument("--host", help="address to bind (default: server.host)")
+    parser.add_argument("--port", type=int, help="port to bind, 0 for any free port")
+    parser.add_argument(
+        "--preset",
+        choices=HubConfig.PRESETS,
+        help="preset under the file (default: WSHUB_PRESET, else the file's preset key, "
+        "else production with a file and development without)",
+    )
+
+
+def _checked_config(args: argparse.Namespace) -> HubConfig:
+    """What ``serve`` runs with for these arguments and the environment, its key file read
+    and checked; raises ConfigError."""
+    config = build_serve_config(
+        config_file=args.config, preset=args.preset, host=args.host, port=args.port
+    )
+    TokenVerifier.from_config(config.auth)
+    return config
 
 
 # --------------------------------------------------------------------------- check-config
@@ -328,27 +342,32 @@ def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
+    if args.file is not None and args.config is not None and args.file != args.config:
+        return complain("check-config", "give the file once, as FILE or as --config")
+    args.config = args.file if args.file is not None else args.config
     try:
-        config = HubConfig.from_file(args.file)
-        TokenVerifier.from_config(config.auth)  # reads and checks the public key file
+        config = _checked_config(args)
     except ConfigError as error:
-        print(f"wshub check-config: {error}", file=sys.stderr)
-        return 2
+        return complain("check-config", str(error))
     sys.stdout.write(orjson.dumps(_redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
 def add_check_config_command(subparsers: _Subparsers) -> None:
-    """``wshub check-config FILE``."""
+    """``wshub check-config [FILE] [--preset NAME] [--host H] [--port P]``."""
     parser = subparsers.add_parser(
         "check-config",
-        help="validate a TOML config file and print the resolved configuration as JSON",
-        description="Validate FILE (its preset key, sections, keys and values) and print the "
-        "resolved configuration as JSON; exit 2 with the error otherwise. "
-        "admin.api_key, auth.jwt_secret and the password in broker.url are printed as "
+        help="validate what `wshub serve` would load and print it as JSON",
+        description="Build the configuration exactly as `wshub serve` would with the same "
+        "options: the preset, the file (FILE, else WSHUB_CONFIG), every WSHUB_SECTION__KEY "
+        "variable, then --host and --port; print it as JSON, or exit 2 with the error, which "
+        "names the key or the variable. admin.api_key, auth.jwt_secret and the password in "
+        "broker.url are printed as "
         "<redacted>; the file named by auth.jwt_public_key is read and checked.",
     )
-    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("file", metavar="FILE", nargs="?", help="TOML config file")
+    parser.add_argument("--config", metavar="FILE", help="the same as FILE, as serve spells it")
+    add_config_arguments(parser)
     parser.set_defaults(run=_run_check_config)
 
 
@@ -357,11 +376,9 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
 
 def _run_token(args: argparse.Namespace) -> int:
     if not is_valid_client_id(args.sub):
-        print(f"wshub token: invalid --sub {args.sub!r}", file=sys.stderr)
-        return 2
+        return complain("token", f"invalid --sub {args.sub!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
     if not args.ttl > 0:
-        print(f"wshub token: --ttl must be > 0 seconds, got {args.ttl:g}", file=sys.stderr)
-        return 2
+        return complain("token", f"--ttl must be > 0 seconds, got {args.ttl:g}")
     try:
         config = build_serve_config(config_file=args.config, preset=args.preset)
         signed = mint_dev_token(
@@ -373,8 +390,7 @@ def _run_token(args: argparse.Namespace) -> int:
             admin=args.admin,
         )
     except ConfigError as error:
-        print(f"wshub token: {error}", file=sys.stderr)
-        return 2
+        return complain("token", str(error))
     sys.stdout.write(signed + "\n")
     return 0
 

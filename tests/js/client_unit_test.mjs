@@ -4,7 +4,7 @@
 //   node --test tests/js/client_unit_test.mjs      (run by tests/test_client_js.py)
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { connect, memoryStore } from "../../src/wshub/static/client.js";
+import { PublishError, WshubError, connect, memoryStore } from "../../src/wshub/static/client.js";
 
 /** A WebSocket whose peer is the test: `open()`, `receive(...frames)`, `drop(code)`, `fail()`. */
 class FakeSocket {
@@ -187,6 +187,59 @@ test("a publish is resent with the same id until answered, and retried when unav
   socket().receive({ type: "published", ref: first.ref, stream: "news", offset: 9, id: "k1", duplicate: true });
   assert.deepEqual(await answer, { stream: "news", offset: 9, id: "k1", duplicate: true });
   assert.equal(client.statistics().publishRetries, 3);
+});
+
+test("without an id the hub's content id is used: the frame has none, and a resend is the same frame", async (t) => {
+  const { client, socket, tick } = await start(t, { requestTimeout: 5000 });
+  socket().open();
+  socket().receive(welcome());
+  const answer = client.publish("news", { title: "hi" });
+  const [first] = socket().sentOfType("publish");
+  assert.deepEqual(first, { type: "publish", stream: "news", data: { title: "hi" }, ref: first.ref });
+  socket().drop(1006); // the answer is lost with the connection
+  await tick(100);
+  socket().open();
+  socket().receive(welcome());
+  assert.deepEqual(socket().sentOfType("publish"), [first]); // identical: the hub stores it once
+  const id = "6d1c0f3a5b2e4d71"; // whatever the hub computed
+  socket().receive({ type: "published", ref: first.ref, stream: "news", offset: 1, id, duplicate: true });
+  assert.deepEqual(await answer, { stream: "news", offset: 1, id, duplicate: true });
+  const again = client.publish("news", { title: "hi" }); // the same data: the same content id
+  assert.equal(socket().sentOfType("publish").at(-1).id, undefined);
+  socket().receive({ type: "published", ref: socket().sent.at(-1).ref, stream: "news", offset: 1, id, duplicate: true });
+  assert.equal((await again).duplicate, true);
+});
+
+test("with contentIds off a publish without an id gets a random one, kept across resends", async (t) => {
+  const { client, socket, tick } = await start(t, { requestTimeout: 5000, contentIds: false });
+  socket().open();
+  socket().receive(welcome());
+  const unanswered = [client.publish("news", 1), client.publish("news", 1)];
+  unanswered.forEach((p) => p.catch(() => {})); // rejected with "closed" at the end
+  await tick(5000); // both sent again after requestTimeout
+  const ids = socket().sentOfType("publish").map((p) => [p.ref, p.id]);
+  assert.equal(ids.length, 4);
+  assert.ok(ids.every(([, id]) => typeof id === "string" && id.length >= 16));
+  assert.deepEqual(ids.slice(2), ids.slice(0, 2)); // a resend keeps its id
+  assert.notEqual(ids[0][1], ids[1][1]); // two calls, two messages
+});
+
+test("a conflict rejects with a PublishError and is never sent again", async (t) => {
+  const { client, socket, tick } = await start(t, { requestTimeout: 5000 });
+  socket().open();
+  socket().receive(welcome());
+  const refused = client.publish("news", { x: 2 }, { id: "evt-1" });
+  const { ref } = socket().sentOfType("publish")[0];
+  socket().receive({ type: "error", code: "conflict", message: "evt-1 holds other data", ref });
+  await assert.rejects(refused, (error) => {
+    assert.ok(error instanceof PublishError && error instanceof WshubError);
+    assert.equal(error.code, "conflict");
+    assert.equal(error.stream, "news");
+    return true;
+  });
+  await tick(20000); // several request timeouts
+  assert.equal(socket().sentOfType("publish").length, 1);
+  assert.equal(client.statistics().publishRetries, 0);
 });
 
 test("a refused publish rejects; a too large one is never sent; close() rejects the rest", async (t) => {

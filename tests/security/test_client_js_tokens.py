@@ -56,9 +56,14 @@ async def stats(script: NodeScript) -> dict[str, Any]:
     return await script.wait_for("stats")
 
 
-async def test_the_js_client_refreshes_in_time_then_reconnects_with_a_fresh_token() -> None:
+async def test_the_js_client_refreshes_in_time_then_reconnects_with_a_fresh_token(
+    node: tuple[str, ...],
+) -> None:
     with trio.fail_after(30):
-        async with auth_hub() as (hub, url), node_script("client_token_node.mjs", url) as script:
+        async with (
+            auth_hub() as (hub, url),
+            node_script(node, "client_token_node.mjs", url) as script,
+        ):
             await give_token(script, ttl=3)
             assert (await script.wait_for("open"))["reconnected"] is False
             # The refresh comes at 80 % of the first token's life, well before exp + leeway.

@@ -15,6 +15,9 @@ Theory of operation:
 - Publishes, subscribes and unsubscribes are sent by the calling task on the current connection.
   A publish is sent again, with the same id and ``ref``, on every new connection and after
   ``request_timeout`` without an answer, until its ``published`` or ``error`` answer arrives.
+- A publish without an id gets the hub's content id, ``message_id(stream, data)``, computed
+  here (``content_ids``, the default, as the hub's ``dedup.content_ids``): identical data
+  published twice within ``dedup.window`` is one message, as through ``hub.publish`` and HTTP.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from wshub.client.transport import ClientTransport, Connector, websocket_connect
 from wshub.core import protocol
 from wshub.core.backoff import Backoff
 from wshub.core.breaker import CircuitBreaker
+from wshub.core.dedup import message_id as content_id
 from wshub.core.events import PublishResult
 from wshub.core.protocol import Position
 
@@ -108,8 +112,10 @@ class Client:
         retry_backoff: Backoff,
         request_timeout: float,
         max_message_bytes: int,
+        content_ids: bool = True,
     ) -> None:
         self._state = state
+        self._content_ids = content_ids
         self._retry_backoff = retry_backoff
         self._request_timeout = request_timeout
         self._max_message_bytes = max_message_bytes
@@ -190,17 +196,28 @@ class Client:
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to topic ``stream`` and return the hub's answer.
 
-        Sent again with the same ``id`` (a random one when None) until answered, so the hub's
-        de-duplication stores it once; ``duplicate`` is true when an earlier send of it had
-        been stored already. Raises ValueError for an invalid stream or data, PublishError when
-        refused (``too_large`` without sending when the frame exceeds ``max_message_bytes``),
-        and the client's error if it fails for good meanwhile.
+        Without ``id`` the message id is the content id, ``wshub.message_id(stream, data)``, as
+        the hub gives such a publish itself: identical data published again within the hub's
+        ``dedup.window`` is not stored twice, and the answer says ``duplicate``. (With
+        ``content_ids=False`` at ``open_client`` it is a random id per call instead, for a hub
+        whose ``dedup.content_ids`` is off.) Sent again with the same id until answered, so the
+        hub stores it once; ``duplicate`` is true when an earlier send had been stored already.
+        Raises ValueError for an invalid stream or data; PublishError when refused, with its
+        code: ``conflict`` when the id was already used for other data, ``forbidden``,
+        ``bad_request``, ``too_large`` (without sending when the frame exceeds
+        ``max_message_bytes``); only ``unavailable`` and ``rate_limited`` are retried. Raises
+        the client's error if it fails for good meanwhile.
         """
         if protocol.stream_kind(stream) != "topic":
             raise ValueError(f"clients can publish to topics only, not {stream!r}")
         ref = next(self._state.refs)
         try:
-            message_id = uuid.uuid4().hex if id is None else id
+            if id is not None:
+                message_id = id
+            elif self._content_ids:
+                message_id = content_id(stream, data)
+            else:
+                message_id = uuid.uuid4().hex
             frame = protocol.encode_publish(stream, data, id=message_id, ref=ref)
         except TypeError as error:
             raise ValueError(f"data is not JSON-serialisable: {error}") from None
@@ -321,6 +338,7 @@ async def open_client(
     request_timeout: float = 30.0,
     buffer: int = 1000,
     max_message_bytes: int = 65536,
+    content_ids: bool = True,
     rng: random.Random | None = None,
     wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Client]:
@@ -336,7 +354,9 @@ async def open_client(
     on the open connection (``wall_clock``, Unix seconds, is what ``exp`` is compared with).
     The block raises ClientRejected on close 1008, ConnectFailed after ``max_attempts``
     consecutive failed attempts, SubscribeError when a subscription made at connect time is
-    forbidden, and ValueError for invalid arguments.
+    forbidden, and ValueError for invalid arguments. ``content_ids`` (default True) matches the
+    hub's ``dedup.content_ids``: a publish without an id is identified by its content (see
+    ``Client.publish``).
     """
     if not protocol.is_valid_client_id(client_id):
         raise ValueError(f"client_id must match [A-Za-z0-9_.:-]{{1,128}}, got {client_id!r}")
@@ -367,6 +387,7 @@ async def open_client(
         retry_backoff=Backoff(backoff_base, backoff_cap, random.Random()),
         request_timeout=request_timeout,
         max_message_bytes=max_message_bytes,
+        content_ids=content_ids,
     )
     reconnector = Reconnector(
         url=url,

@@ -82,6 +82,7 @@ class MetricFigures(Protocol):
 _GAUGES = (
     ("wshub_connections_active", "connections_active", "Open connections."),
     ("wshub_queue_depth", "queue_depth", "Messages waiting in outbound queues."),
+    ("wshub_queue_depth_max", "queue_depth_max", "The longest outbound queue seen."),
 )
 _COUNTERS = (
     ("wshub_connections_total", "connections_total", "Connections accepted."),
@@ -98,6 +99,12 @@ _COUNTERS = (
 # (Prometheus name, label, HubMetrics attribute holding {label value: count}, help).
 _LABELLED_COUNTERS = (
     ("wshub_disconnects_total", "code", "disconnects", "Closed connections by close code."),
+    (
+        "wshub_connection_timeouts_total",
+        "kind",
+        "timeouts",
+        "Connections closed for a missed hello or heartbeat.",
+    ),
     ("wshub_messages_dropped_total", "reason", "dropped", "Messages dropped by reason."),
     ("wshub_retry_attempts_total", "outcome", "retry_attempts", "Retry attempts by outcome."),
     ("wshub_cleanup_removed_total", "kind", "cleanup_removed", "Sweeper removals by kind."),
@@ -123,8 +130,9 @@ class HubCollector(Collector):
             yield CounterMetricFamily(name, documentation, getattr(m, attribute))
         for name, label, attribute, documentation in _LABELLED_COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=[label])
-            for label_value, n in sorted(getattr(m, attribute).items()):
-                family.add_metric([str(label_value)], n)
+            counts = getattr(m, attribute).items()  # labels may be ints (close codes) and str
+            for label_value, n in sorted((str(value), n) for value, n in counts):
+                family.add_metric([label_value], n)
             yield family
         resumes = CounterMetricFamily(
             "wshub_resumes_total",

@@ -35,6 +35,7 @@ import trio
 from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed
 from wshub.core.history import StoredMessage
+from wshub.core.logcontext import add_log_context
 from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import (
     NO_REF,
@@ -66,7 +67,18 @@ CLOSE_TIMEOUT = 2.0
 # close frame follows whole frames; past it the connection is cut without a close frame.
 FINISH_FRAME_TIMEOUT = 0.5
 
-QueueItem = StoredMessage | str
+
+class Replayed:
+    """A message sent again from history: delivered, but not a live delivery, so the writer
+    does not time it (a resume after an hour is not an hour of latency)."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: str) -> None:
+        self.frame = frame
+
+
+QueueItem = StoredMessage | Replayed | str
 Request = Publish | Subscribe | Unsubscribe | Refresh
 
 
@@ -166,7 +178,7 @@ class Connection:
     def enqueue_replay(self, items: list[StoredMessage]) -> None:
         """Append replayed messages; they are bounded by history, not by the queue limit."""
         if items:
-            self.queue.extend(items)
+            self.queue.extend([Replayed(message.frame) for message in items])
             self._set_queue_limit(len(self.queue) + self.hub.config.limits.max_queue)
             if not self.dirty:
                 self._mark_dirty()
@@ -299,6 +311,7 @@ class Connection:
                 self.abort(CloseCode.BAD_HELLO, "the first frame must be a hello")
                 return None
             return event
+        self.hub.metrics.record_timeout("hello")
         self.abort(CloseCode.BAD_HELLO, f"no hello within {limits.hello_timeout:g} seconds")
         return None
 
@@ -312,6 +325,7 @@ class Connection:
             self.abort(CloseCode.TRY_AGAIN_LATER, "authentication is unavailable; retry later")
             return False
         self.client_id = self.identity.client_id
+        add_log_context(client_id=self.client_id)  # in this task's records from now on
         return True
 
     # ------------------------------------------------------------------ the two tasks
@@ -336,6 +350,7 @@ class Connection:
                 raw = await receive()
             if waiting.cancelled_caught:
                 if not await self._answers_ping(heartbeat.timeout):
+                    self.hub.metrics.record_timeout("heartbeat")
                     self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                     return
                 continue
@@ -430,6 +445,7 @@ class Connection:
         stats = self.stats
         assert stats is not None
         items, self.queue = self.queue, []
+        metrics.record_queue_depth(len(items))
         self._set_queue_limit(max_queue)
         self.dirty = False
         step = max_batch if self.batching else 1
@@ -461,8 +477,8 @@ class Connection:
                 if delivered and metrics.should_sample():
                     now = trio.current_time()
                     for item in chunk:
-                        if item.__class__ is not str:
-                            metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
+                        if item.__class__ is StoredMessage:  # live: not a str, not Replayed
+                            metrics.observe_latency(now - item.stored_at)
         self.send_guard = None
         if guard.cancelled_caught:
             self.cut = True

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import deque
@@ -54,7 +55,8 @@ from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.events import PublishResult
 from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
-from wshub.core.metrics import HubMetrics
+from wshub.core.logcontext import log_context
+from wshub.core.metrics import PEER_CLOSED, HubMetrics
 from wshub.core.protocol import (
     CloseCode,
     Hello,
@@ -93,7 +95,7 @@ from wshub.hub.hooks import (
     call_guarded,
 )
 from wshub.hub.lifetime import Lifetime, every
-from wshub.hub.reports import health_report, stats_report
+from wshub.hub.reports import StatusLog, health_report, stats_report
 from wshub.hub.transport import RequestInfo, Transport
 
 __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
@@ -153,6 +155,14 @@ class Hub:
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
         self._overflows_at_last_flush = 0
+        #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
+        #: ``top_streams`` count from there (reports.stream_rows).
+        self.stream_marks: dict[str, tuple[str, int, float]] = {}
+        self.status_log = StatusLog(self.started_at)
+        #: This hub among others in the logs (the ``hub`` field) and in its reports.
+        self.id = secrets.token_hex(4)
+        #: The servers carrying its connections ("fast", "hypercorn", ...), in start order.
+        self.servers: list[str] = []
 
     # ------------------------------------------------------------------ public API
 
@@ -223,7 +233,13 @@ class Hub:
         """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
         connection = Connection(self, transport, request)
         del request  # the connection drops its headers after the hello: keep no other copy
-        await self.lifetime.run(connection)
+        with log_context(hub=self.id):  # the connection adds its client_id once welcomed
+            await self.lifetime.run(connection)
+
+    def served_by(self, server: str) -> None:
+        """Note that ``server`` carries this hub's connections (the reports' ``server``)."""
+        if server not in self.servers:
+            self.servers.append(server)
 
     def start_soon_in_hub(self, function: Any, *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
@@ -321,16 +337,17 @@ class Hub:
                     return encode_published(event.ref, event.stream, duplicate.offset, key.id, True)
                 done = self._pending[pending_key] = trio.Event()
                 try:
-                    data = await call_guarded(
-                        "on_publish",
-                        self._on_publish,
-                        client_id,
-                        event.stream,
-                        data,
-                        breakers=self.breakers,
-                        config=self.config.breaker,
-                        metrics=self.metrics,
-                    )
+                    with log_context(stream=event.stream):  # the hook's own records say which
+                        data = await call_guarded(
+                            "on_publish",
+                            self._on_publish,
+                            client_id,
+                            event.stream,
+                            data,
+                            breakers=self.breakers,
+                            config=self.config.breaker,
+                            metrics=self.metrics,
+                        )
                 finally:
                     del self._pending[pending_key]
                     done.set()
@@ -451,7 +468,14 @@ class Hub:
             return
         connection.stats = None
         self._registered -= 1
-        code = connection.peer_close_code or connection.close_code
+        # What the hub decided (1000, 1001, 4002, ...) when it closed first; else the peer's
+        # code where the server reports it truly, PEER_CLOSED where it cannot (hypercorn).
+        code: int | str = connection.close_code
+        if connection.peer_close_code is not None:
+            code = PEER_CLOSED
+            # (A transport that does not say is taken at its word, as before the attribute.)
+            if getattr(connection.transport, "peer_close_codes", True):
+                code = connection.peer_close_code
         self.metrics.connection_closed(stats.client_id, code)
 
     async def subscribe(
@@ -551,6 +575,7 @@ class Hub:
         """Count a slow consumer whose queue overflowed."""
         self.metrics.queue_overflows += 1
         self.metrics.record_drop("slow_consumer", dropped)
+        self.metrics.record_queue_depth(dropped)
 
     def queue_depths(self) -> tuple[int, int]:
         """Total and largest outbound queue length over all connections."""
@@ -558,6 +583,10 @@ class Hub:
         total, largest = (sum(depths), max(depths)) if depths else (0, 0)
         self.metrics.queue_depth = total
         return total, largest
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscribed connections per stream, for the streams that have any."""
+        return {stream: len(connections) for stream, connections in self._subscribers.items()}
 
     def queued_by_client(self) -> dict[str, int]:
         """Messages waiting in outbound queues, summed per client id (over its tabs)."""
@@ -585,21 +614,22 @@ class Hub:
     def flush_metrics(self) -> dict[str, Any]:
         """Take a snapshot: into the ring buffer, onto ``$sys.metrics``, and to the log."""
         point = self.stats()
+        now = trio.current_time()
+        self.stream_marks = {
+            row["stream"]: (row["epoch"], row["offset"], now) for row in point["top_streams"]
+        }
         self.series.append(point)
         self._overflows_at_last_flush = self.metrics.queue_overflows
         try:
             self.local.append(SYS_METRICS, point, message_id(SYS_METRICS, point))
         except HistoryFull:
-            logger.warning("cannot publish %s: stream limit reached", SYS_METRICS)
-        if self.config.metrics.log:
-            logger.info(
-                "status=%s connections=%d published=%d delivered=%d queue=%d",
-                point["status"],
-                self._registered,
-                self.metrics.published,
-                self.metrics.delivered,
-                self.metrics.queue_depth,
+            logger.warning(
+                "cannot publish %s: stream limit reached",
+                SYS_METRICS,
+                extra={"stream": SYS_METRICS},
             )
+        if self.config.metrics.log:
+            self.status_log.flushed(point)
         return point
 
     @property
@@ -639,18 +669,20 @@ async def open_hub(
         on_publish=on_publish,
         wall_clock=wall_clock,
     )
-    async with AsyncExitStack() as brokers:
-        await brokers.enter_async_context(hub.local.open(hub))
-        if hub.broker is not hub.local:
-            await brokers.enter_async_context(hub.broker.open(hub))
-        async with trio.open_nursery() as nursery:
-            hub.lifetime.nursery = nursery
-            nursery.start_soon(hub.flush.run)
-            nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
-            nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
-            try:
-                yield hub
-            finally:
-                with trio.CancelScope(shield=True):
-                    await hub.drain()
-                nursery.cancel_scope.cancel()
+    # The hub's own tasks (and the caller's block) log with its id.
+    with log_context(hub=hub.id):
+        async with AsyncExitStack() as brokers:
+            await brokers.enter_async_context(hub.local.open(hub))
+            if hub.broker is not hub.local:
+                await brokers.enter_async_context(hub.broker.open(hub))
+            async with trio.open_nursery() as nursery:
+                hub.lifetime.nursery = nursery
+                nursery.start_soon(hub.flush.run)
+                nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
+                nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
+                try:
+                    yield hub
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await hub.drain()
+                    nursery.cancel_scope.cancel()

@@ -36,7 +36,16 @@ from wshub.hub.access import is_admin_key, monitoring_is_open
 from wshub.hub.auth import Credential, TokenRejected
 from wshub.hub.hub import Hub
 
-__all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
+__all__ = [
+    "Message",
+    "Receive",
+    "Request",
+    "Response",
+    "Scope",
+    "Send",
+    "handle_http",
+    "upgrade_required",
+]
 
 #: An ASGI scope or event (a plain dict at run time).
 Scope: TypeAlias = MutableMapping[str, Any]
@@ -106,6 +115,16 @@ def error_response(
 ) -> Response:
     """``{"error": message, **extra}`` with ``status``."""
     return json_response(status, {"error": message, **extra}, *headers)
+
+
+def upgrade_required(path: str) -> Response:
+    """426 for the WebSocket endpoint asked for without an upgrade: says how to ask (RFC 9110)."""
+    return error_response(
+        426,
+        f"{path} is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
+        ("upgrade", "websocket"),
+        path=path,
+    )
 
 
 class _ClientGone(Exception):
@@ -282,7 +301,7 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
 
 
 async def _static(request: Request, name: str, content_type: str) -> Response:
-    resource = importlib.resources.files("wshub").joinpath("static").joinpath(name)
+    resource = importlib.resources.files("wshub").joinpath("static", *name.split("/"))
     try:
         data = await trio.to_thread.run_sync(resource.read_bytes)
     except OSError:
@@ -296,6 +315,16 @@ async def _dashboard(hub: Hub, request: Request, receive: Receive) -> Response:
 
 async def _client_js(hub: Hub, request: Request, receive: Receive) -> Response:
     return await _static(request, "client.js", "application/javascript; charset=utf-8")
+
+
+async def _uplot_js(hub: Hub, request: Request, receive: Receive) -> Response:
+    # The dashboard's charts (static/vendor/uplot/README.md): public code, no key needed.
+    name = "vendor/uplot/uPlot.iife.min.js"
+    return await _static(request, name, "application/javascript; charset=utf-8")
+
+
+async def _uplot_css(hub: Hub, request: Request, receive: Receive) -> Response:
+    return await _static(request, "vendor/uplot/uPlot.min.css", "text/css; charset=utf-8")
 
 
 _Handler: TypeAlias = Callable[[Hub, Request, Receive], Awaitable[Response]]
@@ -316,6 +345,8 @@ _ROUTES: Final[Mapping[str, _Route]] = {
     "/api/publish": _Route(_POST, _publish),
     "/dashboard": _Route(_GET, _dashboard),  # no figures: its login form asks for the key
     "/client.js": _Route(_GET, _client_js),
+    "/static/uplot/uPlot.iife.min.js": _Route(_GET, _uplot_js),
+    "/static/uplot/uPlot.min.css": _Route(_GET, _uplot_css),
 }
 
 
@@ -329,6 +360,8 @@ def _allowed(route: _Route, cors: bool) -> list[str]:
 async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Response:
     route = _ROUTES.get(request.path)
     if route is None:
+        if hub is not None and request.path == hub.config.server.path:
+            return upgrade_required(request.path)
         return error_response(404, "not found", path=request.path)
     cors = hub is not None and hub.config.server.cors_origin is not None
     preflight = cors and request.path.startswith("/api/")

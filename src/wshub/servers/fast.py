@@ -31,7 +31,7 @@ from wsproto.utilities import RemoteProtocolError
 from wshub.core.protocol import SUBPROTOCOL
 from wshub.hub.hub import Hub
 from wshub.hub.transport import RequestInfo
-from wshub.servers.endpoints import error_response
+from wshub.servers.endpoints import error_response, upgrade_required
 from wshub.servers.http import ClientGone, HTTPConnection
 from wshub.servers.wsconn import FastWebSocket
 
@@ -126,10 +126,7 @@ async def _serve_http(hub: Hub, stream: trio.SocketStream, accepted: Accepted) -
                 if websocket is not None:
                     accepted.append(websocket)
                 return
-            refusal = error_response(
-                426, "use a WebSocket upgrade on this path", ("upgrade", "websocket")
-            )
-            await http.send_response(refusal)
+            await http.send_response(upgrade_required(path))
         else:
             await http.serve_endpoint(hub, request)
         if not await http.ready_for_next():
@@ -174,6 +171,7 @@ async def serve_fast(
         listeners = await trio.open_tcp_listeners(port, host=host)
     else:  # already listening, inherited from ``wshub serve --workers N``
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    hub.served_by("fast")
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(FastServer(host, int(bound)))
     await trio.serve_listeners(partial(_serve_client, hub), listeners, handler_nursery=hub.nursery)

@@ -26,6 +26,7 @@ class TrioWebSocketTransport:
     """The ``Transport`` of one trio-websocket connection."""
 
     can_ping = True
+    peer_close_codes = True
 
     def __init__(self, websocket: WebSocketConnection) -> None:
         self._websocket = websocket
@@ -157,6 +158,7 @@ async def serve_websocket(
             TrioWebSocketTransport(websocket), _request_info(request, remote)
         )
 
+    hub.served_by("trio-websocket")
     await _trio_serve_websocket(
         handle,
         host,

@@ -54,6 +54,7 @@ class FastWebSocket:
     """
 
     can_ping = True
+    peer_close_codes = True
 
     def __init__(
         self,

@@ -11,7 +11,11 @@
 //   (stream, offset) once, in increasing order.
 // - A publish waits in `#pending` until a `published` or `error` frame answers its `ref`; it is
 //   sent again with the same id on every new connection and after `requestTimeout`, and the hub
-//   stores it once. `unavailable` and `rate_limited` answers are retried after a backoff.
+//   stores it once. `unavailable` and `rate_limited` answers are retried after a backoff; any
+//   other refusal (`conflict` included) rejects with a PublishError carrying its code.
+// - A publish without an id is sent without one (`contentIds`, the default, as the hub's
+//   `dedup.content_ids`): the hub identifies it by its content, so identical data published
+//   twice is one message, as through the hub's API and HTTP, and a resend is the same message.
 // - A lost connection is retried after a full-jitter exponential backoff; close 1001 or 4005 after
 //   a welcome retries at once, 1008 gives up. Only `close()` or giving up ends the client.
 // - `token` may be a function (sync or async): it is called before every connection, and when its
@@ -40,6 +44,14 @@ export class WshubError extends Error {
     this.name = "WshubError";
     this.code = code;
     Object.assign(this, detail);
+  }
+}
+
+/** The hub refused a publish: `code` is its error code ("conflict", "forbidden", ...). */
+export class PublishError extends WshubError {
+  constructor(code, message, detail = {}) {
+    super(code, message, detail);
+    this.name = "PublishError";
   }
 }
 
@@ -104,6 +116,8 @@ function newId() {
  * @param {number} [options.maxAttempts=Infinity] consecutive failed connections before giving up
  * @param {number} [options.connectTimeout=10000] ms from connecting to `welcome`
  * @param {number} [options.requestTimeout=30000] ms before an unanswered publish is sent again
+ * @param {boolean} [options.contentIds=true] as the hub's `dedup.content_ids`: a publish without
+ *   an id is identified by its content (true), or gets a random id (false)
  * @param {number} [options.maxMessageBytes=65536] larger publishes are refused with "too_large"
  * @param {{load(): object | Promise<object>, save(stream: string, position: object): void}}
  *   [options.positions] where positions are kept: `memoryStore()` (default) or `localStorageStore()`
@@ -161,7 +175,8 @@ export class WshubClient {
     this.#personal = "@" + clientId;
     this.#options = {
       backoffBase: 100, backoffCap: 10000, maxAttempts: Infinity, connectTimeout: 10000,
-      requestTimeout: 30000, maxMessageBytes: 65536, random: Math.random, ...options, WebSocketImpl,
+      requestTimeout: 30000, maxMessageBytes: 65536, contentIds: true, random: Math.random, ...options,
+      WebSocketImpl,
     };
     this.#store = options.positions ?? memoryStore();
     const wanted = Array.isArray(subscribe) ? subscribe.map((s) => [s, null]) : Object.entries(subscribe);
@@ -218,20 +233,24 @@ export class WshubClient {
    * connection until answered, and the hub stores it once.
    * @param {string} stream a topic
    * @param {*} data
-   * @param {{id?: string}} [options] the idempotency key; a random UUID when omitted
+   * @param {{id?: string}} [options] the idempotency key. Without one the hub identifies the
+   *   message by its content (stream and data): identical data published again within the hub's
+   *   `dedup.window` is not stored twice. With the `contentIds: false` option, a random id.
    * @returns {Promise<{stream: string, offset: number, id: string, duplicate: boolean}>}
-   *   `duplicate` is true when an earlier send was already stored. Rejects with a WshubError when
-   *   the hub refuses it (code "forbidden", "bad_request", "too_large") or the client closes first;
-   *   with a TypeError for a stream that is not a topic or data that is not JSON.
+   *   `duplicate` is true when an earlier send was already stored. Rejects with a PublishError
+   *   when the hub refuses it, with its code ("conflict": the id was used for other data;
+   *   "forbidden", "bad_request", "too_large"), a WshubError "closed" when the client closes
+   *   first, and a TypeError for a stream that is not a topic or data that is not JSON.
    */
-  async publish(stream, data, { id = newId() } = {}) {
+  async publish(stream, data, { id = this.#options.contentIds ? undefined : newId() } = {}) {
     if (this.#state === "closed") throw new WshubError("closed", "the client is closed");
     if (!TOPIC.test(stream)) throw new TypeError(`clients publish to topics only: ${JSON.stringify(stream)}`);
     const ref = this.#nextRef++;
-    const frame = JSON.stringify({ type: "publish", stream, data, id, ref }); // TypeError: not JSON
+    // TypeError: not JSON. Without an id the field is left out: the hub gives the content id.
+    const frame = JSON.stringify({ type: "publish", stream, data, ...(id !== undefined && { id }), ref });
     if (new TextEncoder().encode(frame).length > this.#options.maxMessageBytes) {
       const message = `the frame exceeds ${this.#options.maxMessageBytes} bytes`;
-      throw new WshubError("too_large", message, { stream });
+      throw new PublishError("too_large", message, { stream });
     }
     return new Promise((resolve, reject) => {
       const pending = { ref, stream, frame, resolve, reject, sends: 0, timer: null };
@@ -601,8 +620,8 @@ export class WshubClient {
       pending.timer = setTimeout(() => this.#sendPublish(pending), delay); // the same id, later
       return;
     }
-    this.#pending.delete(pending.ref);
-    pending.reject(new WshubError(code, message, { stream: pending.stream }));
+    this.#pending.delete(pending.ref); // final: "conflict", "forbidden", "bad_request", ...
+    pending.reject(new PublishError(code, message, { stream: pending.stream }));
   }
 
   // ------------------------------------------------------------------ helpers
