@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 from hypothesis import settings
+
+from redis_server import RedisServer
 
 # Hypothesis: no wall-clock deadlines (the machines are shared and noisy); in CI a fixed,
 # larger budget and derandomized runs so a failure reproduces.
@@ -89,3 +92,18 @@ def node_command() -> tuple[str, ...]:
 def node() -> tuple[str, ...]:
     """The Node command line (``node_command``), or a skip whose reason names the package."""
     return node_command()
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port of 127.0.0.1, no persistence; stopped after."""
+    binary = require_tool(REDIS_SERVER, "the Redis broker tests", "redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

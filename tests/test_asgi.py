@@ -70,6 +70,9 @@ DESIGN_METRICS = [
     "wshub_cleanup_runs_total",
     "wshub_cleanup_removed_total",
     "wshub_delivery_latency_seconds",
+    "wshub_broker_calls_total",
+    "wshub_broker_gap_fills_total",
+    "wshub_node_info",
 ]
 
 
@@ -211,6 +214,17 @@ async def test_publish_answers_the_result_and_reports_duplicates() -> None:
         direct = orjson.dumps({"stream": "@alice", "data": 1})
         reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[direct])
         assert reply.json()["stream"] == "@alice" and reply.json()["offset"] == 1
+        assert len(hub.histories.get_or_create("news")) == 1
+
+
+async def test_publish_reusing_an_id_for_other_data_is_409() -> None:
+    async with serving() as (hub, app):
+        first = orjson.dumps({"stream": "news", "data": 1, "id": "evt-1"})
+        assert (await call(app, "POST", "/api/publish", headers=AUTH, chunks=[first])).status == 200
+        other = orjson.dumps({"stream": "news", "data": 2, "id": "evt-1"})
+        reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[other])
+        assert reply.status == 409
+        assert reply.json()["status"] == "conflict" and reply.json()["offset"] == 1
         assert len(hub.histories.get_or_create("news")) == 1
 
 

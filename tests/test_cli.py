@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -52,9 +53,21 @@ def test_check_config_prints_the_resolved_configuration(
     assert resolved["auth"]["jwt_secret"] == "<redacted>"
     assert "a-jwt-secret" not in out
     sections = (
-        "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin auth"
+        "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin"
+        " broker auth"
     )
     assert list(resolved) == sections.split()
+
+
+def test_check_config_never_prints_the_redis_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = '[broker]\nkind = "redis"\nurl = "rediss://app:s3cret@cache.internal:6380/2"\n'
+    assert main(["check-config", write(tmp_path / "wshub.toml", text)]) == 0
+    output = capsys.readouterr().out
+    assert "s3cret" not in output
+    url = json.loads(output)["broker"]["url"]
+    assert url == "rediss://app:<redacted>@cache.internal:6380/2"
 
 
 @pytest.mark.parametrize(
@@ -149,7 +162,7 @@ def test_check_config_prints_exactly_what_serve_would_run(
 # --------------------------------------------------------------------------- serve: arguments
 
 
-def test_serve_refuses_more_than_one_worker() -> None:
+def test_serve_refuses_more_than_one_worker_with_the_memory_broker() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "wshub.cli", "serve", "--workers", "2"],
         capture_output=True,
@@ -157,8 +170,53 @@ def test_serve_refuses_more_than_one_worker() -> None:
         timeout=30,
     )
     assert done.returncode == 2
-    assert "wshub keeps streams in memory; run one worker per process" in done.stderr
-    assert "until a shared backend exists" in done.stderr
+    assert "--workers 2 refused: broker.kind is 'memory'" in done.stderr
+    assert 'Set broker.kind = "redis" (WSHUB_BROKER__KIND=redis)' in done.stderr
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "fast"])
+def test_two_workers_on_redis_serve_one_service_and_drain_on_sigterm(
+    tmp_path: Path, redis: Any, server_kind: str
+) -> None:
+    env = {
+        "WSHUB_BROKER__KIND": "redis",
+        "WSHUB_BROKER__URL": redis.url,
+        "WSHUB_ADMIN__API_KEY": "k",
+    }
+    args = ("--workers", "2", "--server", server_kind)
+    server = wshub_serve(tmp_path / "serve.log", *args, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while server.log().count("wshub listening on") < 2:  # both workers are up
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert "2 workers (pids" in server.log()
+        opened = contextlib.ExitStack()
+        clients = [
+            opened.enter_context(connect_sync(f"{server.ws}/ws", open_timeout=5)) for _ in range(6)
+        ]
+        for number, ws in enumerate(clients):
+            ws.send(hello(f"w{number}", {"news": None}))
+            assert receive_objects(ws, 1)[0]["type"] == "welcome"
+        for n in range(3):
+            reply = httpx.post(
+                f"{server.http}/api/publish",
+                json={"stream": "news", "data": n},
+                headers={"authorization": "Bearer k"},
+                timeout=5,
+            )
+            assert reply.json()["offset"] == n + 1
+        for ws in clients:  # whichever worker each landed on, each gets all three, in order
+            assert [m["offset"] for m in receive_objects(ws, 3)] == [1, 2, 3]
+        server.stop(signal.SIGTERM, timeout=20)
+        for ws in clients:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(5)
+            assert ws.close_code == 1001
+        opened.close()
+        assert server.process.returncode == 0
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_serve_exits_1_when_the_port_is_taken() -> None:

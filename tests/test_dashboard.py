@@ -301,9 +301,10 @@ class Traffic:
             self._published += 1
             n = self._published
             repeat = duplicate_every and n % duplicate_every == 0
-            key = f"{self._prefix}-{n - 1 if repeat else n}"
+            number = n - 1 if repeat else n  # a repeat resends the same message
+            key = f"{self._prefix}-{number}"
             response = self.http.post(
-                "/api/publish", json={"stream": "news", "data": {"n": n}, "id": key}
+                "/api/publish", json={"stream": "news", "data": {"n": number}, "id": key}
             )
             response.raise_for_status()
             stored += not response.json()["duplicate"]

@@ -84,6 +84,7 @@ def test_constants_match_the_protocol() -> None:
         "rate_limited",
         "unavailable",
         "too_large",
+        "conflict",
     } == ERROR_CODES
     assert {code.name: int(code) for code in CloseCode} == {
         "NORMAL": 1000,

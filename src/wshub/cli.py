@@ -9,7 +9,8 @@ Each subcommand is a function that adds its parser and sets ``run`` (``args -> e
 exit status 2 for bad input or configuration and 1 for a failure at run time, never a
 traceback for either.
 
-``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port. Its shutdown
+``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port (``--workers N``:
+N such processes on one listening socket, see ``servers/workers.py``). Its shutdown
 trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
 flushed, within ``shutdown.grace``), and only then lets hypercorn stop, so hypercorn's own
 deadline (which would close WebSockets with 1011) never cuts a connection the hub still serves.
@@ -21,10 +22,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeAlias, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import trio
@@ -40,6 +43,7 @@ from wshub.hub.hub import open_hub
 from wshub.logs import add_log_arguments, configure_logging
 from wshub.servers.asgi import HubApp, create_app
 from wshub.servers.fast import serve_fast
+from wshub.servers.workers import listen, run_workers
 
 __all__ = [
     "SUBCOMMANDS",
@@ -180,19 +184,25 @@ async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
 
 
 async def serve_fast_until_signal(
-    config: HubConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    config: HubConfig,
+    *,
+    listen_fd: int | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``config`` with the fast server until SIGINT or SIGTERM, then drain and stop.
 
     ``await nursery.start(serve_fast_until_signal, config)`` returns the bound address
     (``["http://127.0.0.1:8765"]``, the real port with port 0) and logs the URLs, as ``serve``.
+    With ``listen_fd`` it accepts from that inherited, listening socket (a worker of
+    ``wshub serve --workers N``) instead of binding.
     The drain sends 1001 to every client once its queue is flushed; a peer that stopped
     reading is cut at ``shutdown.grace`` (this server's writes can be cancelled).
     """
     host, port = config.server.host, config.server.port
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_hub(config) as hub:
-            server = await hub.nursery.start(serve_fast, hub, host, port)
+            sock = None if listen_fd is None else socket.socket(fileno=listen_fd)
+            server = await hub.nursery.start(partial(serve_fast, hub, host, port, sock=sock))
             bind = (
                 f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"
             )
@@ -206,26 +216,38 @@ async def serve_fast_until_signal(
 
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        return complain("serve", f"--workers must be 1, got {args.workers}")
-    if args.workers > 1:
-        return complain(
-            "serve",
-            f"--workers {args.workers} refused: wshub keeps streams in memory; "
-            "run one worker per process until a shared backend exists",
-        )
+        return complain("serve", f"--workers must be at least 1, got {args.workers}")
     try:
         config = _checked_config(args)
     except ConfigError as error:
         return complain("serve", f"{error}; `wshub check-config` shows what serve would load")
+    if args.workers > 1 and config.broker.kind != "redis":
+        return complain(
+            "serve",
+            f"--workers {args.workers} refused: broker.kind is {config.broker.kind!r}, so each "
+            "worker would keep its own streams (other offsets, history and de-duplication in "
+            'each). Set broker.kind = "redis" (WSHUB_BROKER__KIND=redis) to serve one service '
+            "from several workers.",
+        )
     configure_logging(args.log_level, args.log_format)
+    if args.workers > 1:
+        try:
+            sock = listen(config.server.host, config.server.port)
+        except OSError as error:
+            logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, error)
+            return 1
+        return run_workers(args.workers, sock, _worker_arguments(args, sock.getsockname()[1]))
+    hypercorn = hypercorn_config(config)
+    if args.listen_fd is not None:  # a worker of ``--workers N``: the parent listens
+        hypercorn.bind = [f"fd://{args.listen_fd}"]
     try:
         if args.server == "fast":
-            trio.run(serve_fast_until_signal, config)
+            trio.run(partial(serve_fast_until_signal, config, listen_fd=args.listen_fd))
         else:
             trio.run(
                 partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
                 create_app(config),
-                hypercorn_config(config),
+                hypercorn,
             )
     except Exception as error:
         cause = _sole_os_error(error)
@@ -234,6 +256,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, cause)
         return 1
     return 0
+
+
+def _worker_arguments(args: argparse.Namespace, port: int) -> list[str]:
+    """The ``serve`` arguments of each worker: the same configuration, on the bound port."""
+    arguments = ["--port", str(port), "--server", args.server]
+    arguments += ["--log-level", args.log_level, "--log-format", args.log_format]
+    given = (("--config", args.config), ("--preset", args.preset), ("--host", args.host))
+    for flag, value in given:
+        if value is not None:
+            arguments += [flag, value]
+    return arguments
 
 
 def _sole_os_error(error: BaseException) -> OSError | None:
@@ -254,7 +287,10 @@ def add_serve_command(subparsers: _Subparsers) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
     add_config_arguments(parser)
     parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on one port (more than 1 needs broker.kind = redis)",
     )
     parser.add_argument(
         "--server",
@@ -263,6 +299,7 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         help="hypercorn's trio worker (default), or wshub's own fast server (wsproto and h11)",
     )
     add_log_arguments(parser)
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     parser.set_defaults(run=_run_serve)
 
 
@@ -296,6 +333,11 @@ def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
     for section, key in (("admin", "api_key"), ("auth", "jwt_secret")):
         if data[section][key] is not None:
             data[section][key] = "<redacted>"
+    url = urlsplit(data["broker"]["url"])
+    if url.password is not None:
+        login = f"{url.username or ''}:<redacted>@{url.hostname}"
+        netloc = login + (f":{url.port}" if url.port is not None else "")
+        data["broker"]["url"] = urlunsplit(url._replace(netloc=netloc))
     return data
 
 
@@ -319,7 +361,8 @@ def add_check_config_command(subparsers: _Subparsers) -> None:
         description="Build the configuration exactly as `wshub serve` would with the same "
         "options: the preset, the file (FILE, else WSHUB_CONFIG), every WSHUB_SECTION__KEY "
         "variable, then --host and --port; print it as JSON, or exit 2 with the error, which "
-        "names the key or the variable. admin.api_key and auth.jwt_secret are printed as "
+        "names the key or the variable. admin.api_key, auth.jwt_secret and the password in "
+        "broker.url are printed as "
         "<redacted>; the file named by auth.jwt_public_key is read and checked.",
     )
     parser.add_argument("file", metavar="FILE", nargs="?", help="TOML config file")

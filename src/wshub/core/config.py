@@ -28,6 +28,7 @@ from wshub.core.sections import (
     AdminConfig,
     AuthConfig,
     BreakerConfig,
+    BrokerConfig,
     CleanupConfig,
     ConfigError,
     DedupConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "AdminConfig",
     "AuthConfig",
     "BreakerConfig",
+    "BrokerConfig",
     "CleanupConfig",
     "ConfigError",
     "DedupConfig",
@@ -72,6 +74,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "shutdown": ShutdownConfig,
     "health": HealthConfig,
     "admin": AdminConfig,
+    "broker": BrokerConfig,
     "auth": AuthConfig,
 }
 
@@ -101,6 +104,7 @@ class HubConfig:
     shutdown: ShutdownConfig = _section_field(ShutdownConfig)
     health: HealthConfig = _section_field(HealthConfig)
     admin: AdminConfig = _section_field(AdminConfig)
+    broker: BrokerConfig = _section_field(BrokerConfig)
     auth: AuthConfig = _section_field(AuthConfig)
 
     PRESETS: ClassVar[tuple[str, ...]] = ("development", "production", "testing")

@@ -25,14 +25,34 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["BREAKER_STATE_VALUES", "HubCollector", "MetricFigures", "render"]
+__all__ = ["BREAKER_STATE_VALUES", "BrokerFigures", "HubCollector", "MetricFigures", "render"]
 
 #: Value of the ``wshub_breaker_state`` gauge for each breaker state.
 BREAKER_STATE_VALUES: Mapping[str, int] = MappingProxyType({"closed": 0, "open": 1, "half_open": 2})
 
 
+class BrokerFigures(Protocol):
+    """The broker's own counters (both brokers have them; the memory one makes no calls)."""
+
+    @property
+    def calls(self) -> Mapping[tuple[str, str], int]:
+        """Calls to the shared store by (operation, outcome)."""
+
+    @property
+    def gap_fills(self) -> int:
+        """Offsets skipped by pub/sub and filled from history (or found lost)."""
+
+
 class MetricFigures(Protocol):
     """What the collector reads besides the attributes named in its tables (``HubMetrics``)."""
+
+    @property
+    def node(self) -> str:
+        """The name of the node these figures describe."""
+
+    @property
+    def broker(self) -> BrokerFigures | None:
+        """The hub's broker, once the hub has one."""
 
     @property
     def resumes_recovered(self) -> int:
@@ -137,6 +157,28 @@ class HubCollector(Collector):
                 transitions.add_metric([breaker, to], n)
         yield states
         yield transitions
+        node = GaugeMetricFamily(
+            "wshub_node_info", "The node these figures describe (always 1).", labels=["node"]
+        )
+        node.add_metric([m.node], 1)
+        yield node
+        calls = CounterMetricFamily(
+            "wshub_broker_calls_total",
+            "Calls to the broker's shared store (Redis) by operation and outcome.",
+            labels=["op", "outcome"],
+        )
+        fills = CounterMetricFamily(
+            "wshub_broker_gap_fills_total", "Offsets skipped by pub/sub, read from history."
+        )
+        broker = m.broker
+        if broker is not None:
+            for (op, outcome), n in sorted(broker.calls.items()):
+                calls.add_metric([op, outcome], n)
+            fills.add_metric([], broker.gap_fills)
+        else:
+            fills.add_metric([], 0)
+        yield calls
+        yield fills
         yield HistogramMetricFamily(
             "wshub_delivery_latency_seconds",
             "Publish-to-send latency of sampled deliveries.",

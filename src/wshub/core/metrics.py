@@ -30,7 +30,7 @@ import attrs
 import trio
 from prometheus_client.registry import CollectorRegistry
 
-from wshub.core.exposition import BREAKER_STATE_VALUES, HubCollector, render
+from wshub.core.exposition import BREAKER_STATE_VALUES, BrokerFigures, HubCollector, render
 
 __all__ = ["LATENCY_BUCKETS", "PEER_CLOSED", "ClientStats", "HubMetrics"]
 
@@ -101,6 +101,10 @@ class HubMetrics:
     client_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
     _sample_rate: float = attrs.field(alias="sample_rate", default=1.0, validator=_fraction)
     clock: Callable[[], float] = attrs.field(default=trio.current_time, repr=False)
+    node: str = ""
+    """The node these figures describe (``wshub_node_info{node}``)."""
+    broker: BrokerFigures | None = attrs.field(default=None, repr=False)
+    """The hub's broker, whose calls and gap fills are exported with these figures."""
 
     connections_active: int = attrs.field(init=False, default=0)
     connections_total: int = attrs.field(init=False, default=0)

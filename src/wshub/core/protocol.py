@@ -70,6 +70,7 @@ __all__ = [  # the events are defined in wshub.events and re-exported here
     "encode_error",
     "encode_hello",
     "encode_message",
+    "encode_message_parts",
     "encode_ping",
     "encode_pong",
     "encode_publish",
@@ -95,7 +96,15 @@ SUBPROTOCOL = "wshub.v1"
 
 #: Every error code an ``error`` frame may carry.
 ERROR_CODES: Final = frozenset(
-    {"bad_request", "unknown_type", "forbidden", "rate_limited", "unavailable", "too_large"}
+    {
+        "bad_request",
+        "unknown_type",
+        "forbidden",
+        "rate_limited",
+        "unavailable",
+        "too_large",
+        "conflict",
+    }
 )
 
 
@@ -356,6 +365,18 @@ def encode_message(stream: str, offset: int, id: str, data: Any, ts: int) -> str
     return _dumps(
         {"type": "message", "stream": stream, "offset": offset, "id": id, "data": data, "ts": ts}
     ).decode()
+
+
+def encode_message_parts(stream: str, id: str, data: Any) -> tuple[bytes, bytes]:
+    """``encode_message`` without its offset and ts, for a store that assigns them.
+
+    ``head + offset + middle + ts + "}"`` (numbers in decimal) is exactly the frame that
+    ``encode_message`` makes. Raises ``orjson.JSONEncodeError`` (a ``TypeError``) when ``data``
+    is not JSON-serializable.
+    """
+    head = b'{"type":"message","stream":' + _dumps(stream) + b',"offset":'
+    middle = b',"id":' + _dumps(id) + b',"data":' + _dumps(data) + b',"ts":'
+    return head, middle
 
 
 def encode_subscribed(stream: str, status: StreamStatus) -> str:

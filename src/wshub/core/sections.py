@@ -15,9 +15,11 @@ Each section (``ServerConfig``, ``LimitsConfig``, ...) is one table of ``HubConf
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -27,6 +29,7 @@ __all__ = [
     "AdminConfig",
     "AuthConfig",
     "BreakerConfig",
+    "BrokerConfig",
     "CleanupConfig",
     "ConfigError",
     "DedupConfig",
@@ -179,6 +182,48 @@ class DedupConfig:
     _section: ClassVar[str] = "dedup"
     window: float = attrs.field(default=300.0, validator=_number(0))
     max_entries: int = attrs.field(default=100_000, validator=_integer(1))
+    content_ids: bool = attrs.field(default=True, validator=_boolean)
+
+
+def _one_of(*allowed: str) -> _Validator:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            _fail(instance, attribute, "one of " + ", ".join(map(repr, allowed)), value)
+
+    return check
+
+
+def _redis_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    allowed = "a redis://host:port/db or rediss://host:port/db URL"
+    if not isinstance(value, str):
+        _fail(instance, attribute, allowed, value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        _fail(instance, attribute, allowed, value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        _fail(instance, attribute, allowed, value)
+
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or _PREFIX.fullmatch(value) is None:
+        _fail(instance, attribute, "1 to 64 characters from [A-Za-z0-9_.:-]", value)
+
+
+@attrs.frozen
+class BrokerConfig:
+    """Where streams live: this process (``memory``) or Redis, shared by every node."""
+
+    _section: ClassVar[str] = "broker"
+    kind: str = attrs.field(default="memory", validator=_one_of("memory", "redis"))
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_url, repr=False)
+    prefix: str = attrs.field(default="wshub", validator=_prefix)
+    timeout: float = attrs.field(default=1.0, validator=_number(0))
+    pool_size: int = attrs.field(default=16, validator=_integer(1))
 
 
 @attrs.frozen

@@ -101,8 +101,11 @@ class ConnectionHost(Protocol):
         """Who the hello is; raises AuthenticationError or HookUnavailable."""
         ...
 
-    def register(self, connection: Connection, hello: Hello) -> None:
-        """Welcome a connection: subscribe it, queue its welcome and replays."""
+    async def register(self, connection: Connection, hello: Hello) -> bool:
+        """Welcome a connection: subscribe it, queue its welcome and replays.
+
+        False when it could not (the connection has been closed with the reason).
+        """
         ...
 
     def unregister(self, connection: Connection) -> None:
@@ -244,7 +247,8 @@ class Connection:
                 # Only the headers are dropped: hooks have seen them, nothing reads them later,
                 # and they are the biggest part of an idle connection's own memory.
                 self.request = attrs.evolve(self.request, headers=())
-                hub.register(self, hello)
+                if not await hub.register(self, hello):
+                    return
                 deadline = self.identity.deadline if self.identity is not None else None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)

@@ -1,16 +1,19 @@
 """The hub: streams, subscriptions, publishing, and the task tree that owns them.
 
 Theory of operation:
-- A publish is synchronous from de-duplication to fan-out: the message id is checked, the
-  message appended to its stream's history (which assigns the offset), encoded once, and the
-  same frame appended to every subscriber's queue. Nothing awaits in between, so offsets are
-  contiguous and every subscriber sees a stream in offset order.
-- Subscribing (in ``hello`` or ``subscribe``) reads the history and joins the subscriber set
-  in one synchronous step, then queues the answer and the replay before any live message:
-  nothing is lost or repeated between replay and live.
-- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``.
-  A client publish that waits on the ``on_publish`` hook is marked pending, so an identical
-  publish arriving meanwhile waits for it and gets the same answer.
+- Streams live in a broker (``wshub.brokers``): offsets, epochs, history and de-duplication.
+  ``$sys.*`` streams always live in this node's own ``MemoryBroker`` (``local``); the others in
+  ``broker``, which is that same memory broker unless ``broker.kind`` is ``redis``.
+- The broker hands every message to ``deliver`` (this node's fan-out), per stream in offset
+  order: the frame encoded once is appended to every subscriber's queue without awaiting. With
+  the memory broker a publish is synchronous from de-duplication to fan-out.
+- Subscribing (in ``hello`` or ``subscribe``) prepares every stream with the broker (the I/O),
+  then joins them and queues the answer and the replays in one synchronous step, before any
+  live message: nothing is lost or repeated between replay and live.
+- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``; the
+  same id with other content is a conflict. A client publish that waits on the
+  ``on_publish`` hook is marked pending, so an identical publish arriving meanwhile waits for
+  it and gets the same answer.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded server, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
@@ -27,18 +30,29 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
+from wshub.brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    Prepared,
+    StaleRead,
+    publish_key,
+)
+from wshub.brokers.memory import MemoryBroker
+from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
-from wshub.core.dedup import Deduplicator, message_id, scoped_key
+from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.events import PublishResult
 from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
 from wshub.core.logcontext import log_context
@@ -52,7 +66,6 @@ from wshub.core.protocol import (
     StreamStatus,
     Subscribe,
     encode_error,
-    encode_message,
     encode_published,
     encode_refreshed,
     encode_subscribed,
@@ -125,10 +138,12 @@ class Hub:
         )
         self.breakers = BreakerRegistry(config.breaker, max_breakers=config.breaker.max_breakers)
         self.breakers.add_listener(self.metrics.on_breaker_transition)
-        self.dedup = Deduplicator(window=config.dedup.window, max_entries=config.dedup.max_entries)
-        self.histories = HistoryStore(
-            size=config.history.size, ttl=config.history.ttl, max_streams=config.history.max_streams
-        )
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+        self.local = MemoryBroker.from_config(config, node=self.node)
+        self.broker: Broker = self.local
+        if config.broker.kind == "redis":
+            self.broker = RedisBroker.from_config(config, breakers=self.breakers, node=self.node)
+        self.metrics.node, self.metrics.broker = self.node, self.broker
         self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
         self.lifetime = Lifetime(config.shutdown.grace)  # connection tasks and the drain
@@ -154,13 +169,23 @@ class Hub:
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to a topic or personal stream, idempotently by message id.
 
-        Raises ValueError for an invalid stream name or id, or data that is not JSON.
+        Raises ValueError for an invalid stream name or id, or data that is not JSON;
+        ``wshub.IdConflict`` when ``id`` was published to ``stream`` with other data within
+        ``dedup.window``; ``wshub.BrokerUnavailable`` while the broker (Redis) cannot be
+        reached; ``HistoryFull`` when the memory broker holds ``history.max_streams`` streams.
         """
         await trio.lowlevel.checkpoint()
         if stream_kind(stream) not in ("topic", "personal"):
             raise ValueError(f"cannot publish to {stream!r}: not a topic or personal stream name")
         _check_id(id)
-        return self._publish_nowait(stream, data, SERVER_PUBLISHER, id)
+        if self.broker is self.local:  # the fast path: synchronous from dedup to fan-out
+            result = self.local.publish_nowait(stream, data, publisher=SERVER_PUBLISHER, id=id)
+            if result.duplicate:
+                self.metrics.deduplicated += 1
+            else:
+                self.metrics.published += 1
+            return result
+        return await self._publish(stream, data, SERVER_PUBLISHER, id)
 
     async def send(self, client_id: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to the personal stream ``@client_id``."""
@@ -173,6 +198,16 @@ class Hub:
     def stats(self, *, series: bool = False) -> dict[str, Any]:
         """The body of ``/api/stats``; with ``series`` the recent flushed snapshots too."""
         return stats_report(self, series=series)
+
+    @property
+    def histories(self) -> HistoryStore:
+        """This node's own histories: ``$sys.*``, and every stream with the memory broker."""
+        return self.local.histories
+
+    @property
+    def dedup(self) -> Deduplicator:
+        """This node's own de-duplication table (every publish's, with the memory broker)."""
+        return self.local.dedup
 
     @property
     def connection_count(self) -> int:
@@ -220,43 +255,28 @@ class Hub:
 
     # ------------------------------------------------------------------ publishing
 
-    def _publish_nowait(
-        self, stream: str, data: Any, publisher: str, id: str | None
-    ) -> PublishResult:
-        try:
-            mid = message_id(stream, data, id)
-        except TypeError as error:
-            raise ValueError(f"data is not JSON-serialisable: {error}") from None
-        key = scoped_key(stream, publisher, mid)
-        previous = self.dedup.get(key)
-        if previous is not None:
+    def _count(self, result: PublishResult) -> None:
+        if result.duplicate:
             self.metrics.deduplicated += 1
-            assert isinstance(previous, int)
-            return PublishResult(stream, previous, mid, True)
-        message = self._append(stream, data, mid)
-        # The offset alone is remembered (stream and id are in the key): an entry of atoms
-        # only, which the garbage collector stops tracking. A window of PublishResult objects
-        # made full collections slow enough to show in the p99 (docs/benchmarks.md).
-        self.dedup.record(key, message.offset)
-        return PublishResult(stream, message.offset, mid, False)
-
-    def _append(self, stream: str, data: Any, mid: str) -> StoredMessage:
-        history = self.histories.get_or_create(stream)
-        offset = history.next_offset
-        ts = time.time_ns() // 1_000_000
-        try:
-            frame = encode_message(stream, offset, mid, data, ts)
-        except TypeError as error:
-            raise ValueError(f"data is not JSON-serialisable: {error}") from None
-        message = StoredMessage(stream, offset, mid, data, ts, frame, trio.current_time())
-        history.append(message)
-        if not stream.startswith("$"):  # the hub's own reports are not application traffic
+        else:
             self.metrics.published += 1
-        subscribers = self._subscribers.get(stream)
+
+    def deliver(self, message: StoredMessage) -> None:
+        """Fan a message out to this node's subscribers (the brokers call this, in order)."""
+        subscribers = self._subscribers.get(message.stream)
         if subscribers:
             for connection in subscribers:
                 connection.enqueue(message)
-        return message
+
+    def lose(self, stream: str) -> None:
+        """The broker cannot keep ``stream`` contiguous here: its subscribers resume.
+
+        Each gets what it was already sent, then a close with 1001, and resumes (on any
+        node) with ``recovered: false`` and its exact gap, as PROTOCOL.md promises.
+        """
+        for connection in self._subscribers.pop(stream, ()):
+            connection.subscriptions.discard(stream)
+            connection.start_closing(CloseCode.GOING_AWAY, f"stream {stream!r} must be resumed")
 
     async def publish_for(
         self, client_id: str, stream: str, data: Any, *, id: str | None = None
@@ -269,7 +289,14 @@ class Hub:
         if stream_kind(stream) != "topic":
             raise ValueError(f"cannot publish to {stream!r} as a client: not a topic")
         _check_id(id)
-        return self._publish_nowait(stream, data, client_id, id)
+        return await self._publish(stream, data, client_id, id)
+
+    async def _publish(
+        self, stream: str, data: Any, publisher: str, id: str | None
+    ) -> PublishResult:
+        result = await self.broker.publish(stream, data, publisher=publisher, id=id)
+        self._count(result)
+        return result
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
         """Serve a client's publish, subscribe, unsubscribe or refresh; answers go to its
@@ -277,7 +304,7 @@ class Hub:
         if isinstance(request, Publish):
             connection.enqueue(await self.publish_from_client(connection, request))
         elif isinstance(request, Subscribe):
-            self.subscribe(connection, request.stream, request.position)
+            await self.subscribe(connection, request.stream, request.position)
         elif isinstance(request, Refresh):
             self.refresh(connection, request.token)
         else:
@@ -291,50 +318,54 @@ class Hub:
         refusal = publish_refusal(identity, event.stream, self.config)
         if refusal is not None:
             return encode_error("forbidden", refusal, event.ref)
+        client_id = connection.client_id
+        broker = self.broker
         try:
-            mid = message_id(event.stream, event.data, event.id)
-        except (TypeError, ValueError) as error:
+            key = publish_key(event.stream, event.data, event.id, content_ids=broker.content_ids)
+        except ValueError as error:
             return encode_error("bad_request", f"publish.data cannot be hashed: {error}", event.ref)
-        key = scoped_key(event.stream, connection.client_id, mid)
-        while (pending := self._pending.get(key)) is not None:
+        pending_key = (event.stream, client_id, key.id)
+        while (pending := self._pending.get(pending_key)) is not None:
             await pending.wait()  # an identical publish is being stored: share its answer
-        previous = self.dedup.get(key)
-        if previous is not None:
-            self.metrics.deduplicated += 1
-            assert isinstance(previous, int)
-            return encode_published(event.ref, event.stream, previous, mid, True)
         data = event.data
-        if self._on_publish is not None:
-            done = self._pending[key] = trio.Event()
-            try:
-                with log_context(stream=event.stream):  # the hook's own records say which
-                    data = await call_guarded(
-                        "on_publish",
-                        self._on_publish,
-                        connection.client_id,
-                        event.stream,
-                        data,
-                        breakers=self.breakers,
-                        config=self.config.breaker,
-                        metrics=self.metrics,
-                    )
-            except PublishRejected as error:
-                return encode_error("forbidden", str(error) or "publish rejected", event.ref)
-            except HookUnavailable:
-                return encode_error(
-                    "unavailable", "publishing is unavailable; retry later", event.ref
-                )
-            finally:
-                del self._pending[key]
-                done.set()
         try:
-            message = self._append(event.stream, data, mid)
-        except HistoryFull as error:
+            if self._on_publish is not None:
+                # A repeat is answered before the hook runs again; a conflict is refused.
+                duplicate = await broker.find_duplicate(event.stream, publisher=client_id, key=key)
+                if duplicate is not None:
+                    self._count(duplicate)
+                    return encode_published(event.ref, event.stream, duplicate.offset, key.id, True)
+                done = self._pending[pending_key] = trio.Event()
+                try:
+                    with log_context(stream=event.stream):  # the hook's own records say which
+                        data = await call_guarded(
+                            "on_publish",
+                            self._on_publish,
+                            client_id,
+                            event.stream,
+                            data,
+                            breakers=self.breakers,
+                            config=self.config.breaker,
+                            metrics=self.metrics,
+                        )
+                finally:
+                    del self._pending[pending_key]
+                    done.set()
+            result = await broker.publish(
+                event.stream, data, publisher=client_id, id=event.id, key=key
+            )
+        except PublishRejected as error:
+            return encode_error("forbidden", str(error) or "publish rejected", event.ref)
+        except HookUnavailable:
+            return encode_error("unavailable", "publishing is unavailable; retry later", event.ref)
+        except IdConflict as error:
+            return encode_error("conflict", str(error), event.ref)
+        except (BrokerUnavailable, HistoryFull) as error:
             return encode_error("unavailable", str(error), event.ref)
         except ValueError as error:
             return encode_error("bad_request", str(error), event.ref)
-        self.dedup.record(key, message.offset)
-        return encode_published(event.ref, event.stream, message.offset, mid, False)
+        self._count(result)
+        return encode_published(event.ref, event.stream, result.offset, result.id, result.duplicate)
 
     def refresh(self, connection: Connection, token: str) -> None:
         """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008.
@@ -387,43 +418,49 @@ class Hub:
             metrics=self.metrics,
         )
 
-    def register(self, connection: Connection, hello: Hello) -> None:
-        """Welcome a connection: subscribe it, queue welcome and replays."""
+    async def register(self, connection: Connection, hello: Hello) -> bool:
+        """Welcome a connection: subscribe it, queue welcome and replays.
+
+        Returns False after closing the connection with 1013 when the broker is unavailable.
+        """
         client_id = connection.client_id
-        assert client_id is not None
+        assert client_id is not None and connection.identity is not None
+        positions: dict[str, Position | None] = {personal_stream(client_id): None}
+        positions.update(hello.subscribe)
+        errors: list[str] = []
+        wanted: dict[str, Position | None] = {}
+        for stream, position in positions.items():
+            refusal = subscribe_refusal(connection.identity, stream)
+            if refusal is None:
+                wanted[stream] = position
+            else:
+                errors.append(encode_error("forbidden", refusal))
+        try:
+            replays = await self._join(connection, wanted, errors)
+        except BrokerUnavailable:
+            connection.abort(CloseCode.TRY_AGAIN_LATER, "the broker is unavailable; retry later")
+            return False
         metrics = self.metrics
         connection.stats = stats = metrics.connection_opened(client_id)
         if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
             metrics.reconnections += 1
         self._registered += 1
-        positions: dict[str, Position | None] = {personal_stream(client_id): None}
-        positions.update(hello.subscribe)
-        statuses: dict[str, StreamStatus] = {}
-        errors: list[str] = []
-        replays: list[list[StoredMessage]] = []
-        for stream, position in positions.items():
-            replay = self._attach(connection, stream, position, errors)
-            if replay is not None:
-                statuses[stream] = _status(replay)
-                replays.append(replay.messages)
+        statuses = {stream: _status(replay) for stream, replay in replays.items()}
         interval = self.config.heartbeat.interval
         connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
         for error in errors:
             connection.enqueue(error)
-        for messages in replays:
-            connection.enqueue_replay(messages)
+        for replay in replays.values():
+            connection.enqueue_replay(replay.messages)
         if self.draining:
             connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
+        return True
 
     def unregister(self, connection: Connection) -> None:
         """Forget a connection that has ended, and count how it ended."""
         self._connections.discard(connection)
         for stream in connection.subscriptions:
-            subscribers = self._subscribers.get(stream)
-            if subscribers is not None:
-                subscribers.discard(connection)
-                if not subscribers:
-                    del self._subscribers[stream]
+            self._detach(connection, stream)
         connection.subscriptions.clear()
         stats = connection.stats
         if stats is None:
@@ -441,15 +478,26 @@ class Hub:
                 code = connection.peer_close_code
         self.metrics.connection_closed(stats.client_id, code)
 
-    def subscribe(self, connection: Connection, stream: str, position: Position | None) -> None:
+    async def subscribe(
+        self, connection: Connection, stream: str, position: Position | None
+    ) -> None:
         """Answer a ``subscribe``: ``subscribed`` and the replay, or an error."""
+        assert connection.identity is not None
+        refusal = subscribe_refusal(connection.identity, stream)
+        if refusal is not None:
+            connection.enqueue(encode_error("forbidden", refusal))
+            return
         errors: list[str] = []
-        replay = self._attach(connection, stream, position, errors)
-        if replay is None:
+        try:
+            replays = await self._join(connection, {stream: position}, errors)
+        except BrokerUnavailable as error:
+            connection.enqueue(encode_error("unavailable", str(error)))
+            return
+        if errors:
             connection.enqueue(errors[0])
             return
-        connection.enqueue(encode_subscribed(stream, _status(replay)))
-        connection.enqueue_replay(replay.messages)
+        connection.enqueue(encode_subscribed(stream, _status(replays[stream])))
+        connection.enqueue_replay(replays[stream].messages)
 
     def unsubscribe(self, connection: Connection, stream: str) -> str | None:
         """Leave a stream; returns an error frame when that is not allowed."""
@@ -457,32 +505,69 @@ class Hub:
             return encode_error("forbidden", "the personal stream is always subscribed")
         if stream in connection.subscriptions:
             connection.subscriptions.discard(stream)
-            subscribers = self._subscribers[stream]
+            self._detach(connection, stream)
+        return None
+
+    def _broker_for(self, stream: str) -> Broker:
+        return self.local if stream.startswith("$") else self.broker
+
+    async def _join(
+        self, connection: Connection, positions: dict[str, Position | None], errors: list[str]
+    ) -> dict[str, Replay]:
+        """Prepare every stream (the I/O), then join them all in one synchronous step.
+
+        Streams that cannot be joined get an error frame in ``errors``; raises
+        BrokerUnavailable (after giving back what was prepared) when the broker is down.
+        """
+        for _attempt in range(3):
+            prepared: list[Prepared] = []
+            try:
+                for stream, position in positions.items():
+                    prepared.append(await self._broker_for(stream).prepare(stream, position))
+            except BaseException:
+                for done in prepared:
+                    self._broker_for(done.stream).abandon(done)
+                raise
+            # From here to the end: no checkpoint, so the replays meet live delivery.
+            replays: dict[str, Replay] = {}
+            stale = False
+            for done in prepared:
+                stream = done.stream
+                broker = self._broker_for(stream)
+                if stale:
+                    broker.abandon(done)
+                    continue
+                try:
+                    replay = broker.join_nowait(done)
+                except HistoryFull as error:
+                    errors.append(encode_error("unavailable", str(error)))
+                    continue
+                except StaleRead:
+                    stale = True  # read again, all of them: the others are given back
+                    for stream_joined in replays:
+                        self._broker_for(stream_joined).leave(stream_joined)
+                    continue
+                replays[stream] = replay
+            if stale:
+                continue
+            for stream, replay in replays.items():
+                if stream in connection.subscriptions:  # subscribed again: one membership
+                    self._broker_for(stream).leave(stream)
+                self._subscribers.setdefault(stream, set()).add(connection)
+                connection.subscriptions.add(stream)
+                if positions[stream] is not None:
+                    self.metrics.record_resume(replay.recovered)
+                    self.metrics.replayed += len(replay.messages)
+            return replays
+        raise BrokerUnavailable("the broker kept moving ahead of this node's reads; retry later")
+
+    def _detach(self, connection: Connection, stream: str) -> None:
+        subscribers = self._subscribers.get(stream)
+        if subscribers is not None and connection in subscribers:
             subscribers.discard(connection)
             if not subscribers:
                 del self._subscribers[stream]
-        return None
-
-    def _attach(
-        self, connection: Connection, stream: str, position: Position | None, errors: list[str]
-    ) -> Replay | None:
-        assert connection.identity is not None
-        refusal = subscribe_refusal(connection.identity, stream)
-        if refusal is not None:
-            errors.append(encode_error("forbidden", refusal))
-            return None
-        try:
-            history = self.histories.get_or_create(stream)
-        except HistoryFull as error:
-            errors.append(encode_error("unavailable", str(error)))
-            return None
-        replay = history.read_from(position)
-        self._subscribers.setdefault(stream, set()).add(connection)
-        connection.subscriptions.add(stream)
-        if position is not None:
-            self.metrics.record_resume(replay.recovered)
-            self.metrics.replayed += len(replay.messages)
-        return replay
+            self._broker_for(stream).leave(stream)
 
     # ------------------------------------------------------------------ writers and queues
 
@@ -517,14 +602,12 @@ class Hub:
 
     def sweep(self) -> dict[str, int]:
         """Expire history, dedup keys, idle client stats and forgotten streams."""
-        expired = self.histories.trim_expired()
-        removed = {
-            "history": expired,
-            "dedup": self.dedup.expire(),
-            "clients": self.metrics.expire_clients(),
-            "streams": self.histories.forget_idle(in_use=self._subscribers),
-        }
-        self.metrics.expired += expired
+        removed = self.local.sweep()
+        if self.broker is not self.local:
+            for kind, count in self.broker.sweep().items():
+                removed[kind] = removed.get(kind, 0) + count
+        removed["clients"] = self.metrics.expire_clients()
+        self.metrics.expired += removed["history"]
         self.metrics.record_cleanup(removed)
         return removed
 
@@ -538,7 +621,7 @@ class Hub:
         self.series.append(point)
         self._overflows_at_last_flush = self.metrics.queue_overflows
         try:
-            self._append(SYS_METRICS, point, message_id(SYS_METRICS, point))
+            self.local.append(SYS_METRICS, point, message_id(SYS_METRICS, point))
         except HistoryFull:
             logger.warning(
                 "cannot publish %s: stream limit reached",
@@ -588,14 +671,18 @@ async def open_hub(
     )
     # The hub's own tasks (and the caller's block) log with its id.
     with log_context(hub=hub.id):
-        async with trio.open_nursery() as nursery:
-            hub.lifetime.nursery = nursery
-            nursery.start_soon(hub.flush.run)
-            nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
-            nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
-            try:
-                yield hub
-            finally:
-                with trio.CancelScope(shield=True):
-                    await hub.drain()
-                nursery.cancel_scope.cancel()
+        async with AsyncExitStack() as brokers:
+            await brokers.enter_async_context(hub.local.open(hub))
+            if hub.broker is not hub.local:
+                await brokers.enter_async_context(hub.broker.open(hub))
+            async with trio.open_nursery() as nursery:
+                hub.lifetime.nursery = nursery
+                nursery.start_soon(hub.flush.run)
+                nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
+                nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
+                try:
+                    yield hub
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await hub.drain()
+                    nursery.cancel_scope.cancel()

@@ -2,7 +2,8 @@
 
 Health is honest: "degraded" names every reason (a circuit breaker that is not closed, a
 connection whose outbound queue is nearly full, a queue that overflowed since the last
-metrics flush), and "shutting_down" wins over both once the hub drains.
+metrics flush, ``broker unavailable`` while Redis cannot be reached), and "shutting_down"
+wins over them all once the hub drains. Both reports name the node they describe.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from wshub.brokers.base import Broker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator
@@ -50,10 +52,20 @@ class ReportSource(Protocol):
     config: HubConfig
     metrics: HubMetrics
     breakers: BreakerRegistry
-    histories: HistoryStore
-    dedup: Deduplicator
+    broker: Broker
+    node: str
     series: deque[dict[str, Any]]
     started_at: float
+
+    @property
+    def histories(self) -> HistoryStore:
+        """This node's own histories."""
+        ...
+
+    @property
+    def dedup(self) -> Deduplicator:
+        """This node's own de-duplication table."""
+        ...
 
     @property
     def draining(self) -> bool:
@@ -128,12 +140,16 @@ def health_report(
         reasons.append(f"an outbound queue holds {largest} of {config.limits.max_queue} messages")
     if hub.overflowing:
         reasons.append("outbound queues overflowed since the last metrics flush")
+    unavailable = hub.broker.unavailable_reason()
+    if unavailable is not None:
+        reasons.append(unavailable)
     status = "shutting_down" if hub.draining else "degraded" if reasons else "healthy"
     if snapshot is None:
         snapshot = metrics.snapshot()
     return {
         "status": status,
         "reasons": reasons,
+        "node": hub.node,
         **_timestamps(config.health.timezone),
         "uptime_seconds": round(trio.current_time() - hub.started_at, 3),
         "connections": snapshot["connections"],
@@ -199,6 +215,8 @@ def stats_report(hub: ReportSource, *, series: bool = False) -> dict[str, Any]:
         reasons=health["reasons"],
         streams=attrs.asdict(hub.histories.statistics()),
         dedup=attrs.asdict(hub.dedup.statistics()),
+        broker=hub.broker.statistics(),
+        node=hub.node,
         busiest_clients=hub.metrics.client_snapshot(10),
         top_streams=stream_rows(hub),
     )

@@ -18,6 +18,7 @@ check, never the key); a valid token without the right is 403. The health endpoi
 from __future__ import annotations
 
 import importlib.resources
+import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qs
@@ -27,6 +28,8 @@ import orjson
 import trio
 from prometheus_client.exposition import choose_encoder
 
+from wshub.brokers.base import BrokerUnavailable
+from wshub.core.dedup import IdConflict
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
 from wshub.hub.access import is_admin_key, monitoring_is_open
@@ -278,6 +281,12 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
         return error_response(400, error.message)
     except ValueError as error:  # not a publishable stream, a bad id, data that is not JSON
         return error_response(400, str(error))
+    except IdConflict as error:
+        return error_response(409, str(error), status="conflict", offset=error.offset)
+    except BrokerUnavailable as error:
+        wait = error.retry_after
+        retry = () if wait is None else (("retry-after", str(max(1, math.ceil(wait)))),)
+        return error_response(503, str(error), *retry, status="unavailable")
     except HistoryFull as error:
         return error_response(503, str(error))
     return json_response(
