@@ -18,6 +18,10 @@ KIND is one of:
   ``hub.publish`` in a loop (which checkpoints on every call);
 - ``wshub-fast``: ``wshub.servers.fast.serve_fast`` (wsproto and h11 on sockets the hub owns,
   what ``wshub serve --server fast`` runs) inside ``open_hub``, the same publisher;
+- ``wshub-redis``: ``wshub-fast`` on the Redis broker at ``$WSHUB_BENCH_REDIS_URL``; several
+  of them on one Redis are the workers of one service (``benchmarks/redis_broker.py``). With
+  ``$WSHUB_BENCH_PUBLISHERS`` = N, as fast as it can means N publisher tasks at once (a lone
+  publisher waits one Redis round trip per message);
 - ``wshub-hypercorn``: ``wshub.asgi.create_app`` under ``hypercorn.trio.serve``, configured
   as ``wshub serve`` does; the publisher runs in the same Trio loop through ``app.hub``;
 - ``trio-websocket``: the ceiling of the embedded stack. Every connection has a task that
@@ -173,12 +177,27 @@ def _wshub_config() -> Any:
     )
 
 
-async def _control_wshub(hub: Any, port: int) -> None:
+async def _control_wshub(hub: Any, port: int, publishers: int = 1) -> None:
+    import trio
+
     async def publish_one(seq: int, at: int) -> None:
         await hub.publish(STREAM, payload(seq, at))
 
     async def publish(rate: float, seconds: float) -> int:
-        return await _paced(rate, seconds, publish_one)
+        if rate or publishers == 1:
+            return await _paced(rate, seconds, publish_one)
+        counts: list[int] = []
+
+        async def one(task: int) -> None:
+            async def step(seq: int, at: int) -> None:
+                await publish_one(seq * publishers + task, at)
+
+            counts.append(await _paced(0, seconds, step))
+
+        async with trio.open_nursery() as nursery:  # concurrent publishes share round trips
+            for task in range(publishers):
+                nursery.start_soon(one, task)
+        return sum(counts)
 
     async def fill(stream: str, count: int) -> None:
         for seq in range(count):
@@ -210,6 +229,25 @@ async def _serve_wshub_fast(lifetime: float) -> None:
         async with open_hub(_wshub_config()) as hub, trio.open_nursery() as nursery:
             server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
             await _control_wshub(hub, server.port)
+    quit_now()
+
+
+async def _serve_wshub_redis(lifetime: float) -> None:
+    """``wshub-fast`` on the Redis broker at ``$WSHUB_BENCH_REDIS_URL`` (one worker of many)."""
+    import os
+
+    import trio
+
+    from wshub import open_hub
+    from wshub.servers.fast import serve_fast
+
+    url = os.environ["WSHUB_BENCH_REDIS_URL"]
+    publishers = int(os.environ.get("WSHUB_BENCH_PUBLISHERS", "1"))
+    config = _wshub_config().merged({"broker": {"kind": "redis", "url": url}})
+    with trio.move_on_after(lifetime):
+        async with open_hub(config) as hub, trio.open_nursery() as nursery:
+            server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
+            await _control_wshub(hub, server.port, publishers)
     quit_now()
 
 
@@ -595,6 +633,7 @@ class _RawServer:
 KINDS = (
     "wshub",
     "wshub-fast",
+    "wshub-redis",
     "wshub-hypercorn",
     "trio-websocket",
     "hypercorn",
@@ -625,6 +664,8 @@ def main() -> None:
         trio.run(_serve_wshub, args.lifetime)
     elif args.kind == "wshub-fast":
         trio.run(_serve_wshub_fast, args.lifetime)
+    elif args.kind == "wshub-redis":
+        trio.run(_serve_wshub_redis, args.lifetime)
     elif args.kind == "wshub-hypercorn":
         trio.run(_serve_wshub_hypercorn, args.lifetime)
     elif args.kind == "trio-websocket":

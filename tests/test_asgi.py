@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,6 +70,9 @@ DESIGN_METRICS = [
     "wshub_cleanup_runs_total",
     "wshub_cleanup_removed_total",
     "wshub_delivery_latency_seconds",
+    "wshub_broker_calls_total",
+    "wshub_broker_gap_fills_total",
+    "wshub_node_info",
 ]
 
 
@@ -211,6 +217,17 @@ async def test_publish_answers_the_result_and_reports_duplicates() -> None:
         assert len(hub.histories.get_or_create("news")) == 1
 
 
+async def test_publish_reusing_an_id_for_other_data_is_409() -> None:
+    async with serving() as (hub, app):
+        first = orjson.dumps({"stream": "news", "data": 1, "id": "evt-1"})
+        assert (await call(app, "POST", "/api/publish", headers=AUTH, chunks=[first])).status == 200
+        other = orjson.dumps({"stream": "news", "data": 2, "id": "evt-1"})
+        reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[other])
+        assert reply.status == 409
+        assert reply.json()["status"] == "conflict" and reply.json()["offset"] == 1
+        assert len(hub.histories.get_or_create("news")) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -234,8 +251,8 @@ async def test_publish_refuses_a_bad_body_with_400(body: bytes, message: str) ->
 @pytest.mark.parametrize(
     ("headers", "status", "message"),
     [
-        ({}, 401, "missing API key"),
-        ({"authorization": f"Basic {KEY}"}, 401, "missing API key"),
+        ({}, 401, "missing credential"),
+        ({"authorization": f"Basic {KEY}"}, 401, "missing credential"),
         ({"authorization": "Bearer wrong"}, 403, "invalid API key"),
         ({"authorization": "Bearer s3cret-kéy"}, 403, "invalid API key"),
     ],
@@ -271,7 +288,7 @@ async def test_publish_is_503_without_a_configured_key_and_while_draining() -> N
     async with serving(HubConfig.testing()) as (_, app):
         reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[b"{}"])
         assert reply.status == 503
-        assert "admin.api_key is not configured" in reply.json()["error"]
+        assert "neither admin.api_key nor [auth] is configured" in reply.json()["error"]
     async with serving() as (hub, app):
         await hub.drain()
         body = b'{"stream": "news", "data": 1}'
@@ -282,17 +299,23 @@ async def test_publish_is_503_without_a_configured_key_and_while_draining() -> N
 # --------------------------------------------------------------------------- in-process: the rest
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/api/stats", "/dashboard"])
+@pytest.mark.parametrize("path", ["/metrics", "/api/stats"])
 async def test_monitoring_endpoints_need_the_key_when_protected(path: str) -> None:
     async with serving() as (_, app):
         assert (await call(app, "GET", path)).status == 401
         assert (await call(app, "GET", path, headers={"authorization": "Bearer no"})).status == 403
         assert (await call(app, "GET", path, query="api_key=no")).status == 403
-        allowed = {200, 404}  # /dashboard is 404 until its file is installed
-        assert (await call(app, "GET", path, headers=AUTH)).status in allowed
-        assert (await call(app, "GET", path, query=f"api_key={KEY}")).status in allowed
+        assert (await call(app, "GET", path, headers=AUTH)).status == 200
+        assert (await call(app, "GET", path, query=f"api_key={KEY}")).status == 200
     async with serving(hub_config(admin={"protect_monitoring": False})) as (_, app):
-        assert (await call(app, "GET", path)).status in allowed
+        assert (await call(app, "GET", path)).status == 200
+
+
+async def test_the_dashboard_page_holds_no_figures_and_is_served_with_its_login_form() -> None:
+    async with serving() as (_, app):
+        reply = await call(app, "GET", "/dashboard")
+        assert reply.status == 200
+        assert b'<form id="login"' in reply.body
 
 
 async def test_health_endpoints_stay_open_when_monitoring_is_protected() -> None:
@@ -334,6 +357,43 @@ async def test_unknown_paths_are_404_and_wrong_methods_405() -> None:
         assert (await call(app, "GET", "/api/publish", headers=AUTH)).status == 405
         head = await call(app, "HEAD", "/health")
         assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "15")
+
+
+async def test_the_websocket_path_without_an_upgrade_is_426_not_404() -> None:
+    async with serving() as (_, app):
+        for method in ("GET", "POST"):
+            plain = await call(app, method, "/ws")
+            assert plain.status == 426, method
+            assert plain.headers["upgrade"] == "websocket"
+            assert plain.json() == {
+                "error": "/ws is the WebSocket endpoint: connect with a WebSocket client "
+                "(Upgrade: websocket)",
+                "path": "/ws",
+            }
+    async with serving(hub_config(server={"path": "/hub"})) as (_, app):
+        assert (await call(app, "GET", "/hub")).status == 426
+        assert (await call(app, "GET", "/ws")).status == 404
+
+
+def test_under_asyncio_the_lifespan_refuses_to_start_naming_the_trio_worker() -> None:
+    import asyncio
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(create_app(hub_config())({"type": "lifespan"}, receive, send))
+    assert sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "wshub runs on Trio, not asyncio: start hypercorn with --worker-class "
+            "trio (hypercorn --worker-class trio wshub.asgi:app), or use wshub serve",
+        }
+    ]
 
 
 async def test_cors_header_and_preflight_when_configured() -> None:
@@ -620,6 +680,28 @@ def test_real_unknown_paths_and_methods(server: Server) -> None:
     assert refused.value.response.status_code == 404
 
 
+def test_real_websocket_path_without_an_upgrade_is_426(server: Server) -> None:
+    plain = httpx.get(f"{server.ws.replace('ws://', 'http://')}/ws")
+    assert plain.status_code == 426
+    assert plain.headers["upgrade"] == "websocket"
+    assert "connect with a WebSocket client" in plain.json()["error"]
+
+
+def test_hypercorn_without_the_trio_worker_stops_at_start_naming_it(tmp_path: Path) -> None:
+    """Not a 503 on every request later: the worker fails its lifespan and nothing serves."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hypercorn", "--bind", "127.0.0.1:0", "wshub.asgi:app"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("WSHUB_")},
+    )
+    output = done.stdout + done.stderr
+    assert "Running on" not in output
+    assert "wshub runs on Trio, not asyncio: start hypercorn with --worker-class trio" in output
+
+
 def test_real_websocket_frame_over_the_limit_is_closed_1009(server: Server) -> None:
     with connect(f"{server.ws}/ws", open_timeout=5, max_size=None) as ws:
         ws.send(hello("big-1"))
@@ -661,3 +743,20 @@ def test_plain_hypercorn_serves_publish_subscribe_and_cuts_with_1001(tmp_path: P
             assert ws.close_code == 1001
     finally:
         server.stop(signal.SIGKILL)
+
+
+async def test_lifespan_startup_fails_naming_an_unreadable_public_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("WSHUB_AUTH__JWT_PUBLIC_KEY", str(missing))
+    monkeypatch.setenv("WSHUB_AUTH__JWT_ALGORITHMS", "ES256")
+    app = create_app()
+    server = FakeServer()
+    await server.to_app.send({"type": "lifespan.startup"})
+    with trio.fail_after(5):
+        await app({"type": "lifespan"}, server.receive, server.send)
+    assert await server.next() == {
+        "type": "lifespan.startup.failed",
+        "message": f"auth.jwt_public_key: cannot read {str(missing)!r}: No such file or directory",
+    }

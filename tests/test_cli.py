@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
+import wshub.cli
 from serve_helpers import SUBPROTOCOL, Server, hello, objects, receive_objects, wshub_serve
 from wshub.cli import build_serve_config, main
 
@@ -39,15 +41,33 @@ def test_check_config_prints_the_resolved_configuration(
 ) -> None:
     file = write(
         tmp_path / "wshub.toml",
-        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n',
+        'preset = "testing"\n[limits]\nmax_queue = 42\n[admin]\napi_key = "secret"\n'
+        '[auth]\njwt_secret = "a-jwt-secret-of-at-least-32-bytes"\n',
     )
     assert main(["check-config", file]) == 0
-    resolved = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    resolved = json.loads(out)
     assert resolved["limits"]["max_queue"] == 42
     assert resolved["server"]["port"] == 0  # from the testing preset
     assert resolved["admin"]["api_key"] == "<redacted>"  # never printed
-    sections = "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin"
+    assert resolved["auth"]["jwt_secret"] == "<redacted>"
+    assert "a-jwt-secret" not in out
+    sections = (
+        "server limits history dedup breaker heartbeat metrics cleanup shutdown health admin"
+        " broker auth"
+    )
     assert list(resolved) == sections.split()
+
+
+def test_check_config_never_prints_the_redis_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = '[broker]\nkind = "redis"\nurl = "rediss://app:s3cret@cache.internal:6380/2"\n'
+    assert main(["check-config", write(tmp_path / "wshub.toml", text)]) == 0
+    output = capsys.readouterr().out
+    assert "s3cret" not in output
+    url = json.loads(output)["broker"]["url"]
+    assert url == "rediss://app:<redacted>@cache.internal:6380/2"
 
 
 @pytest.mark.parametrize(
@@ -57,6 +77,10 @@ def test_check_config_prints_the_resolved_configuration(
         ("[limits]\nmax_queues = 3\n", "unknown key limits.max_queues"),
         ('preset = "staging"\n', "preset must be one of development, production, testing"),
         ("[limits\n", "is not valid TOML"),
+        (
+            '[auth]\njwt_public_key = "/nonexistent/key.pem"\njwt_algorithms = ["RS256"]\n',
+            "auth.jwt_public_key: cannot read '/nonexistent/key.pem': No such file or directory",
+        ),
     ],
 )
 def test_check_config_refuses_a_bad_file_with_exit_2(
@@ -82,10 +106,63 @@ def test_check_config_as_a_process_exits_2_for_a_missing_file(tmp_path: Path) ->
     assert f"cannot read config file {str(missing)!r}" in done.stderr
 
 
+def test_check_config_reads_the_environment_as_serve_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WSHUB_LIMITS__MAX_QUEUE", "ten")
+    file = write(tmp_path / "wshub.toml", "[limits]\nmax_queue = 42\n")
+    assert main(["check-config", file]) == 2
+    assert main(["serve", "--config", file]) == 2  # what serve refuses, check-config refuses
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0] == "wshub check-config: WSHUB_LIMITS__MAX_QUEUE: cannot parse 'ten' as int"
+    assert err[1].startswith("wshub serve: WSHUB_LIMITS__MAX_QUEUE: cannot parse 'ten' as int")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ([], {}),  # no file: development, as serve
+        (["FILE"], {}),
+        (["FILE"], {"WSHUB_LIMITS__MAX_QUEUE": "77", "WSHUB_ADMIN__API_KEY": "k"}),
+        ([], {"WSHUB_CONFIG": "FILE", "WSHUB_PRESET": "testing"}),
+        (["--config", "FILE", "--preset", "production", "--port", "9100"], {}),
+    ],
+)
+def test_check_config_prints_exactly_what_serve_would_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    environ: dict[str, str],
+) -> None:
+    file = write(tmp_path / "wshub.toml", 'preset = "testing"\n[history]\nsize = 9\n')
+    # serve takes the file as --config FILE, check-config also as a plain FILE.
+    serve_argv = ["--config", file] if argv[:1] == ["FILE"] else argv
+    argv = [file if arg == "FILE" else arg for arg in argv]
+    serve_argv = [file if arg == "FILE" else arg for arg in serve_argv]
+    environ = {name: file if value == "FILE" else value for name, value in environ.items()}
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-config", *argv]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    args = wshub.cli._parser().parse_args(["serve", *serve_argv])
+    expected = build_serve_config(
+        config_file=args.config, preset=args.preset, host=args.host, port=args.port
+    ).to_dict()
+    if expected["admin"]["api_key"] is not None:
+        expected["admin"]["api_key"] = "<redacted>"
+    assert printed == expected
+
+
 # --------------------------------------------------------------------------- serve: arguments
 
 
-def test_serve_refuses_more_than_one_worker() -> None:
+def test_serve_refuses_more_than_one_worker_with_the_memory_broker() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "wshub.cli", "serve", "--workers", "2"],
         capture_output=True,
@@ -93,8 +170,53 @@ def test_serve_refuses_more_than_one_worker() -> None:
         timeout=30,
     )
     assert done.returncode == 2
-    assert "wshub keeps streams in memory; run one worker per process" in done.stderr
-    assert "until a shared backend exists" in done.stderr
+    assert "--workers 2 refused: broker.kind is 'memory'" in done.stderr
+    assert 'Set broker.kind = "redis" (WSHUB_BROKER__KIND=redis)' in done.stderr
+
+
+@pytest.mark.parametrize("server_kind", ["hypercorn", "fast"])
+def test_two_workers_on_redis_serve_one_service_and_drain_on_sigterm(
+    tmp_path: Path, redis: Any, server_kind: str
+) -> None:
+    env = {
+        "WSHUB_BROKER__KIND": "redis",
+        "WSHUB_BROKER__URL": redis.url,
+        "WSHUB_ADMIN__API_KEY": "k",
+    }
+    args = ("--workers", "2", "--server", server_kind)
+    server = wshub_serve(tmp_path / "serve.log", *args, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while server.log().count("wshub listening on") < 2:  # both workers are up
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert "2 workers (pids" in server.log()
+        opened = contextlib.ExitStack()
+        clients = [
+            opened.enter_context(connect_sync(f"{server.ws}/ws", open_timeout=5)) for _ in range(6)
+        ]
+        for number, ws in enumerate(clients):
+            ws.send(hello(f"w{number}", {"news": None}))
+            assert receive_objects(ws, 1)[0]["type"] == "welcome"
+        for n in range(3):
+            reply = httpx.post(
+                f"{server.http}/api/publish",
+                json={"stream": "news", "data": n},
+                headers={"authorization": "Bearer k"},
+                timeout=5,
+            )
+            assert reply.json()["offset"] == n + 1
+        for ws in clients:  # whichever worker each landed on, each gets all three, in order
+            assert [m["offset"] for m in receive_objects(ws, 3)] == [1, 2, 3]
+        server.stop(signal.SIGTERM, timeout=20)
+        for ws in clients:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(5)
+            assert ws.close_code == 1001
+        opened.close()
+        assert server.process.returncode == 0
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_serve_exits_1_when_the_port_is_taken() -> None:
@@ -375,6 +497,7 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
                 "id": "k1",
                 "duplicate": False,
             }
+            # The key from the variable the hub itself reads.
             again = run_cli(
                 "publish",
                 server.http,
@@ -382,9 +505,19 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
                 '{"n": 1}',
                 "--id",
                 "k1",
-                env={"WSHUB_API_KEY": "secret"},
+                env={"WSHUB_ADMIN__API_KEY": "secret"},
             )
             assert orjson.loads(again.stdout)["duplicate"] is True
+            keyless = run_cli("publish", server.http, "news", "2")
+            assert keyless.returncode == 1
+            assert keyless.stderr.count("\n") == 1, keyless.stderr
+            assert "answered 401" in keyless.stderr
+            assert "--api-key or in WSHUB_ADMIN__API_KEY" in keyless.stderr
+            wrong = run_cli("publish", server.http, "news", "2", "--api-key", "guess")
+            assert wrong.returncode == 1
+            assert (
+                "answered 403" in wrong.stderr and "is not the hub's admin.api_key" in wrong.stderr
+            )
             deadline = time.monotonic() + 10
             while not tail_out.read_text().strip():
                 assert time.monotonic() < deadline, "tail printed nothing"
@@ -406,6 +539,43 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
         (("publish", "http://127.0.0.1:1", "news", "{bad"), 2, "DATA is not valid JSON"),
         (("publish", "http://127.0.0.1:1", "$sys.metrics", "1"), 2, "invalid STREAM"),
         (("publish", "http://127.0.0.1:1", "news", "1"), 1, "cannot reach the hub"),
+        (("publish", "http://127.0.0.1:1", "news", "1"), 1, "is a hub serving there?"),
+        (
+            ("publish", "ws://127.0.0.1:1/ws", "news", "1"),
+            2,
+            "give the hub's HTTP address, http://127.0.0.1:1, not its WebSocket",
+        ),
+        (
+            ("tail", "http://127.0.0.1:1", "--client-id", "a", "--stream", "n"),
+            2,
+            "is not a ws/wss URL; did you mean ws://127.0.0.1:1/ws?",
+        ),
+        (
+            ("tail", "https://hub.example/ws", "--client-id", "a", "--stream", "n"),
+            2,
+            "did you mean wss://hub.example/ws?",
+        ),
+        (("tail", "ws://[::1", "--client-id", "a", "--stream", "n"), 2, "is not valid"),
+        (("tail", "ws://h:port/ws", "--client-id", "a", "--stream", "n"), 2, "is not valid"),
+        (
+            ("tail", "ws://127.0.0.1:1/ws", "--client-id", "a", "--stream", "bad stream"),
+            2,
+            "invalid --stream 'bad stream'",
+        ),
+        (
+            (
+                "tail",
+                "ws://127.0.0.1:1/ws",
+                "--client-id",
+                "a",
+                "--stream",
+                "n",
+                "--max-attempts",
+                "0",
+            ),
+            2,
+            "--max-attempts must be >= 1",
+        ),
         (
             ("tail", "ws://127.0.0.1:1/ws", "--client-id", "bad id", "--stream", "n"),
             2,
@@ -436,3 +606,127 @@ def test_tail_and_publish_fail_clearly(args: tuple[str, ...], code: int, message
     result = run_cli(*args)
     assert result.returncode == code
     assert message in result.stderr
+    # One line: what is wrong and what to do; never a traceback.
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"wshub {args[0]}: ")
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- token
+
+JWT_SECRET = "a-cli-jwt-secret-that-is-32-bytes-long"
+
+
+def test_token_mints_what_pyjwt_verifies_with_the_configured_secret() -> None:
+    import jwt
+
+    env = {
+        "WSHUB_AUTH__JWT_SECRET": JWT_SECRET,
+        "WSHUB_AUTH__JWT_AUDIENCE": "wshub",
+        "WSHUB_AUTH__JWT_ISSUER": "https://dev.example",
+    }
+    argv = ["token", "--sub", "alice", "--subscribe", "news", "--publish", "chat.*"]
+    before = time.time()
+    result = run_cli(*argv, "--ttl", "3600", env=env)
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(
+        result.stdout.strip(),
+        JWT_SECRET,
+        algorithms=["HS256"],
+        audience="wshub",
+        issuer="https://dev.example",
+    )
+    assert claims["sub"] == "alice"
+    assert claims["wshub"] == {"subscribe": ["news"], "publish": ["chat.*"], "admin": False}
+    assert int(before) + 3600 <= claims["exp"] <= time.time() + 3600
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--sub", "alice"), {}, "auth.jwt_secret is not configured"),
+        (("--sub", "bad id"), {"WSHUB_AUTH__JWT_SECRET": JWT_SECRET}, "invalid --sub 'bad id'"),
+        (
+            ("--sub", "a", "--ttl", "0"),
+            {"WSHUB_AUTH__JWT_SECRET": JWT_SECRET},
+            "--ttl must be > 0 seconds",
+        ),
+        (("--sub", "a"), {"WSHUB_AUTH__JWT_SECRET": "short"}, "at least 32 bytes"),
+    ],
+)
+def test_token_refuses_what_it_cannot_sign(
+    args: tuple[str, ...],
+    env: dict[str, str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["token", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_refuses_an_unreadable_public_key_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("WSHUB_AUTH__JWT_PUBLIC_KEY", str(missing))
+    monkeypatch.setenv("WSHUB_AUTH__JWT_ALGORITHMS", "RS256")
+    assert main(["serve", "--port", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"wshub serve: auth.jwt_public_key: cannot read {str(missing)!r}: "
+        "No such file or directory; `wshub check-config` shows what serve would load\n"
+    )
+
+
+def test_token_tail_and_publish_through_a_hub_that_requires_tokens(tmp_path: Path) -> None:
+    env = {
+        "WSHUB_AUTH__JWT_SECRET": JWT_SECRET,
+        "WSHUB_SERVER__ALLOW_ANONYMOUS": "false",
+        "WSHUB_SERVER__CLIENT_PUBLISH": "false",
+    }
+    server = wshub_serve(tmp_path / "serve.log", env=env)
+    tail_out = tmp_path / "tail.jsonl"
+    try:
+        reader = run_cli("token", "--sub", "reader", "--subscribe", "news", env=env)
+        writer = run_cli("token", "--sub", "writer", "--publish", "news", env=env)
+        assert reader.returncode == writer.returncode == 0
+        with tail_out.open("w") as out:
+            tail = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "wshub.cli", "tail", f"{server.ws}/ws"),
+                    *("--client-id", "reader", "--stream", "news", "--from", "0"),
+                    *("--token", reader.stdout.strip()),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            refused = run_cli("publish", server.http, "news", "1", "--token", reader.stdout.strip())
+            assert refused.returncode == 1
+            assert "403" in refused.stderr and "publish rights" in refused.stderr
+            published = run_cli(
+                "publish", server.http, "news", '{"n": 1}', "--token", writer.stdout.strip()
+            )
+            assert published.returncode == 0, published.stderr
+            assert orjson.loads(published.stdout)["offset"] == 1
+            deadline = time.monotonic() + 10
+            while not tail_out.read_text().strip():
+                assert time.monotonic() < deadline, "tail printed nothing"
+                assert tail.poll() is None, tail_out.read_text()
+                time.sleep(0.05)
+            line = orjson.loads(tail_out.read_text().splitlines()[0])
+            assert (line["stream"], line["offset"], line["data"]) == ("news", 1, {"n": 1})
+        finally:
+            tail.terminate()
+            tail.wait(10)
+        anonymous = run_cli(
+            "tail", f"{server.ws}/ws", "--client-id", "x", "--stream", "news", "--max-attempts", "1"
+        )
+        assert anonymous.returncode == 1
+        assert "anonymous clients are not allowed" in anonymous.stderr
+    finally:
+        server.stop()

@@ -8,7 +8,6 @@ hub side. The browser test serves the hub with ``wshub serve`` and drives Debian
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import re
 import socket
@@ -24,10 +23,10 @@ import httpx
 import pytest
 import trio
 
-from conftest import require_tool
 from serve_helpers import wshub_serve
 from wshub import serve_websocket
 from wshub.core.config import HubConfig
+from wshub.core.dedup import message_id
 from wshub.core.protocol import CloseCode, Position
 from wshub.hub.hub import Hub, open_hub
 
@@ -39,19 +38,6 @@ CONFIG = HubConfig.testing().merged(
         "dedup": {"window": 60.0},
     }
 )
-
-
-@functools.cache
-def node_command() -> tuple[str, ...]:
-    """Node with the flags it needs: Node 20 has its WebSocket global behind a flag."""
-    node = require_tool("node", "the JavaScript client tests (Node >= 20)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
-    major, minor = (int(part) for part in version.stdout.strip().lstrip("v").split(".")[:2])
-    assert major >= 20, f"the JavaScript client needs Node >= 20, found {version.stdout}"
-    flags = ["--experimental-websocket"] if major < 22 else []
-    if (major, minor) >= (20, 11):
-        flags.append("--disable-warning=ExperimentalWarning")
-    return (node, *flags)
 
 
 class NodeScript:
@@ -91,8 +77,8 @@ class NodeScript:
 
 
 @asynccontextmanager
-async def node_script(name: str, *args: str) -> AsyncIterator[NodeScript]:
-    command = [*node_command(), str(SCRIPTS / name), *args]
+async def node_script(node: tuple[str, ...], name: str, *args: str) -> AsyncIterator[NodeScript]:
+    command = [*node, str(SCRIPTS / name), *args]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -137,11 +123,13 @@ def assert_clean(report: dict[str, Any], received: int, gap: int = 0) -> None:
     assert (report["received"], report["gapCovered"]) == (received, gap)
 
 
-async def test_client_policies_on_a_fake_websocket_and_a_mock_clock() -> None:
+async def test_client_policies_on_a_fake_websocket_and_a_mock_clock(
+    node: tuple[str, ...],
+) -> None:
     """tests/js/client_unit_test.mjs: backoff, close codes, gaps, publish retries, heartbeat."""
     script = str(SCRIPTS / "client_unit_test.mjs")
     result = await trio.run_process(
-        [*node_command(), "--test", script], capture_stdout=True, capture_stderr=True, check=False
+        [*node, "--test", script], capture_stdout=True, capture_stderr=True, check=False
     )
     report = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, report
@@ -149,13 +137,15 @@ async def test_client_policies_on_a_fake_websocket_and_a_mock_clock() -> None:
     assert re.search(r"^# fail 0$", report, re.MULTILINE), report
 
 
-async def test_node_client_resumes_without_loss_through_cuts_gaps_and_a_restart() -> None:
+async def test_node_client_resumes_without_loss_through_cuts_gaps_and_a_restart(
+    node: tuple[str, ...],
+) -> None:
     # Well under the client's connectTimeout (10 s): an attempt that hangs fails the test.
     with trio.fail_after(8):
         async with AsyncExitStack() as first_hub:
             hub, port = await first_hub.enter_async_context(serving_hub())
             url = f"ws://127.0.0.1:{port}/ws"
-            async with node_script("client_node_test.mjs", url) as script:
+            async with node_script(node, "client_node_test.mjs", url) as script:
                 old_epoch = await cuts_and_gaps(hub, script)
                 await first_hub.aclose()  # a restart: the client retries until the new hub is up
                 async with serving_hub(port=port) as (hub, _):
@@ -229,15 +219,16 @@ async def restart_and_publish(hub: Hub, script: NodeScript, old_epoch: str) -> N
     assert report["epoch"] != old_epoch
     assert gaps["@node-1"]["from"] == 4  # the personal stream's history was lost too
 
-    # An explicit id twice, and a generated id.
+    # An explicit id twice, and the same data twice without an id: the hub's content id.
     items = [{"id": f"p-{n}", "data": n} for n in range(5)]
-    items += [{"id": "p-3", "data": 3}, {"data": "no id"}]
+    items += [{"id": "p-3", "data": 3}, {"data": "no id"}, {"data": "no id"}]
     await script.send("publish", stream="pub", items=items)
     results = (await script.wait_for("published"))["results"]
     assert [result["offset"] for result in results[:5]] == [1, 2, 3, 4, 5]
     assert results[5] == {"stream": "pub", "offset": 4, "id": "p-3", "duplicate": True}
-    assert results[6]["offset"] == 6
-    assert len(results[6]["id"]) == 36  # a UUID
+    content_id = message_id("pub", "no id")  # what hub.publish("pub", "no id") would store
+    assert results[6] == {"stream": "pub", "offset": 6, "id": content_id, "duplicate": False}
+    assert results[7] == {"stream": "pub", "offset": 6, "id": content_id, "duplicate": True}
 
     # Answers lost on the way: after reconnecting the client resends with the same ids and
     # learns the original offsets; the hub stored each message once.

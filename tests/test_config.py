@@ -23,7 +23,8 @@ from wshub.core.sections import (
 )
 
 SECTIONS = (
-    "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin"
+    "server, limits, history, dedup, breaker, heartbeat, metrics, cleanup, shutdown, health, admin,"
+    " broker, auth"
 )
 TIMEZONE_ALLOWED = "an IANA time zone name such as 'UTC' or 'Europe/Paris'"
 
@@ -51,6 +52,7 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "breaker.retries": 0,
     "breaker.max_breakers": 1,
     "metrics.history_points": 1,
+    "broker.pool_size": 1,
 }
 
 # key -> (lower bound, lower bound excluded, upper bound or None)
@@ -77,6 +79,8 @@ NUMBER_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "cleanup.interval": (0, True, None),
     "shutdown.grace": (0, False, None),
     "health.queue_degraded_ratio": (0, True, 1),
+    "broker.timeout": (0, True, None),
+    "auth.leeway": (0, False, None),
 }
 
 LARGEST = 1e12  # keeps generated numbers readable; the validators have no upper bound here
@@ -723,6 +727,52 @@ def test_to_dict_is_plain_json_data_in_section_order() -> None:
     assert list(data) == SECTIONS.split(", ")
     assert data["server"]["origins"] == ["https://a.example"]
     assert json.loads(json.dumps(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("broker.kind", "postgres", "one of 'memory', 'redis'"),
+        (
+            "broker.url",
+            "http://127.0.0.1:6379",
+            "a redis://host:port/db or rediss://host:port/db URL",
+        ),
+        ("broker.url", "redis://:6379/0", "a redis://host:port/db or rediss://host:port/db URL"),
+        ("broker.url", "redis://h:port/0", "a redis://host:port/db or rediss://host:port/db URL"),
+        ("broker.prefix", "my app", "1 to 64 characters from [A-Za-z0-9_.:-]"),
+        ("broker.prefix", "{tag}", "1 to 64 characters from [A-Za-z0-9_.:-]"),
+        ("dedup.content_ids", "yes", "true or false"),
+    ],
+)
+def test_broker_and_dedup_keys_name_the_key_and_what_is_allowed(
+    key: str, value: Any, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_value(key, value)
+    assert str(caught.value) == f"{key} must be {allowed}, got {value!r}"
+
+
+def test_broker_from_environment() -> None:
+    environ = {
+        "WSHUB_BROKER__KIND": "redis",
+        "WSHUB_BROKER__URL": "rediss://cache.internal:6380/2",
+        "WSHUB_BROKER__PREFIX": "app1",
+        "WSHUB_BROKER__TIMEOUT": "0.5",
+        "WSHUB_BROKER__POOL_SIZE": "4",
+        "WSHUB_DEDUP__CONTENT_IDS": "false",
+    }
+    config = HubConfig.from_env(environ)
+    broker = config.broker
+    assert (broker.kind, broker.url, broker.prefix) == (
+        "redis",
+        "rediss://cache.internal:6380/2",
+        "app1",
+    )
+    assert (broker.timeout, broker.pool_size) == (0.5, 4)
+    assert config.dedup.content_ids is False
+    with pytest.raises(ConfigError, match=r"WSHUB_BROKER__KINDS: unknown key broker\.kinds"):
+        HubConfig.from_env({"WSHUB_BROKER__KINDS": "redis"})
 
 
 def test_to_dict_round_trips_optional_values_and_secrets() -> None:

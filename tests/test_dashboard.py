@@ -96,16 +96,24 @@ def breaker_hub(tmp_path: Path) -> Iterator[Server]:
 # --------------------------------------------------------------------------- the page
 
 
+# What the login form stores: a tab signed in before the page loads.
+SIGNED_IN = f"""try {{
+  sessionStorage.setItem("wshub.dashboard.credential", {json.dumps(API_KEY)});
+}} catch {{}}"""
+
+
 @contextmanager
 def dashboard(
     browser: Any,
     server: Server,
-    query: str = f"api_key={API_KEY}",
+    query: str = "",
     *,
     viewport: tuple[int, int] = (1280, 800),
     init_script: str | None = None,
+    signed_in: bool = True,
 ) -> Iterator[tuple[Any, list[str]]]:
-    """The dashboard open in a fresh context; yields the page and its console problems."""
+    """The dashboard open in a fresh context, signed in with the admin key unless told not to;
+    yields the page and its console problems."""
     width, height = viewport
     context = browser.new_context(viewport={"width": width, "height": height})
     try:
@@ -124,6 +132,8 @@ def dashboard(
         page.on("request", on_request)
         page.on("console", on_console)
         page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+        if signed_in:
+            page.add_init_script(SIGNED_IN)
         if init_script is not None:
             page.add_init_script(init_script)
         response = page.goto(f"{server.http}/dashboard?{query}")
@@ -133,11 +143,14 @@ def dashboard(
         context.close()
 
 
+# A chart is drawn when uPlot holds it (a canvas in the figure) and its lines have points:
+# ``data-lines`` counts the values of each line in the data given to uPlot.
 CHARTS_DRAWN = """(strict) => {
-  const charts = [...document.querySelectorAll("figure.chart")];
+  const charts = [...document.querySelectorAll("#charts figure.chart")];
   return charts.length > 0 && charts.every((chart) => {
-    const lines = [...chart.querySelectorAll("path.line")].map((p) => Number(p.dataset.points));
-    return lines.length > 0 && (strict ? lines.every((n) => n >= 2) : lines.some((n) => n >= 2));
+    const lines = JSON.parse(chart.dataset.lines || "[]");
+    return chart.querySelector("canvas") !== null && lines.length > 0
+      && (strict ? lines.every((n) => n >= 2) : lines.some((n) => n >= 2));
   });
 }"""
 
@@ -147,9 +160,9 @@ def wait_for_charts(page: Any, *, strict: bool) -> dict[str, list[int]]:
 
     def drawn() -> dict[str, list[int]]:
         lines: dict[str, list[int]] = page.eval_on_selector_all(
-            "figure.chart",
+            "#charts figure.chart",
             """charts => Object.fromEntries(charts.map((c) => [c.dataset.chart,
-                 [...c.querySelectorAll("path.line")].map((p) => Number(p.dataset.points))]))""",
+                 JSON.parse(c.dataset.lines || "[]")]))""",
         )
         return lines
 
@@ -288,9 +301,10 @@ class Traffic:
             self._published += 1
             n = self._published
             repeat = duplicate_every and n % duplicate_every == 0
-            key = f"{self._prefix}-{n - 1 if repeat else n}"
+            number = n - 1 if repeat else n  # a repeat resends the same message
+            key = f"{self._prefix}-{number}"
             response = self.http.post(
-                "/api/publish", json={"stream": "news", "data": {"n": n}, "id": key}
+                "/api/publish", json={"stream": "news", "data": {"n": number}, "id": key}
             )
             response.raise_for_status()
             stored += not response.json()["duplicate"]
@@ -344,22 +358,38 @@ class Traffic:
 # --------------------------------------------------------------------------- tests
 
 
-def test_the_dashboard_and_its_data_need_the_key(chromium_browser: Any, hub: Server) -> None:
+def test_the_dashboard_data_needs_the_key_and_the_page_asks_for_it(
+    chromium_browser: Any, hub: Server
+) -> None:
     with httpx.Client(base_url=hub.http, timeout=5.0) as http:
-        for path in ("/dashboard", "/api/stats", "/metrics"):
+        for path in ("/api/stats", "/metrics"):
             assert http.get(path).status_code == 401, path
             assert http.get(path, params={"api_key": "wrong"}).status_code == 403, path
-        page = http.get("/dashboard", params={"api_key": API_KEY})
+        page = http.get("/dashboard")  # the page holds no figures: served to anyone
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert 'import("./client.js")' in page.text
         assert http.get("/client.js").status_code == 200
-    context = chromium_browser.new_context()
-    try:
-        response = context.new_page().goto(f"{hub.http}/dashboard")
-        assert response is not None and response.status == 401
-    finally:
-        context.close()
+    with dashboard(chromium_browser, hub, signed_in=False) as (page, problems):
+        page.wait_for_selector("#login:not([hidden])", timeout=SHOWN)
+        assert "401" in page.text_content("#login-error")
+        page.fill("#credential", "wrong")
+        page.click("#login button[type=submit]")
+        page.wait_for_function(
+            "() => document.querySelector('#login-error').textContent.includes('403')",
+            timeout=SHOWN,
+        )
+        assert not page.is_hidden("#login")
+        page.fill("#credential", API_KEY)
+        page.click("#login button[type=submit]")
+        wait_for_mode(page, "live")
+        assert page.is_hidden("#login")
+        wait_for_charts(page, strict=False)
+        # The key went in headers and the hello, never in a URL.
+        assert API_KEY not in page.url
+        assert page.evaluate("sessionStorage.getItem('wshub.dashboard.credential')") == API_KEY
+        # The only console problems are the two refused requests the form answered.
+        assert all("401" in p or "403" in p for p in problems), problems
 
 
 def test_live_charts_follow_the_traffic(chromium_browser: Any, hub: Server) -> None:
@@ -368,6 +398,7 @@ def test_live_charts_follow_the_traffic(chromium_browser: Any, hub: Server) -> N
         wait_for_charts(page, strict=True)
         assert page.get_attribute("#banner", "data-status") == "healthy"
         assert page.eval_on_selector("#reasons", "list => list.children.length") == 0
+        assert page.text_content("#server") == "hypercorn"  # wshub serve's default server
         before = {name: figure(page, name) for name in ("published", "delivered", "deduplicated")}
 
         traffic.subscriber("alice")
@@ -415,7 +446,7 @@ def test_the_dashboard_resumes_metrics_after_a_lost_connection(
       };
     })();"""
     # A long poll interval: whatever the gap holds must come from the stream's replay.
-    query = f"api_key={API_KEY}&poll=60"
+    query = "poll=60"
     with dashboard(chromium_browser, hub, query, init_script=cut) as (page, problems):
         wait_for_mode(page, "live")
         wait_for_charts(page, strict=False)
@@ -452,7 +483,7 @@ def test_without_websocket_the_dashboard_polls(chromium_browser: Any, hub: Serve
         dashboard(
             chromium_browser,
             hub,
-            f"api_key={API_KEY}&poll=0.5",
+            "poll=0.5",
             viewport=(390, 844),  # a phone: the grid becomes one column
             init_script=no_websocket,
         ) as (page, problems),
@@ -522,4 +553,147 @@ def test_an_open_breaker_turns_the_banner_degraded(
         target = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "dashboard.png")
         page.screenshot(path=str(target), full_page=True)
         assert target.stat().st_size > 10_000  # a real picture of a drawn page
+        assert not problems, problems
+
+
+# --------------------------------------------------------------------------- uPlot, streams, range
+
+UPLOT = HERE.parent / "src" / "wshub" / "static" / "vendor" / "uplot"
+
+
+def test_uplot_is_vendored_unchanged_at_its_pinned_version() -> None:
+    """The digests in vendor/uplot/README.md are those of the files, and the version matches."""
+    import hashlib
+    import re
+
+    readme = (UPLOT / "README.md").read_text()
+    recorded = dict(re.findall(r"^\| (\S+) \| ([0-9a-f]{64}) \|$", readme, re.M))
+    assert set(recorded) == {"uPlot.iife.min.js", "uPlot.min.css", "LICENSE", "package.json"}
+    for name, digest in recorded.items():
+        assert hashlib.sha256((UPLOT / name).read_bytes()).hexdigest() == digest, name
+    package = json.loads((UPLOT / "package.json").read_text())
+    assert (package["name"], package["license"]) == ("uplot", "MIT")
+    version = package["version"]
+    assert f"uplot@{version}" in readme
+    banner = (UPLOT / "uPlot.iife.min.js").read_text().splitlines()[0]
+    assert banner == f"/*! https://github.com/leeoniya/uPlot (v{version}) */"
+    assert (UPLOT / "LICENSE").read_text().startswith("The MIT License")
+
+
+def test_the_hub_serves_uplot_without_the_key(hub: Server) -> None:
+    with httpx.Client(base_url=hub.http, timeout=5.0) as http:
+        script = http.get("/static/uplot/uPlot.iife.min.js")
+        style = http.get("/static/uplot/uPlot.min.css")
+    assert script.status_code == 200 and script.headers["content-type"].startswith(
+        "application/javascript"
+    )
+    assert script.content == (UPLOT / "uPlot.iife.min.js").read_bytes()
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
+    assert style.content == (UPLOT / "uPlot.min.css").read_bytes()
+
+
+def stream_cell(page: Any, stream: str, column: str) -> str:
+    text: str = page.eval_on_selector(
+        f'#streams tr[data-stream="{stream}"] td[data-col="{column}"]', "cell => cell.textContent"
+    )
+    return text
+
+
+def test_the_stream_view_follows_a_stream_and_keeps_the_choice_across_a_reload(
+    chromium_browser: Any, hub: Server
+) -> None:
+    with dashboard(chromium_browser, hub) as (page, problems), Traffic(hub) as traffic:
+        wait_for_mode(page, "live")
+        traffic.subscriber("stream-a")
+        traffic.subscriber("stream-b")
+        traffic.publish(12)
+        with httpx.Client(base_url=hub.http, params={"api_key": API_KEY}, timeout=5.0) as http:
+            news = next(
+                r for r in http.get("/api/stats").json()["top_streams"] if r["stream"] == "news"
+            )
+        # The table shows what the hub reports for "news": subscribers, offset, history held.
+        page.wait_for_function(
+            """(offset) => Number(document.querySelector('#streams tr[data-stream="news"]'
+                 + ' td[data-col="offset"]')?.textContent) >= offset""",
+            arg=news["offset"],
+            timeout=SHOWN,
+        )
+        assert int(stream_cell(page, "news", "subscribers")) >= 2
+        held = page.get_attribute(
+            '#streams tr[data-stream="news"] td[data-col="held"]', "data-value"
+        )
+        assert int(held) >= 12
+        # With no choice made, the chart follows the most subscribed stream: news here.
+        assert page.get_attribute("#stream-chart", "data-stream") == "news"
+        page.wait_for_function(
+            """() => JSON.parse(document.querySelector("#stream-chart").dataset.lines || "[]")
+                 .some((n) => n >= 2)""",
+            timeout=SHOWN,
+        )
+        assert page.eval_on_selector("#stream-chart", "f => f.querySelector('canvas') !== null")
+
+        page.click('#streams tr[data-stream="@stream-a"]')
+        page.wait_for_selector('#stream-chart[data-stream="@stream-a"]', timeout=SHOWN)
+        assert page.get_attribute('#streams tr[data-stream="@stream-a"]', "aria-selected") == "true"
+        title = page.eval_on_selector("#stream-chart [data-title]", "e => e.textContent")
+        assert title == "Stream @stream-a"
+
+        page.reload()
+        page.wait_for_selector('#stream-chart[data-stream="@stream-a"]', timeout=SHOWN)
+        assert not problems, problems
+
+
+def test_the_time_range_limits_the_charts_and_survives_a_reload(
+    chromium_browser: Any, hub: Server
+) -> None:
+    with dashboard(chromium_browser, hub) as (page, problems):
+        wait_for_mode(page, "live")
+        wait_for_charts(page, strict=False)
+        assert page.input_value("#range") == "0"  # everything held, by default
+        # A snapshot from 10 minutes before the first one held, as a saved one added by hand.
+        added = page.evaluate(
+            """() => {
+              const first = window.wshubDashboard.store.points[0];
+              const { _t, _u, _src, ...snapshot } = first;
+              snapshot.time = new Date(_t - 600_000).toISOString();
+              snapshot.uptime_seconds = _u - 600;
+              return window.wshubDashboard.addSnapshot(snapshot);
+            }"""
+        )
+        assert added
+
+        def x_span() -> tuple[float, float, int, int]:
+            """The connections chart: (first x, last x) uPlot holds, points shown, held."""
+            return tuple(
+                page.evaluate(
+                    """() => {
+                      const figure = document.querySelector('[data-chart="connections"]');
+                      const xs = figure._plot.data[0];
+                      return [xs[0], xs.at(-1), Number(figure.dataset.points),
+                              window.wshubDashboard.store.points.length];
+                    }"""
+                )
+            )
+
+        page.wait_for_function(
+            """() => { const f = document.querySelector('[data-chart="connections"]');
+                       return f._plot && f._plot.data[0].at(-1) - f._plot.data[0][0] > 600; }""",
+            timeout=SHOWN,
+        )
+        first, last, shown, held = x_span()
+        assert last - first > 600 and shown == held
+
+        page.select_option("#range", "60")
+        page.wait_for_function(
+            """() => { const f = document.querySelector('[data-chart="connections"]');
+                       return f._plot.data[0].at(-1) - f._plot.data[0][0] <= 60; }""",
+            timeout=SHOWN,
+        )
+        first, last, shown, held = x_span()
+        assert last - first <= 60 and shown < held
+
+        page.reload()
+        wait_for_mode(page, "live")
+        assert page.input_value("#range") == "60"
+        assert page.evaluate("window.wshubDashboard.view.range") == 60
         assert not problems, problems

@@ -256,6 +256,42 @@ def test_read_from_a_negative_offset_reads_like_zero() -> None:
     assert history.read_from(Position(-5, history.epoch)).recovered
 
 
+# --- {"offset": 0} without an epoch: everything history still holds ----------------------------
+
+
+def test_offset_zero_without_epoch_replays_everything_when_offset_one_is_held() -> None:
+    history, _ = new_history()
+    publish(history, 3)
+    replay = history.read_from(Position(0, None))
+    assert replay.recovered
+    assert (replay.epoch, replay.offset, replay.first) == (history.epoch, 3, 1)
+    assert offsets(replay) == [1, 2, 3]
+
+
+def test_offset_zero_without_epoch_after_trimming_is_not_recovered_and_shows_the_gap() -> None:
+    history, _ = new_history(size=3)
+    publish(history, 5)
+    replay = history.read_from(Position(0, None))
+    assert not replay.recovered
+    # The client missed offsets 1 to first - 1 = 2, and gets everything still held.
+    assert (replay.first, offsets(replay)) == (3, [3, 4, 5])
+
+
+def test_offset_zero_without_epoch_on_a_stream_never_published_is_recovered() -> None:
+    history, _ = new_history()
+    replay = history.read_from(Position(0, None))
+    assert (replay.recovered, replay.messages, replay.offset, replay.first) == (True, [], 0, None)
+
+
+def test_offset_zero_without_epoch_after_everything_expired_is_not_recovered() -> None:
+    history, clock = new_history(ttl=10.0)
+    publish(history, 2)
+    clock.jump(10.0)
+    assert history.trim_expired() == 2
+    replay = history.read_from(Position(0, None))
+    assert (replay.recovered, replay.messages, replay.offset, replay.first) == (False, [], 2, None)
+
+
 def test_read_from_returns_a_copy_the_history_does_not_change() -> None:
     history, _ = new_history(size=2)
     publish(history, 2)

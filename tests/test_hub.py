@@ -73,7 +73,7 @@ async def test_send_reaches_only_the_personal_stream(autojump_clock: Any) -> Non
 async def test_duplicate_publish_returns_the_original_offset(autojump_clock: Any) -> None:
     async with open_hub(config()) as hub:
         first = await hub.publish("news", {"title": "hi"}, id="evt-1")
-        again = await hub.publish("news", {"title": "changed"}, id="evt-1")
+        again = await hub.publish("news", {"title": "hi"}, id="evt-1")
         assert first == wshub.PublishResult("news", 1, "evt-1", False)
         assert again == wshub.PublishResult("news", 1, "evt-1", True)
         implicit = await hub.publish("news", {"b": 1, "a": 2})
@@ -82,6 +82,16 @@ async def test_duplicate_publish_returns_the_original_offset(autojump_clock: Any
         assert reordered == attrs.evolve(implicit, duplicate=True)
         assert hub.metrics.deduplicated == 2
         assert hub.metrics.published == 2
+
+
+async def test_the_same_id_with_other_data_raises_id_conflict(autojump_clock: Any) -> None:
+    async with open_hub(config()) as hub:
+        await hub.publish("news", {"title": "hi"}, id="evt-1")
+        with pytest.raises(wshub.IdConflict) as caught:
+            await hub.publish("news", {"title": "changed"}, id="evt-1")
+        assert (caught.value.stream, caught.value.id, caught.value.offset) == ("news", "evt-1", 1)
+        assert hub.metrics.published == 1
+        assert hub.metrics.deduplicated == 0
 
 
 async def test_duplicate_window_ends_exactly_at_dedup_window(autojump_clock: Any) -> None:
@@ -281,6 +291,38 @@ async def test_client_publish_is_answered_and_deduplicated(autojump_clock: Any) 
         assert answer["duplicate"] is True and answer["offset"] == 1 and answer["ref"] == 2
         # Another publisher's identical id is its own message: keys are scoped per publisher.
         assert not (await hub.publish("news", 1, id="k")).duplicate
+        await client.aclose()
+
+
+async def test_client_reusing_an_id_for_other_data_gets_conflict(autojump_clock: Any) -> None:
+    async with open_hub(config()) as hub:
+        client = await connect_memory(hub, "alice")
+        await client.receive()
+        await client.send({"type": "publish", "stream": "news", "data": 1, "id": "k", "ref": 1})
+        assert (await client.receive())["offset"] == 1
+        await client.send({"type": "publish", "stream": "news", "data": 2, "id": "k", "ref": 2})
+        error = await client.receive()
+        assert (error["type"], error["code"], error["ref"]) == ("error", "conflict", 2)
+        assert "'k'" in error["message"] and "offset 1" in error["message"]
+        assert hub.metrics.published == 1 and hub.metrics.deduplicated == 0
+        await client.aclose()
+
+
+async def test_a_hook_that_changes_data_keeps_retries_duplicates(autojump_clock: Any) -> None:
+    async def stamp(client_id: str, stream: str, data: Any) -> Any:
+        return {"by": client_id, "data": data}
+
+    async with open_hub(config(), on_publish=stamp) as hub:
+        client = await connect_memory(hub, "alice", subscribe={"news": None})
+        await client.receive()
+        for ref in (1, 2):  # the same request twice: the key is what the client sent
+            frame = {"type": "publish", "stream": "news", "data": 7, "id": "k", "ref": ref}
+            await client.send(frame)
+        answers = [m for m in await client.receive_until("published")]
+        second = await client.receive()
+        assert answers[0]["data"] == {"by": "alice", "data": 7}
+        assert (answers[-1]["duplicate"], second["duplicate"]) == (False, True)
+        assert second["offset"] == 1
         await client.aclose()
 
 

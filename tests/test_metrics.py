@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from wshub.core.metrics import LATENCY_BUCKETS, ClientStats, HubMetrics
+from wshub.core.metrics import LATENCY_BUCKETS, PEER_CLOSED, ClientStats, HubMetrics
 
 
 class FakeClock:
@@ -65,6 +65,10 @@ def busy_metrics() -> HubMetrics:
     metrics.record_disconnect(1000)
     metrics.record_disconnect(1000)
     metrics.record_disconnect(4002)
+    metrics.record_disconnect(PEER_CLOSED)
+    metrics.record_timeout("hello")
+    metrics.record_timeout("heartbeat")
+    metrics.record_timeout("heartbeat")
     metrics.published = 10
     metrics.delivered = 25
     metrics.deduplicated = 4
@@ -73,6 +77,8 @@ def busy_metrics() -> HubMetrics:
     metrics.record_drop("too_large")
     metrics.queue_depth = 6
     metrics.queue_overflows = 2
+    metrics.record_queue_depth(40)
+    metrics.record_queue_depth(12)  # the largest seen stays
     metrics.record_resume(recovered=True)
     metrics.record_resume(recovered=True)
     metrics.record_resume(recovered=False)
@@ -80,6 +86,8 @@ def busy_metrics() -> HubMetrics:
     metrics.record_retry("success")
     metrics.record_retry("retry")
     metrics.record_retry("retry")
+    for outcome in ("recovered", "recovered", "recovered", "exhausted"):
+        metrics.record_retry(outcome)
     metrics.on_breaker_transition(FakeBreaker("redis"), State.CLOSED, State.OPEN)
     metrics.record_cleanup({"history": 3, "dedup": 1})
     metrics.record_cleanup({"history": 2, "clients": 0})
@@ -100,6 +108,9 @@ def test_text_exposition_holds_every_design_name_with_values_and_labels() -> Non
     assert found[("wshub_reconnections_total", NO_LABELS)] == 2
     assert found[("wshub_disconnects_total", labels(code="1000"))] == 2
     assert found[("wshub_disconnects_total", labels(code="4002"))] == 1
+    assert found[("wshub_disconnects_total", labels(code="peer"))] == 1
+    assert found[("wshub_connection_timeouts_total", labels(kind="hello"))] == 1
+    assert found[("wshub_connection_timeouts_total", labels(kind="heartbeat"))] == 2
     assert found[("wshub_messages_published_total", NO_LABELS)] == 10
     assert found[("wshub_messages_delivered_total", NO_LABELS)] == 25
     assert found[("wshub_messages_deduplicated_total", NO_LABELS)] == 4
@@ -107,6 +118,7 @@ def test_text_exposition_holds_every_design_name_with_values_and_labels() -> Non
     assert found[("wshub_messages_dropped_total", labels(reason="slow_consumer"))] == 3
     assert found[("wshub_messages_dropped_total", labels(reason="too_large"))] == 1
     assert found[("wshub_queue_depth", NO_LABELS)] == 6
+    assert found[("wshub_queue_depth_max", NO_LABELS)] == 40
     assert found[("wshub_queue_overflows_total", NO_LABELS)] == 2
     assert found[("wshub_resumes_total", labels(recovered="true"))] == 2
     assert found[("wshub_resumes_total", labels(recovered="false"))] == 1
@@ -544,7 +556,8 @@ def test_snapshot_has_the_documented_shape_and_is_json_ready() -> None:
             "total": 7,
             "failed": 1,
             "reconnections": 2,
-            "disconnects": {"1000": 2, "4002": 1},
+            "disconnects": {"1000": 2, "4002": 1, "peer": 1},
+            "timeouts": {"hello": 1, "heartbeat": 2},
         },
         "messages": {
             "published": 10,
@@ -554,9 +567,10 @@ def test_snapshot_has_the_documented_shape_and_is_json_ready() -> None:
             "replayed": 12,
             "dropped": {"slow_consumer": 3, "too_large": 1},
         },
-        "queues": {"depth": 6, "overflows": 2},
+        "queues": {"depth": 6, "depth_max": 40, "overflows": 2},
         "resumes": {"recovered": 2, "unrecovered": 1},
-        "retries": {"success": 1, "retry": 2},
+        "retries": {"success": 1, "retry": 2, "recovered": 3, "exhausted": 1},
+        "retry_success_ratio": 0.75,
         "breakers": {
             "redis": {"state": "open", "transitions": {"closed": 0, "open": 1, "half_open": 0}}
         },
@@ -564,6 +578,7 @@ def test_snapshot_has_the_documented_shape_and_is_json_ready() -> None:
         "latency": {
             "count": 2,
             "sum": pytest.approx(0.302),
+            "mean": pytest.approx(0.151),
             "p50": pytest.approx(0.0025),
             "p99": pytest.approx(0.25 + 0.25 * 0.98),
         },
@@ -574,5 +589,13 @@ def test_snapshot_has_the_documented_shape_and_is_json_ready() -> None:
 def test_snapshot_of_fresh_metrics_reports_no_latency_percentiles() -> None:
     snapshot = HubMetrics().snapshot()
 
-    assert snapshot["latency"] == {"count": 0, "sum": 0.0, "p50": None, "p99": None}
+    assert snapshot["latency"] == {
+        "count": 0,
+        "sum": 0.0,
+        "mean": None,
+        "p50": None,
+        "p99": None,
+    }
+    assert snapshot["retry_success_ratio"] is None
+    assert snapshot["queues"]["depth_max"] == 0
     assert json.dumps(snapshot)

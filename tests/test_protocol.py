@@ -27,6 +27,8 @@ from wshub.core.protocol import (
     ProtocolError,
     Publish,
     Published,
+    Refresh,
+    Refreshed,
     StreamStatus,
     Subscribe,
     Subscribed,
@@ -40,6 +42,8 @@ from wshub.core.protocol import (
     encode_pong,
     encode_publish,
     encode_published,
+    encode_refresh,
+    encode_refreshed,
     encode_subscribe,
     encode_subscribed,
     encode_unsubscribe,
@@ -59,7 +63,7 @@ from wshub.core.protocol import (
 TOPIC_RULE = "a topic matching [A-Za-z0-9_.:-]{1,200}, '@<client_id>' or '$<name>'"
 PERSONAL_RULE = "a personal stream '@' + a client id matching [A-Za-z0-9_.:-]{1,128}"
 SYSTEM_RULE = "a system stream '$' + a name matching [A-Za-z0-9_.:-]{1,200}"
-CLIENT_TYPES = "hello, subscribe, unsubscribe, publish, ping"
+CLIENT_TYPES = "hello, subscribe, unsubscribe, publish, ping, refresh"
 
 
 def compact(example: str) -> str:
@@ -85,6 +89,7 @@ def test_constants_match_the_protocol() -> None:
         "rate_limited",
         "unavailable",
         "too_large",
+        "conflict",
         "limit_exceeded",
     } == ERROR_CODES
     assert {code.name: int(code) for code in CloseCode} == {
@@ -101,6 +106,7 @@ def test_constants_match_the_protocol() -> None:
         "SLOW_CONSUMER": 4002,
         "RATE_LIMITED": 4003,
         "HEARTBEAT_TIMEOUT": 4004,
+        "CREDENTIAL_EXPIRED": 4005,
     }
     assert isinstance(CloseCode.SLOW_CONSUMER, int)  # passes wherever an int is expected
     assert CloseCode(4002) is CloseCode.SLOW_CONSUMER
@@ -451,7 +457,10 @@ def test_overlong_values_are_rejected_with_a_bounded_message() -> None:
         ("41", "subscribe.position must be an object or null, got 41"),
         ("{}", "subscribe.position.offset is required"),
         ('{"epoch": "e"}', "subscribe.position.offset is required"),
-        ('{"offset": 1}', "subscribe.position.epoch is required"),
+        (
+            '{"offset": 1}',
+            "subscribe.position.epoch is required (it may be left out only at offset 0)",
+        ),
         (
             '{"offset": true, "epoch": "e"}',
             "subscribe.position.offset must be an integer >= 0, got true",
@@ -1019,3 +1028,49 @@ def test_encode_publish_round_trips_through_the_server_parser(
 ) -> None:
     frame = encode_publish(stream, data, id=message_id, ref=ref)
     assert parse_client_frame(frame) == Publish(stream, data, message_id, ref)
+
+
+# --- credentials: refresh / refreshed, and the epoch-less position ---------------------------
+
+
+def test_refresh_is_parsed_and_encoded() -> None:
+    assert parse_client_frame('{"type": "refresh", "token": "a.b.c"}') == Refresh("a.b.c")
+    assert encode_refresh("a.b.c") == '{"type":"refresh","token":"a.b.c"}'
+    assert parse_client_frame(encode_refresh("x.y.z")) == Refresh("x.y.z")
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ('{"type": "refresh"}', "refresh.token is required"),
+        ('{"type": "refresh", "token": ""}', "refresh.token must be a non-empty string, got ''"),
+        (
+            '{"type": "refresh", "token": null}',
+            "refresh.token must be a non-empty string, got null",
+        ),
+        ('{"type": "refresh", "token": 5}', "refresh.token must be a non-empty string, got 5"),
+    ],
+)
+def test_bad_refresh_frames_are_bad_requests(frame: str, message: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(frame)
+    assert (caught.value.code, caught.value.message) == ("bad_request", message)
+
+
+def test_refreshed_is_encoded_with_integral_seconds_and_parsed() -> None:
+    assert encode_refreshed(1732233600.0) == '{"type":"refreshed","expires":1732233600}'
+    assert encode_refreshed(1732233600.5) == '{"type":"refreshed","expires":1732233600.5}'
+    assert parse_server_frame(encode_refreshed(1732233600)) == [Refreshed(1732233600)]
+
+
+def test_offset_zero_without_epoch_is_a_position_in_whatever_epoch_the_stream_has() -> None:
+    frame = '{"type": "subscribe", "stream": "@alice", "position": {"offset": 0}}'
+    assert parse_client_frame(frame) == Subscribe("@alice", Position(0, None))
+    hello = parse_client_frame(
+        '{"type": "hello", "client_id": "a", "subscribe": {"n": {"offset": 0}}}'
+    )
+    assert isinstance(hello, Hello)
+    assert hello.subscribe == {"n": Position(0, None)}
+    assert encode_subscribe("@alice", Position(0, None)) == (
+        '{"type":"subscribe","stream":"@alice","position":{"offset":0}}'
+    )

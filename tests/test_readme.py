@@ -1,17 +1,35 @@
-"""The README's examples run as written."""
+"""The README's examples and commands run as written, on a machine set up as it says."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).parent.parent / "README.md"
+import httpx
+
+from serve_helpers import WSHUB_SERVE_READY, Server
+
+ROOT = Path(__file__).parent.parent
+README = ROOT / "README.md"
 
 
 def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def command_under(heading: str) -> str:
+    """The one-line shell command of the ``sh`` block right under ``## heading``."""
+    text = README.read_text()
+    section = text[text.index(f"## {heading}") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, f"no sh block under {heading!r}"
+    lines = block.group(1).strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 def test_the_trio_program_example_runs_and_prints_what_it_says() -> None:
@@ -35,3 +53,83 @@ def test_the_readme_names_commands_that_exist() -> None:
     ).stdout
     for command in re.findall(r"^wshub (\w[\w-]*)", text, re.M):
         assert command in help_text, f"README uses `wshub {command}`, which does not exist"
+
+
+def test_the_two_commands_install_into_a_venv_never_into_the_system_python() -> None:
+    # Debian 12's python3 refuses ``pip install`` outside a venv (externally-managed-environment).
+    for heading in ("Run the hub", "Run the whole test suite"):
+        command = command_under(heading)
+        steps = [step.strip() for step in command.split("&&")]
+        assert steps[0] == "python3 -m venv .venv", command
+        for step in steps[1:]:
+            assert step.startswith(".venv/bin/"), f"{step!r} runs outside the venv"
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    assert command_under("Run the whole test suite") in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_run_command_serves_from_a_fresh_copy_of_the_project(tmp_path: Path) -> None:
+    """The README's first command, run by bash in a copy of the sources with no venv yet."""
+    project = tmp_path / "wshub"
+    shutil.copytree(
+        ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WSHUB_", "VIRTUAL_ENV"))}
+    # Port 0 through the environment (as any deployment may): other tests use the default port.
+    environ.update(WSHUB_SERVER__PORT="0", PYTHONUNBUFFERED="1")
+    # ``exec`` before the last step, so that the stop signal reaches wshub rather than bash.
+    *setup, serve = command_under("Run the hub").split(" && ")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            ["bash", "-c", " && ".join([*setup, f"exec {serve}"])],
+            cwd=project,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
+    server = Server(process, log_path)
+    try:
+        server.wait_ready(WSHUB_SERVE_READY, deadline=180.0)  # pip install first
+        answer = httpx.get(f"{server.http}/health", timeout=5.0)
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+        assert (project / ".venv" / "bin" / "wshub").exists()
+    finally:
+        server.stop()
+
+
+def run_js_tests_without_node(ci: bool) -> str:
+    """Run the Node tests of tests/test_client_js.py with ``node`` off the PATH; the output."""
+    environ = {k: v for k, v in os.environ.items() if k != "CI"}
+    environ["PATH"] = str(Path(sys.executable).parent)  # the venv's bin holds no node
+    if ci:
+        environ["CI"] = "true"
+    tests = str(ROOT / "tests" / "test_client_js.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-k", "not browser", tests],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environ,
+        cwd=ROOT,
+    )
+    return result.stdout
+
+
+def test_without_node_the_summary_names_the_nodejs_package() -> None:
+    output = run_js_tests_without_node(ci=False)
+    skips = [line for line in output.splitlines() if line.startswith("SKIPPED")]
+    assert len(skips) == 2, output
+    for line in skips:
+        assert "Node >= 20" in line, line
+        assert "apt-get install nodejs" in line, line
+    assert "2 skipped" in output, output
+
+
+def test_without_node_ci_fails_instead_of_skipping() -> None:
+    output = run_js_tests_without_node(ci=True)
+    assert "skipped" not in output, output
+    assert "2 errors" in output, output

@@ -11,6 +11,7 @@ from wshub import (
     client,
     testing,
 )
+from wshub.brokers.base import BrokerUnavailable
 from wshub.core.breaker import (
     BreakerState,
     BreakerStatistics,
@@ -19,7 +20,7 @@ from wshub.core.breaker import (
 )
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import ConfigError, HubConfig
-from wshub.core.dedup import Deduplicator, message_id
+from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.errors import TransportClosed
 from wshub.core.events import PublishResult
 from wshub.core.protocol import SUBPROTOCOL, CloseCode, Position
@@ -36,6 +37,7 @@ __all__ = [
     "BreakerRegistry",
     "BreakerState",
     "BreakerStatistics",
+    "BrokerUnavailable",
     "CircuitBreaker",
     "CircuitOpenError",
     "CloseCode",
@@ -44,6 +46,7 @@ __all__ = [
     "HookUnavailable",
     "Hub",
     "HubConfig",
+    "IdConflict",
     "Identity",
     "Position",
     "PublishRejected",

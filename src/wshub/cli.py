@@ -1,9 +1,16 @@
-"""The ``wshub`` command: ``wshub serve`` and ``wshub check-config``.
+"""The ``wshub`` command: ``serve``, ``check-config``, ``tail``, ``publish`` and ``token``.
+
+``tail`` and ``publish``, the commands that act as a client of a running hub, are in
+``wshub.cli_clients``.
 
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
-``SUBCOMMANDS`` lists them, so a new one is one line there.
+``SUBCOMMANDS`` lists them, so a new one is one line there. One error style everywhere
+(``cli_clients.complain``): one line on stderr, ``wshub COMMAND: what is wrong; what to do``,
+exit status 2 for bad input or configuration and 1 for a failure at run time, never a
+traceback for either.
 
-``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port. Its shutdown
+``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port (``--workers N``:
+N such processes on one listening socket, see ``servers/workers.py``). Its shutdown
 trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
 flushed, within ``shutdown.grace``), and only then lets hypercorn stop, so hypercorn's own
 deadline (which would close WebSockets with 1011) never cuts a connection the hub still serves.
@@ -15,10 +22,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeAlias, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import trio
@@ -26,14 +35,19 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import Framework
 
+from wshub.cli_clients import add_publish_command, add_tail_command, complain
 from wshub.core.config import ConfigError, HubConfig
-from wshub.core.protocol import is_valid_client_id, stream_kind
+from wshub.core.protocol import is_valid_client_id
+from wshub.hub.auth import TokenVerifier, mint_dev_token
 from wshub.hub.hub import open_hub
+from wshub.logs import add_log_arguments, configure_logging
 from wshub.servers.asgi import HubApp, create_app
 from wshub.servers.fast import serve_fast
+from wshub.servers.workers import listen, run_workers
 
 __all__ = [
     "SUBCOMMANDS",
+    "add_config_arguments",
     "build_serve_config",
     "hypercorn_config",
     "main",
@@ -170,19 +184,25 @@ async def _exit_if_stuck(drained: trio.Event, seconds: float) -> None:
 
 
 async def serve_fast_until_signal(
-    config: HubConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    config: HubConfig,
+    *,
+    listen_fd: int | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``config`` with the fast server until SIGINT or SIGTERM, then drain and stop.
 
     ``await nursery.start(serve_fast_until_signal, config)`` returns the bound address
     (``["http://127.0.0.1:8765"]``, the real port with port 0) and logs the URLs, as ``serve``.
+    With ``listen_fd`` it accepts from that inherited, listening socket (a worker of
+    ``wshub serve --workers N``) instead of binding.
     The drain sends 1001 to every client once its queue is flushed; a peer that stopped
     reading is cut at ``shutdown.grace`` (this server's writes can be cancelled).
     """
     host, port = config.server.host, config.server.port
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_hub(config) as hub:
-            server = await hub.nursery.start(serve_fast, hub, host, port)
+            sock = None if listen_fd is None else socket.socket(fileno=listen_fd)
+            server = await hub.nursery.start(partial(serve_fast, hub, host, port, sock=sock))
             bind = (
                 f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"
             )
@@ -196,33 +216,38 @@ async def serve_fast_until_signal(
 
 def _run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        print(f"wshub serve: --workers must be 1, got {args.workers}", file=sys.stderr)
-        return 2
-    if args.workers > 1:
-        print(
-            f"wshub serve: --workers {args.workers} refused: wshub keeps streams in memory; "
-            "run one worker per process until a shared backend exists",
-            file=sys.stderr,
-        )
-        return 2
+        return complain("serve", f"--workers must be at least 1, got {args.workers}")
     try:
-        config = build_serve_config(
-            config_file=args.config, preset=args.preset, host=args.host, port=args.port
-        )
+        config = _checked_config(args)
     except ConfigError as error:
-        print(f"wshub serve: {error}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        return complain("serve", f"{error}; `wshub check-config` shows what serve would load")
+    if args.workers > 1 and config.broker.kind != "redis":
+        return complain(
+            "serve",
+            f"--workers {args.workers} refused: broker.kind is {config.broker.kind!r}, so each "
+            "worker would keep its own streams (other offsets, history and de-duplication in "
+            'each). Set broker.kind = "redis" (WSHUB_BROKER__KIND=redis) to serve one service '
+            "from several workers.",
+        )
+    configure_logging(args.log_level, args.log_format)
+    if args.workers > 1:
+        try:
+            sock = listen(config.server.host, config.server.port)
+        except OSError as error:
+            logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, error)
+            return 1
+        return run_workers(args.workers, sock, _worker_arguments(args, sock.getsockname()[1]))
+    hypercorn = hypercorn_config(config)
+    if args.listen_fd is not None:  # a worker of ``--workers N``: the parent listens
+        hypercorn.bind = [f"fd://{args.listen_fd}"]
     try:
         if args.server == "fast":
-            trio.run(serve_fast_until_signal, config)
+            trio.run(partial(serve_fast_until_signal, config, listen_fd=args.listen_fd))
         else:
             trio.run(
                 partial(serve, force_exit_after=HYPERCORN_GRACE + FORCE_EXIT_MARGIN),
                 create_app(config),
-                hypercorn_config(config),
+                hypercorn,
             )
     except Exception as error:
         cause = _sole_os_error(error)
@@ -231,6 +256,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         logger.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, cause)
         return 1
     return 0
+
+
+def _worker_arguments(args: argparse.Namespace, port: int) -> list[str]:
+    """The ``serve`` arguments of each worker: the same configuration, on the bound port."""
+    arguments = ["--port", str(port), "--server", args.server]
+    arguments += ["--log-level", args.log_level, "--log-format", args.log_format]
+    given = (("--config", args.config), ("--preset", args.preset), ("--host", args.host))
+    for flag, value in given:
+        if value is not None:
+            arguments += [flag, value]
+    return arguments
 
 
 def _sole_os_error(error: BaseException) -> OSError | None:
@@ -248,17 +284,13 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         description="Serve /ws, /health, /metrics, /api/* and /dashboard on one port. "
         "SIGINT or SIGTERM drains the hub (clients get 1001) and exits.",
     )
-    parser.add_argument("--host", help="address to bind (default: server.host)")
-    parser.add_argument("--port", type=int, help="port to bind, 0 for any free port")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    add_config_arguments(parser)
     parser.add_argument(
-        "--preset",
-        choices=HubConfig.PRESETS,
-        help="preset under the file (default: WSHUB_PRESET, else the file's preset key, "
-        "else production with a file and development without)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes; only 1 is supported"
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on one port (more than 1 needs broker.kind = redis)",
     )
     parser.add_argument(
         "--server",
@@ -266,7 +298,31 @@ def add_serve_command(subparsers: _Subparsers) -> None:
         default="hypercorn",
         help="hypercorn's trio worker (default), or wshub's own fast server (wsproto and h11)",
     )
+    add_log_arguments(parser)
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     parser.set_defaults(run=_run_serve)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the configuration, shared by ``serve`` and ``check-config``."""
+    parser.add_argument("--host", help="address to bind (default: server.host)")
+    parser.add_argument("--port", type=int, help="port to bind, 0 for any free port")
+    parser.add_argument(
+        "--preset",
+        choices=HubConfig.PRESETS,
+        help="preset under the file (default: WSHUB_PRESET, else the file's preset key, "
+        "else production with a file and development without)",
+    )
+
+
+def _checked_config(args: argparse.Namespace) -> HubConfig:
+    """What ``serve`` runs with for these arguments and the environment, its key file read
+    and checked; raises ConfigError."""
+    config = build_serve_config(
+        config_file=args.config, preset=args.preset, host=args.host, port=args.port
+    )
+    TokenVerifier.from_config(config.auth)
+    return config
 
 
 # --------------------------------------------------------------------------- check-config
@@ -274,140 +330,104 @@ def add_serve_command(subparsers: _Subparsers) -> None:
 
 def _redacted(config: HubConfig) -> dict[str, dict[str, Any]]:
     data = config.to_dict()
-    if data["admin"]["api_key"] is not None:
-        data["admin"]["api_key"] = "<redacted>"
+    for section, key in (("admin", "api_key"), ("auth", "jwt_secret")):
+        if data[section][key] is not None:
+            data[section][key] = "<redacted>"
+    url = urlsplit(data["broker"]["url"])
+    if url.password is not None:
+        login = f"{url.username or ''}:<redacted>@{url.hostname}"
+        netloc = login + (f":{url.port}" if url.port is not None else "")
+        data["broker"]["url"] = urlunsplit(url._replace(netloc=netloc))
     return data
 
 
 def _run_check_config(args: argparse.Namespace) -> int:
+    if args.file is not None and args.config is not None and args.file != args.config:
+        return complain("check-config", "give the file once, as FILE or as --config")
+    args.config = args.file if args.file is not None else args.config
     try:
-        config = HubConfig.from_file(args.file)
+        config = _checked_config(args)
     except ConfigError as error:
-        print(f"wshub check-config: {error}", file=sys.stderr)
-        return 2
+        return complain("check-config", str(error))
     sys.stdout.write(orjson.dumps(_redacted(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
 def add_check_config_command(subparsers: _Subparsers) -> None:
-    """``wshub check-config FILE``."""
+    """``wshub check-config [FILE] [--preset NAME] [--host H] [--port P]``."""
     parser = subparsers.add_parser(
         "check-config",
-        help="validate a TOML config file and print the resolved configuration as JSON",
-        description="Validate FILE (its preset key, sections, keys and values) and print the "
-        "resolved configuration as JSON; exit 2 with the error otherwise. "
-        "admin.api_key is printed as <redacted>.",
+        help="validate what `wshub serve` would load and print it as JSON",
+        description="Build the configuration exactly as `wshub serve` would with the same "
+        "options: the preset, the file (FILE, else WSHUB_CONFIG), every WSHUB_SECTION__KEY "
+        "variable, then --host and --port; print it as JSON, or exit 2 with the error, which "
+        "names the key or the variable. admin.api_key, auth.jwt_secret and the password in "
+        "broker.url are printed as "
+        "<redacted>; the file named by auth.jwt_public_key is read and checked.",
     )
-    parser.add_argument("file", metavar="FILE")
+    parser.add_argument("file", metavar="FILE", nargs="?", help="TOML config file")
+    parser.add_argument("--config", metavar="FILE", help="the same as FILE, as serve spells it")
+    add_config_arguments(parser)
     parser.set_defaults(run=_run_check_config)
 
 
-# --------------------------------------------------------------------------- tail, publish
+# --------------------------------------------------------------------------- token
 
 
-def _run_tail(args: argparse.Namespace) -> int:
-    from wshub.client.client import ClientError
-    from wshub.tools import tail
-
-    if not is_valid_client_id(args.client_id):
-        print(f"wshub tail: invalid --client-id {args.client_id!r}", file=sys.stderr)
-        return 2
-    for stream in args.stream:
-        if stream_kind(stream) is None:
-            print(f"wshub tail: invalid --stream {stream!r}", file=sys.stderr)
-            return 2
-    if args.from_offset is not None and args.from_offset < 0:
-        print("wshub tail: --from must be an offset >= 0", file=sys.stderr)
-        return 2
+def _run_token(args: argparse.Namespace) -> int:
+    if not is_valid_client_id(args.sub):
+        return complain("token", f"invalid --sub {args.sub!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    if not args.ttl > 0:
+        return complain("token", f"--ttl must be > 0 seconds, got {args.ttl:g}")
     try:
-        trio.run(
-            partial(
-                tail,
-                args.url,
-                args.client_id,
-                args.stream,
-                from_offset=args.from_offset,
-                max_attempts=args.max_attempts,
-            )
+        config = build_serve_config(config_file=args.config, preset=args.preset)
+        signed = mint_dev_token(
+            config.auth,
+            args.sub,
+            ttl=args.ttl,
+            subscribe=args.subscribe,
+            publish=args.publish,
+            admin=args.admin,
         )
-    except KeyboardInterrupt:
-        return 0
-    except ClientError as error:
-        print(f"wshub tail: {error}", file=sys.stderr)
-        return 1
+    except ConfigError as error:
+        return complain("token", str(error))
+    sys.stdout.write(signed + "\n")
     return 0
 
 
-def add_tail_command(subparsers: _Subparsers) -> None:
-    """``wshub tail URL --client-id ID --stream S [--from OFFSET]``."""
+def add_token_command(subparsers: _Subparsers) -> None:
+    """``wshub token --sub ID [--subscribe P]... [--publish P]... [--admin] [--ttl S]``."""
     parser = subparsers.add_parser(
-        "tail",
-        help="print a stream's messages as JSON lines, resuming through drops",
-        description="Connect to the hub's WebSocket URL and print every message (and every "
-        "gap the hub reports) as one JSON object per line until interrupted.",
+        "token",
+        help="mint a development JWT from the configured auth.jwt_secret",
+        description="Print a JWT for client SUB signed with auth.jwt_secret (HS256, or the "
+        "first HS algorithm auth.jwt_algorithms lists), carrying auth.jwt_audience and "
+        "auth.jwt_issuer when configured. The configuration is read as `wshub serve` reads it "
+        "(--config, --preset, WSHUB_* variables). For development: a deployment's tokens come "
+        "from its own backend.",
     )
-    parser.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765/ws")
-    parser.add_argument("--client-id", required=True, help="the client id to connect as")
+    parser.add_argument("--sub", required=True, help="the client id the token is for")
     parser.add_argument(
-        "--stream", action="append", required=True, help="a stream to follow (repeatable)"
+        "--subscribe",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may subscribe to (repeatable)",
     )
     parser.add_argument(
-        "--from",
-        dest="from_offset",
-        type=int,
-        metavar="OFFSET",
-        help="start after this offset (0: all the history still holds); default: new ones",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a topic (or prefix ending in *) it may publish to (repeatable)",
     )
+    parser.add_argument("--admin", action="store_true", help="grant the admin right")
     parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=8,
-        help="give up after this many failed connection attempts in a row (default 8)",
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)"
     )
-    parser.set_defaults(run=_run_tail)
-
-
-def _run_publish(args: argparse.Namespace) -> int:
-    from wshub.tools import PublishHTTPError, publish_http
-
-    try:
-        data = orjson.loads(args.data)
-    except orjson.JSONDecodeError as error:
-        print(f"wshub publish: DATA is not valid JSON: {error}", file=sys.stderr)
-        return 2
-    if stream_kind(args.stream) not in ("topic", "personal"):
-        print(f"wshub publish: invalid STREAM {args.stream!r}", file=sys.stderr)
-        return 2
-    base_url = args.url.rstrip("/")
-    try:
-        answer = trio.run(
-            partial(publish_http, base_url, args.stream, data, id=args.id, api_key=args.api_key)
-        )
-    except PublishHTTPError as error:
-        print(f"wshub publish: {error}", file=sys.stderr)
-        return 1
-    sys.stdout.write(orjson.dumps(answer).decode() + "\n")
-    return 0
-
-
-def add_publish_command(subparsers: _Subparsers) -> None:
-    """``wshub publish URL STREAM DATA [--id K] [--api-key KEY]``."""
-    parser = subparsers.add_parser(
-        "publish",
-        help="publish one message through POST /api/publish",
-        description="Publish DATA (JSON) to STREAM through the hub's HTTP API and print the "
-        "answer (stream, offset, id, duplicate). Exit 1 when the hub refuses or is unreachable.",
-    )
-    parser.add_argument("url", metavar="URL", help="the hub's base URL, e.g. http://127.0.0.1:8765")
-    parser.add_argument("stream", metavar="STREAM")
-    parser.add_argument("data", metavar="DATA", help="the message, as JSON")
-    parser.add_argument("--id", help="idempotency key (default: the hash of stream and data)")
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("WSHUB_API_KEY"),
-        help="the hub's admin.api_key (default: $WSHUB_API_KEY)",
-    )
-    parser.set_defaults(run=_run_publish)
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or WSHUB_CONFIG)")
+    parser.add_argument("--preset", choices=HubConfig.PRESETS, help="as for `wshub serve`")
+    parser.set_defaults(run=_run_token)
 
 
 # --------------------------------------------------------------------------- main
@@ -418,6 +438,7 @@ SUBCOMMANDS: Sequence[Callable[[_Subparsers], None]] = (
     add_check_config_command,
     add_tail_command,
     add_publish_command,
+    add_token_command,
 )
 
 

@@ -42,6 +42,7 @@ class MemoryTransport:
         self._client = client
         self.subprotocol = subprotocol
         self.can_ping = can_ping  # False behaves like ASGI: no ping frames
+        self.peer_close_codes = True
 
     async def receive(self) -> str | bytes:
         """The client's next frame; raises TransportClosed once the client closed."""

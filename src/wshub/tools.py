@@ -67,9 +67,13 @@ async def tail(
     drops; raises what ``open_client`` raises (ClientRejected, ConnectFailed, ValueError).
     ``client_options`` go to ``open_client``.
     """
-    start = None if from_offset is None else Position(from_offset, ANY_EPOCH)
     if from_offset is not None and from_offset < 0:
         raise ValueError(f"from_offset must be >= 0, got {from_offset}")
+    start: Position | None = None
+    if from_offset == 0:
+        start = Position(0, None)  # the protocol's "everything history still holds"
+    elif from_offset is not None:
+        start = Position(from_offset, ANY_EPOCH)
     subscribe = dict.fromkeys(streams, start)
     async with open_client(url, client_id, subscribe=subscribe, **client_options) as client:
         async for event in client:

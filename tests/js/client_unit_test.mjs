@@ -4,7 +4,7 @@
 //   node --test tests/js/client_unit_test.mjs      (run by tests/test_client_js.py)
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { connect, memoryStore } from "../../src/wshub/static/client.js";
+import { PublishError, WshubError, connect, memoryStore } from "../../src/wshub/static/client.js";
 
 /** A WebSocket whose peer is the test: `open()`, `receive(...frames)`, `drop(code)`, `fail()`. */
 class FakeSocket {
@@ -189,6 +189,59 @@ test("a publish is resent with the same id until answered, and retried when unav
   assert.equal(client.statistics().publishRetries, 3);
 });
 
+test("without an id the hub's content id is used: the frame has none, and a resend is the same frame", async (t) => {
+  const { client, socket, tick } = await start(t, { requestTimeout: 5000 });
+  socket().open();
+  socket().receive(welcome());
+  const answer = client.publish("news", { title: "hi" });
+  const [first] = socket().sentOfType("publish");
+  assert.deepEqual(first, { type: "publish", stream: "news", data: { title: "hi" }, ref: first.ref });
+  socket().drop(1006); // the answer is lost with the connection
+  await tick(100);
+  socket().open();
+  socket().receive(welcome());
+  assert.deepEqual(socket().sentOfType("publish"), [first]); // identical: the hub stores it once
+  const id = "6d1c0f3a5b2e4d71"; // whatever the hub computed
+  socket().receive({ type: "published", ref: first.ref, stream: "news", offset: 1, id, duplicate: true });
+  assert.deepEqual(await answer, { stream: "news", offset: 1, id, duplicate: true });
+  const again = client.publish("news", { title: "hi" }); // the same data: the same content id
+  assert.equal(socket().sentOfType("publish").at(-1).id, undefined);
+  socket().receive({ type: "published", ref: socket().sent.at(-1).ref, stream: "news", offset: 1, id, duplicate: true });
+  assert.equal((await again).duplicate, true);
+});
+
+test("with contentIds off a publish without an id gets a random one, kept across resends", async (t) => {
+  const { client, socket, tick } = await start(t, { requestTimeout: 5000, contentIds: false });
+  socket().open();
+  socket().receive(welcome());
+  const unanswered = [client.publish("news", 1), client.publish("news", 1)];
+  unanswered.forEach((p) => p.catch(() => {})); // rejected with "closed" at the end
+  await tick(5000); // both sent again after requestTimeout
+  const ids = socket().sentOfType("publish").map((p) => [p.ref, p.id]);
+  assert.equal(ids.length, 4);
+  assert.ok(ids.every(([, id]) => typeof id === "string" && id.length >= 16));
+  assert.deepEqual(ids.slice(2), ids.slice(0, 2)); // a resend keeps its id
+  assert.notEqual(ids[0][1], ids[1][1]); // two calls, two messages
+});
+
+test("a conflict rejects with a PublishError and is never sent again", async (t) => {
+  const { client, socket, tick } = await start(t, { requestTimeout: 5000 });
+  socket().open();
+  socket().receive(welcome());
+  const refused = client.publish("news", { x: 2 }, { id: "evt-1" });
+  const { ref } = socket().sentOfType("publish")[0];
+  socket().receive({ type: "error", code: "conflict", message: "evt-1 holds other data", ref });
+  await assert.rejects(refused, (error) => {
+    assert.ok(error instanceof PublishError && error instanceof WshubError);
+    assert.equal(error.code, "conflict");
+    assert.equal(error.stream, "news");
+    return true;
+  });
+  await tick(20000); // several request timeouts
+  assert.equal(socket().sentOfType("publish").length, 1);
+  assert.equal(client.statistics().publishRetries, 0);
+});
+
 test("a refused publish rejects; a too large one is never sent; close() rejects the rest", async (t) => {
   const { client, socket } = await start(t, { maxMessageBytes: 200 });
   socket().open();
@@ -246,4 +299,89 @@ test("for await yields messages until the client closes", async (t) => {
   await flush();
   await client.close();
   assert.deepEqual(await seen, [1, 2]);
+});
+
+// ------------------------------------------------------------------ tokens: provider and refresh
+
+/** A JWT-shaped token with `claims` (the client reads `exp` without verifying; the hub verifies). */
+const jwtWith = (claims) => ["eyJhbGciOiJIUzI1NiJ9", Buffer.from(JSON.stringify(claims)).toString("base64url"), "sig"].join(".");
+
+/** A token provider minting 100 s tokens on the mocked clock; `failing` makes it throw. */
+function provider() {
+  const calls = [];
+  const next = () => {
+    calls.push(Date.now());
+    if (next.failing) throw new Error("the token service is down");
+    return jwtWith({ sub: "alice", exp: Date.now() / 1000 + 100, n: calls.length });
+  };
+  next.calls = calls;
+  next.failing = false;
+  return next;
+}
+
+test("a token provider is asked before each connection, and a JWT is refreshed at 80 %", async (t) => {
+  const token = provider();
+  const { socket, tick, client } = await start(t, { token });
+  socket().open();
+  assert.equal(JSON.parse(atob(socket().sent[0].token.split(".")[1])).n, 1);
+  socket().receive(welcome());
+  await tick(79_999);
+  assert.equal(socket().sentOfType("refresh").length, 0);
+  await tick(1);
+  const [refresh] = socket().sentOfType("refresh");
+  assert.equal(JSON.parse(atob(refresh.token.split(".")[1])).n, 2);
+  socket().receive({ type: "refreshed", expires: 180 });
+  await tick(79_999);
+  assert.equal(socket().sentOfType("refresh").length, 1);
+  await tick(1); // 80 % of the refreshed token's 100 s, counted from its answer
+  assert.equal(socket().sentOfType("refresh").length, 2);
+  assert.deepEqual(token.calls, [0, 80_000, 160_000]);
+  assert.equal(client.statistics().refreshes, 1);
+});
+
+test("4005 after a welcome reconnects at once, with a fresh token", async (t) => {
+  const token = provider();
+  const { socket, tick, of } = await start(t, { token });
+  socket().open();
+  socket().receive(welcome());
+  await tick(30_000);
+  socket().drop(4005, "credential expired; reconnect with a fresh one");
+  assert.equal(of("close").at(-1).delay, 0);
+  await tick(0);
+  socket().open();
+  assert.equal(JSON.parse(atob(socket().sent[0].token.split(".")[1])).n, 2);
+  assert.deepEqual(token.calls, [0, 30_000]);
+});
+
+test("a provider failing at refresh time is asked again halfway to the expiry", async (t) => {
+  const token = provider();
+  const { socket, tick, of } = await start(t, { token });
+  socket().open();
+  socket().receive(welcome());
+  token.failing = true;
+  await tick(80_000);
+  assert.match(of("error").at(-1).message, /token service is down/);
+  token.failing = false;
+  await tick(10_000); // 20 s were left: asked again at 90 s
+  assert.deepEqual(token.calls, [0, 80_000, 90_000]);
+  assert.equal(socket().sentOfType("refresh").length, 1);
+});
+
+test("a fixed token or one without exp is never refreshed", async (t) => {
+  const { socket, tick } = await start(t, { token: "the-admin-key" });
+  socket().open();
+  socket().receive(welcome());
+  await tick(1_000_000);
+  assert.equal(socket().sentOfType("refresh").length, 0);
+});
+
+test("an unasked unsubscribed (narrower rights) drops the stream; our own is just an answer", async (t) => {
+  const { client, socket, of } = await start(t, { subscribe: ["news", "chat.a"] });
+  socket().open();
+  socket().receive(welcome({ news: { epoch: "e", offset: 0, recovered: true }, "chat.a": { epoch: "c", offset: 0, recovered: true } }));
+  client.unsubscribe("news");
+  client.subscribe("news"); // again, before the answer to the unsubscribe arrives
+  socket().receive({ type: "unsubscribed", stream: "news" }, { type: "unsubscribed", stream: "chat.a" });
+  assert.deepEqual(client.statistics().subscriptions, ["news"]);
+  assert.deepEqual(of("error").map((e) => [e.code, e.stream]), [["forbidden", "chat.a"]]);
 });

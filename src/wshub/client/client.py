@@ -15,20 +15,25 @@ Theory of operation:
 - Publishes, subscribes and unsubscribes are sent by the calling task on the current connection.
   A publish is sent again, with the same id and ``ref``, on every new connection and after
   ``request_timeout`` without an answer, until its ``published`` or ``error`` answer arrives.
+- A publish without an id gets the hub's content id, ``message_id(stream, data)``, computed
+  here (``content_ids``, the default, as the hub's ``dedup.content_ids``): identical data
+  published twice within ``dedup.window`` is one message, as through ``hub.publish`` and HTTP.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import attrs
 import trio
 
+from wshub.client.credentials import Credentials, TokenProvider
 from wshub.client.reconnect import (
     ClientError,
     ClientRejected,
@@ -48,6 +53,7 @@ from wshub.client.transport import ClientTransport, Connector, websocket_connect
 from wshub.core import protocol
 from wshub.core.backoff import Backoff
 from wshub.core.breaker import CircuitBreaker
+from wshub.core.dedup import message_id as content_id
 from wshub.core.events import PublishResult
 from wshub.core.protocol import Position
 
@@ -74,7 +80,8 @@ class ClientStatistics:
 
     ``reconnects`` counts welcomed connections after the first; ``resumes`` stream resumptions
     that lost nothing; ``messages`` messages delivered; ``duplicates`` messages dropped as
-    already delivered; ``publish_retries`` publish frames sent again.
+    already delivered; ``publish_retries`` publish frames sent again; ``refreshes`` tokens
+    the hub took in a ``refresh`` (see ``open_client``'s ``token``).
     """
 
     connected: bool
@@ -88,6 +95,7 @@ class ClientStatistics:
     published: int
     publish_retries: int
     last_error: str | None
+    refreshes: int = 0
 
 
 class Client:
@@ -104,8 +112,10 @@ class Client:
         retry_backoff: Backoff,
         request_timeout: float,
         max_message_bytes: int,
+        content_ids: bool = True,
     ) -> None:
         self._state = state
+        self._content_ids = content_ids
         self._retry_backoff = retry_backoff
         self._request_timeout = request_timeout
         self._max_message_bytes = max_message_bytes
@@ -180,22 +190,34 @@ class Client:
             await trio.lowlevel.checkpoint()
             return
         session.confirmed.discard(stream)
+        self._state.unsubscribing[stream] += 1
         await session.send(protocol.encode_unsubscribe(stream))
 
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to topic ``stream`` and return the hub's answer.
 
-        Sent again with the same ``id`` (a random one when None) until answered, so the hub's
-        de-duplication stores it once; ``duplicate`` is true when an earlier send of it had
-        been stored already. Raises ValueError for an invalid stream or data, PublishError when
-        refused (``too_large`` without sending when the frame exceeds ``max_message_bytes``),
-        and the client's error if it fails for good meanwhile.
+        Without ``id`` the message id is the content id, ``wshub.message_id(stream, data)``, as
+        the hub gives such a publish itself: identical data published again within the hub's
+        ``dedup.window`` is not stored twice, and the answer says ``duplicate``. (With
+        ``content_ids=False`` at ``open_client`` it is a random id per call instead, for a hub
+        whose ``dedup.content_ids`` is off.) Sent again with the same id until answered, so the
+        hub stores it once; ``duplicate`` is true when an earlier send had been stored already.
+        Raises ValueError for an invalid stream or data; PublishError when refused, with its
+        code: ``conflict`` when the id was already used for other data, ``forbidden``,
+        ``bad_request``, ``too_large`` (without sending when the frame exceeds
+        ``max_message_bytes``); only ``unavailable`` and ``rate_limited`` are retried. Raises
+        the client's error if it fails for good meanwhile.
         """
         if protocol.stream_kind(stream) != "topic":
             raise ValueError(f"clients can publish to topics only, not {stream!r}")
         ref = next(self._state.refs)
         try:
-            message_id = uuid.uuid4().hex if id is None else id
+            if id is not None:
+                message_id = id
+            elif self._content_ids:
+                message_id = content_id(stream, data)
+            else:
+                message_id = uuid.uuid4().hex
             frame = protocol.encode_publish(stream, data, id=message_id, ref=ref)
         except TypeError as error:
             raise ValueError(f"data is not JSON-serialisable: {error}") from None
@@ -251,6 +273,7 @@ class Client:
             published=counts["published"],
             publish_retries=counts["publish_retries"],
             last_error=connection.last_error,
+            refreshes=self._state.credentials.refreshes,
         )
 
     # ------------------------------------------------------------------ lifetime
@@ -303,7 +326,7 @@ async def open_client(
     client_id: str,
     *,
     subscribe: Iterable[str] | Mapping[str, Position | None] = (),
-    token: str | None = None,
+    token: str | TokenProvider | None = None,
     positions: PositionStore | None = None,
     backoff_base: float = 0.1,
     backoff_cap: float = 10.0,
@@ -315,7 +338,9 @@ async def open_client(
     request_timeout: float = 30.0,
     buffer: int = 1000,
     max_message_bytes: int = 65536,
+    content_ids: bool = True,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Client]:
     """Connect to the hub at ``url`` as ``client_id`` and keep connected until the block ends.
 
@@ -323,9 +348,15 @@ async def open_client(
     ``positions`` (default: in memory) are resumed from, and updated as the application consumes
     events. Reconnects wait a full-jitter backoff (``backoff_base``, ``backoff_cap``), guarded
     by ``connect_breaker`` when given; ``connect(url, subprotocols)`` opens one connection
-    (default: trio-websocket). The block raises ClientRejected on close 1008, ConnectFailed
-    after ``max_attempts`` consecutive failed attempts, SubscribeError when a subscription made
-    at connect time is forbidden, and ValueError for invalid arguments.
+    (default: trio-websocket). ``token`` is sent in every hello: a string, or a token provider
+    (a function or an async function returning one) asked before every connection and, when
+    its token is a JWT with ``exp``, again at 80 % of the token's lifetime to ``refresh`` it
+    on the open connection (``wall_clock``, Unix seconds, is what ``exp`` is compared with).
+    The block raises ClientRejected on close 1008, ConnectFailed after ``max_attempts``
+    consecutive failed attempts, SubscribeError when a subscription made at connect time is
+    forbidden, and ValueError for invalid arguments. ``content_ids`` (default True) matches the
+    hub's ``dedup.content_ids``: a publish without an id is identified by its content (see
+    ``Client.publish``).
     """
     if not protocol.is_valid_client_id(client_id):
         raise ValueError(f"client_id must match [A-Za-z0-9_.:-]{{1,128}}, got {client_id!r}")
@@ -347,7 +378,7 @@ async def open_client(
     state = ClientState(
         client_id,
         wanted=wanted,
-        token=token,
+        credentials=Credentials(token, wall_clock=wall_clock),
         store=positions if positions is not None else MemoryPositionStore(),
         buffer=buffer,
     )
@@ -356,6 +387,7 @@ async def open_client(
         retry_backoff=Backoff(backoff_base, backoff_cap, random.Random()),
         request_timeout=request_timeout,
         max_message_bytes=max_message_bytes,
+        content_ids=content_ids,
     )
     reconnector = Reconnector(
         url=url,

@@ -4,12 +4,14 @@ Theory of operation:
 - ``Reconnector.run`` loops forever: wait, ask the breaker, connect, send the ``hello`` its
   handler composes, wait for ``welcome``, serve the connection until it ends, decide the wait.
   The ``retry``-th consecutive retry waits ``Backoff.delay(retry)``; a welcome resets the count.
-  A close with 1001 after a welcome reconnects at once (the node is going away, another is up);
+  A close with 1001 after a welcome reconnects at once (the node is going away, another is up),
+  and so does 4005 (the token expired: the handler's next hello asks for a fresh one);
   1008 raises ClientRejected; ``max_attempts`` consecutive attempts without a welcome raise
   ConnectFailed. Everything else (1013 included) is a failed attempt or a drop: back off, retry.
 - A welcomed connection is a ``Session``: a reader that hands every event to the handler in
-  order, and a heartbeat that sends ``ping`` every ``heartbeat`` seconds from the welcome and
-  ends the session when nothing at all has arrived for ``heartbeat + heartbeat_timeout``.
+  order, a heartbeat that sends ``ping`` every ``heartbeat`` seconds from the welcome and
+  ends the session when nothing at all has arrived for ``heartbeat + heartbeat_timeout``, and
+  the handler's ``keep_credential`` (token refreshes).
 - The session's tasks never let "the connection is gone" escape into their nursery: it is
   recorded on the session, which ends, and the loop decides what follows.
 """
@@ -124,8 +126,13 @@ class Session:
 class SessionHandler(Protocol):
     """What a Reconnector serves: the client's side of every connection."""
 
-    def hello(self) -> tuple[str, list[str]]:
-        """The ``hello`` frame to send, and the streams it asks for, in order."""
+    async def hello(self) -> tuple[str, list[str]]:
+        """The ``hello`` frame to send, and the streams it asks for, in order (made before
+        connecting); raises SessionOver to fail the attempt."""
+        ...
+
+    async def keep_credential(self, session: Session) -> None:
+        """Keep the connection's credential valid while it lasts (runs beside the reader)."""
         ...
 
     async def on_welcome(self, session: Session, welcome: protocol.Welcome) -> None:
@@ -179,8 +186,8 @@ class Reconnector:
                 raise ClientRejected(outcome.code, outcome.reason)
             if outcome.welcomed:
                 retry = failed = 0
-                if outcome.code == CloseCode.GOING_AWAY:
-                    delay = 0.0  # this node is going away: go to another one at once
+                if outcome.code in (CloseCode.GOING_AWAY, CloseCode.CREDENTIAL_EXPIRED):
+                    delay = 0.0  # the node is going away, or the token expired: at once
                     continue
             else:
                 failed += 1
@@ -209,8 +216,9 @@ class Reconnector:
         self.counters.attempts += 1
         outcome = _Outcome()
         try:
+            hello = await self.handler.hello()  # before connecting: a token may take a while
             async with self.connect(self.url, (SUBPROTOCOL,)) as transport:
-                await self._serve(transport, outcome, permit)
+                await self._serve(transport, hello, outcome, permit)
         except TransportClosed as closed:
             outcome.code, outcome.reason = closed.code, closed.reason
             outcome.error = outcome.error or closed
@@ -223,9 +231,13 @@ class Reconnector:
         return outcome
 
     async def _serve(
-        self, transport: ClientTransport, outcome: _Outcome, permit: BreakerPermit | None
+        self,
+        transport: ClientTransport,
+        hello_and_asked: tuple[str, list[str]],
+        outcome: _Outcome,
+        permit: BreakerPermit | None,
     ) -> None:
-        hello, asked = self.handler.hello()
+        hello, asked = hello_and_asked
         await transport.send(hello)
         try:
             with trio.fail_after(self.connect_timeout):
@@ -242,6 +254,7 @@ class Reconnector:
                 await self.handler.on_welcome(session, welcome)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._heartbeat, session)
+                    nursery.start_soon(self.handler.keep_credential, session)
                     try:
                         await self._read(session, rest)
                     except _SESSION_ENDINGS as error:  # caught here: a nursery would wrap it

@@ -118,7 +118,9 @@ class StreamTracker:
         gaps: list[Gap] = []
         seen = held.offset
         same_numbering = held.epoch == status.epoch and seen <= status.offset
-        if held.epoch != ANY_EPOCH and not same_numbering:
+        # A position without an epoch ("everything history holds") or with ANY_EPOCH is read
+        # in the stream's current epoch, whatever it is: no epoch change to report.
+        if held.epoch is not None and held.epoch != ANY_EPOCH and not same_numbering:
             gaps.append(Gap(stream, seen + 1, None, True, held.epoch, status.epoch))
             seen = 0
         oldest_held = status.first if status.first is not None else status.offset + 1

@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 import attrs
 import trio
 
+from wshub.client.credentials import Credentials
 from wshub.client.reconnect import ClientError, Counters, Session, SessionOver
 from wshub.client.resume import Gap, Message, PositionStore, StreamTracker
 from wshub.core import protocol
@@ -65,13 +66,13 @@ class ClientState:
         client_id: str,
         *,
         wanted: Mapping[str, Position | None],
-        token: str | None,
+        credentials: Credentials,
         store: PositionStore,
         buffer: int,
     ) -> None:
         self.client_id = client_id
         self.personal_stream = protocol.personal_stream(client_id)
-        self.token = token
+        self.credentials = credentials
         self.store = store
         self.tracker = StreamTracker(store.load())
         for stream, position in wanted.items():
@@ -86,6 +87,7 @@ class ClientState:
         self.publishes: dict[int, PendingPublish] = {}
         self.refs = itertools.count(1)
         self.subscribe_calls: Counter[str] = Counter()
+        self.unsubscribing: Counter[str] = Counter()  # unsubscribes sent on this session
         self.counts: Counter[str] = Counter()
         self.connection = Counters()
         # Where first subscriptions started, to be stored in the application's task (a store
@@ -119,14 +121,16 @@ class ClientState:
 
     # ------------------------------------------------------------------ the SessionHandler
 
-    def hello(self) -> tuple[str, list[str]]:
-        """The ``hello`` for a new connection: every wanted stream, from its position."""
+    async def hello(self) -> tuple[str, list[str]]:
+        """The ``hello`` for a new connection: a fresh token, every wanted stream from its
+        position. Raises SessionOver when the token provider fails."""
+        token = await self.credentials.obtain()
         positions = {
             stream: self.tracker.positions.get(stream)
             for stream in self.wanted
             if stream != self.personal_stream or stream in self.tracker.positions
         }
-        frame = protocol.encode_hello(self.client_id, token=self.token, subscribe=positions)
+        frame = protocol.encode_hello(self.client_id, token=token, subscribe=positions)
         return frame, list(positions)
 
     async def on_welcome(self, session: Session, welcome: protocol.Welcome) -> None:
@@ -137,11 +141,16 @@ class ClientState:
         self.session = session
         self.session_ready.set()
 
+    async def keep_credential(self, session: Session) -> None:
+        """Refresh the token on this connection before it expires (see credentials.py)."""
+        await self.credentials.keep_fresh(session.send)
+
     def on_session_end(self, session: Session) -> None:
         """Forget the session and wake every task waiting on it."""
         if self.session is session:
             self.session = None
             self.session_ready = trio.Event()
+            self.unsubscribing.clear()  # the answers of a lost connection never come
         session.notify()
         for pending in self.publishes.values():
             pending.wake.set()
@@ -161,10 +170,24 @@ class ClientState:
                 await self._on_status(session, event.stream, event.status)
         elif isinstance(event, protocol.Published):
             self._answer(event.ref, event)
+        elif isinstance(event, protocol.Refreshed):
+            self.credentials.on_refreshed(event)
+        elif isinstance(event, protocol.Unsubscribed):
+            self._on_unsubscribed(session, event.stream)
         elif isinstance(event, protocol.Error):
             self._on_error(session, event)
         elif isinstance(event, protocol.Welcome):
             raise protocol.ProtocolError("bad_request", "a second welcome on one connection")
+
+    def _on_unsubscribed(self, session: Session, stream: str) -> None:
+        if self.unsubscribing[stream]:
+            self.unsubscribing[stream] -= 1  # the answer to ``Client.unsubscribe``
+        elif stream in self.wanted:
+            # Not asked for: a refreshed token's rights no longer allow the stream. Asking for
+            # it again would only be refused.
+            self.wanted.pop(stream, None)
+            self.tracker.leave(stream)
+            session.confirmed.discard(stream)
 
     async def _on_status(self, session: Session, stream: str, status: StreamStatus) -> None:
         held = self.tracker.positions.get(stream)

@@ -23,8 +23,12 @@ from typing import Any, ClassVar, TypeVar
 import attrs
 
 from wshub.core.sections import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
     AdminConfig,
+    AuthConfig,
     BreakerConfig,
+    BrokerConfig,
     CleanupConfig,
     ConfigError,
     DedupConfig,
@@ -38,8 +42,12 @@ from wshub.core.sections import (
 )
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "HMAC_ALGORITHMS",
     "AdminConfig",
+    "AuthConfig",
     "BreakerConfig",
+    "BrokerConfig",
     "CleanupConfig",
     "ConfigError",
     "DedupConfig",
@@ -66,6 +74,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "shutdown": ShutdownConfig,
     "health": HealthConfig,
     "admin": AdminConfig,
+    "broker": BrokerConfig,
+    "auth": AuthConfig,
 }
 
 _C = TypeVar("_C", bound="HubConfig")
@@ -94,6 +104,8 @@ class HubConfig:
     shutdown: ShutdownConfig = _section_field(ShutdownConfig)
     health: HealthConfig = _section_field(HealthConfig)
     admin: AdminConfig = _section_field(AdminConfig)
+    broker: BrokerConfig = _section_field(BrokerConfig)
+    auth: AuthConfig = _section_field(AuthConfig)
 
     PRESETS: ClassVar[tuple[str, ...]] = ("development", "production", "testing")
 

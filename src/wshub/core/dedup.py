@@ -18,12 +18,32 @@ import xxhash
 __all__ = [
     "DedupStatistics",
     "Deduplicator",
+    "IdConflict",
     "canonical_json",
     "message_id",
     "scoped_key",
 ]
 
 _CANONICAL_OPTIONS = orjson.OPT_SORT_KEYS
+
+
+class IdConflict(Exception):
+    """A message id was reused with other content within the de-duplication window.
+
+    The same publisher published ``id`` to ``stream`` before (at ``offset``) with different
+    data: a retry never changes its content, so this is a bug or a clash of ids, refused
+    rather than silently answered as a duplicate. The WebSocket answer is the error code
+    ``conflict``; HTTP answers 409; ``Hub.publish`` raises this exception.
+    """
+
+    def __init__(self, stream: str, id: str, offset: int) -> None:
+        super().__init__(
+            f"message id {id!r} was already published to {stream!r} (offset {offset}) "
+            "with different content within the de-duplication window"
+        )
+        self.stream = stream
+        self.id = id
+        self.offset = offset
 
 
 def canonical_json(value: Any) -> bytes:

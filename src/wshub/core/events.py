@@ -28,6 +28,8 @@ __all__ = [
     "Publish",
     "PublishResult",
     "Published",
+    "Refresh",
+    "Refreshed",
     "ServerEvent",
     "StreamStatus",
     "Subscribe",
@@ -40,10 +42,14 @@ __all__ = [
 
 @attrs.frozen
 class Position:
-    """A client's position in a stream: it has seen every message up to ``offset`` of ``epoch``."""
+    """A client's position in a stream: it has seen every message up to ``offset`` of ``epoch``.
+
+    ``epoch`` None (only with ``offset`` 0) means "before the first message of whatever epoch
+    the stream is in": everything the history still holds is replayed.
+    """
 
     offset: int
-    epoch: str
+    epoch: str | None
 
 
 class NoRef(enum.Enum):
@@ -95,7 +101,14 @@ class Ping:
     """``ping``: answered by ``pong``."""
 
 
-ClientEvent: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | Ping
+@attrs.frozen
+class Refresh:
+    """``refresh``: replace the connection's credential (same subject) before it expires."""
+
+    token: str
+
+
+ClientEvent: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | Ping | Refresh
 
 
 @attrs.frozen
@@ -169,7 +182,17 @@ class Error:
     ref: Any
 
 
-ServerEvent: TypeAlias = Welcome | Message | Subscribed | Unsubscribed | Published | Pong | Error
+@attrs.frozen
+class Refreshed:
+    """``refreshed``: answers ``refresh``; ``expires`` is the new credential's ``exp``
+    (Unix seconds)."""
+
+    expires: float
+
+
+ServerEvent: TypeAlias = (
+    Welcome | Message | Subscribed | Unsubscribed | Published | Pong | Refreshed | Error
+)
 
 
 @attrs.frozen

@@ -25,14 +25,34 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["BREAKER_STATE_VALUES", "HubCollector", "MetricFigures", "render"]
+__all__ = ["BREAKER_STATE_VALUES", "BrokerFigures", "HubCollector", "MetricFigures", "render"]
 
 #: Value of the ``wshub_breaker_state`` gauge for each breaker state.
 BREAKER_STATE_VALUES: Mapping[str, int] = MappingProxyType({"closed": 0, "open": 1, "half_open": 2})
 
 
+class BrokerFigures(Protocol):
+    """The broker's own counters (both brokers have them; the memory one makes no calls)."""
+
+    @property
+    def calls(self) -> Mapping[tuple[str, str], int]:
+        """Calls to the shared store by (operation, outcome)."""
+
+    @property
+    def gap_fills(self) -> int:
+        """Offsets skipped by pub/sub and filled from history (or found lost)."""
+
+
 class MetricFigures(Protocol):
     """What the collector reads besides the attributes named in its tables (``HubMetrics``)."""
+
+    @property
+    def node(self) -> str:
+        """The name of the node these figures describe."""
+
+    @property
+    def broker(self) -> BrokerFigures | None:
+        """The hub's broker, once the hub has one."""
 
     @property
     def resumes_recovered(self) -> int:
@@ -62,6 +82,7 @@ class MetricFigures(Protocol):
 _GAUGES = (
     ("wshub_connections_active", "connections_active", "Open connections."),
     ("wshub_queue_depth", "queue_depth", "Messages waiting in outbound queues."),
+    ("wshub_queue_depth_max", "queue_depth_max", "The longest outbound queue seen."),
 )
 _COUNTERS = (
     ("wshub_connections_total", "connections_total", "Connections accepted."),
@@ -78,6 +99,12 @@ _COUNTERS = (
 # (Prometheus name, label, HubMetrics attribute holding {label value: count}, help).
 _LABELLED_COUNTERS = (
     ("wshub_disconnects_total", "code", "disconnects", "Closed connections by close code."),
+    (
+        "wshub_connection_timeouts_total",
+        "kind",
+        "timeouts",
+        "Connections closed for a missed hello or heartbeat.",
+    ),
     ("wshub_messages_dropped_total", "reason", "dropped", "Messages dropped by reason."),
     ("wshub_retry_attempts_total", "outcome", "retry_attempts", "Retry attempts by outcome."),
     ("wshub_cleanup_removed_total", "kind", "cleanup_removed", "Sweeper removals by kind."),
@@ -103,8 +130,9 @@ class HubCollector(Collector):
             yield CounterMetricFamily(name, documentation, getattr(m, attribute))
         for name, label, attribute, documentation in _LABELLED_COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=[label])
-            for label_value, n in sorted(getattr(m, attribute).items()):
-                family.add_metric([str(label_value)], n)
+            counts = getattr(m, attribute).items()  # labels may be ints (close codes) and str
+            for label_value, n in sorted((str(value), n) for value, n in counts):
+                family.add_metric([label_value], n)
             yield family
         resumes = CounterMetricFamily(
             "wshub_resumes_total",
@@ -129,6 +157,28 @@ class HubCollector(Collector):
                 transitions.add_metric([breaker, to], n)
         yield states
         yield transitions
+        node = GaugeMetricFamily(
+            "wshub_node_info", "The node these figures describe (always 1).", labels=["node"]
+        )
+        node.add_metric([m.node], 1)
+        yield node
+        calls = CounterMetricFamily(
+            "wshub_broker_calls_total",
+            "Calls to the broker's shared store (Redis) by operation and outcome.",
+            labels=["op", "outcome"],
+        )
+        fills = CounterMetricFamily(
+            "wshub_broker_gap_fills_total", "Offsets skipped by pub/sub, read from history."
+        )
+        broker = m.broker
+        if broker is not None:
+            for (op, outcome), n in sorted(broker.calls.items()):
+                calls.add_metric([op, outcome], n)
+            fills.add_metric([], broker.gap_fills)
+        else:
+            fills.add_metric([], 0)
+        yield calls
+        yield fills
         yield HistogramMetricFamily(
             "wshub_delivery_latency_seconds",
             "Publish-to-send latency of sampled deliveries.",

@@ -37,7 +37,31 @@ __all__ = [
     "StoredMessage",
     "StreamHistory",
     "new_epoch",
+    "resume_plan",
 ]
+
+
+def resume_plan(
+    position: Position | None, epoch: str, last: int, first: int | None
+) -> tuple[bool, int | None]:
+    """The one rule of resuming (PROTOCOL.md): ``(recovered, first offset to replay)``.
+
+    ``epoch``, ``last`` and ``first`` describe the stream (``first`` None: nothing held); the
+    offset to replay from is None when nothing is to be replayed, else every held message from
+    it on is. See ``StreamHistory.read_from`` for the cases; brokers that keep history
+    elsewhere answer with this same rule.
+    """
+    if position is None:
+        return True, None
+    seen = max(position.offset, 0)
+    # No epoch (``{"offset": 0}``): read against the current epoch.
+    if (position.epoch is not None and position.epoch != epoch) or seen > last:
+        return False, first
+    if seen == last:
+        return True, None
+    if first is None or seen + 1 < first:
+        return False, first
+    return True, seen + 1
 
 
 def new_epoch() -> str:
@@ -154,24 +178,21 @@ class StreamHistory:
         - Another epoch: not recovered, everything held.
         - Same epoch but an offset beyond ``last_offset``: no honest client can hold one, so
           the position is treated like one from another epoch: not recovered, everything held.
+        - No epoch (``{"offset": 0}``): "everything history still holds", read as offset 0 of
+          the current epoch: recovered when offset 1 is still held (or nothing was ever
+          published), else not recovered with everything held (the gap is 1 to ``first - 1``).
         - A negative offset (the protocol layer rejects them) is read as 0.
         """
         last = self._last_offset
         held = self._messages
         first = held[0].offset if held else None
-        if position is None:
-            return Replay(self.epoch, last, first, recovered=True, messages=[])
-        seen = max(position.offset, 0)
-        if position.epoch != self.epoch or seen > last:
-            return Replay(self.epoch, last, first, recovered=False, messages=list(held))
-        if seen == last:
-            return Replay(self.epoch, last, first, recovered=True, messages=[])
-        if first is None or seen + 1 < first:
-            return Replay(self.epoch, last, first, recovered=False, messages=list(held))
-        # Offsets are contiguous, so the messages after ``seen`` are the last ``last - seen``.
-        missing = list(islice(reversed(held), last - seen))
+        recovered, start = resume_plan(position, self.epoch, last, first)
+        if start is None:
+            return Replay(self.epoch, last, first, recovered, messages=[])
+        # Offsets are contiguous, so the messages from ``start`` are the last ``last - start + 1``.
+        missing = list(islice(reversed(held), last - start + 1))
         missing.reverse()
-        return Replay(self.epoch, last, first, recovered=True, messages=missing)
+        return Replay(self.epoch, last, first, recovered, messages=missing)
 
     def trim_expired(self) -> int:
         """Drop the messages stored ``ttl`` or more seconds ago; return how many.

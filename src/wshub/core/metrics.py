@@ -30,9 +30,14 @@ import attrs
 import trio
 from prometheus_client.registry import CollectorRegistry
 
-from wshub.core.exposition import BREAKER_STATE_VALUES, HubCollector, render
+from wshub.core.exposition import BREAKER_STATE_VALUES, BrokerFigures, HubCollector, render
 
-__all__ = ["LATENCY_BUCKETS", "ClientStats", "HubMetrics"]
+__all__ = ["LATENCY_BUCKETS", "PEER_CLOSED", "ClientStats", "HubMetrics"]
+
+#: The ``code`` a disconnect is counted under when the client (or the network) ended the
+#: connection and the server cannot say with which code: hypercorn reports 1006 to the app for
+#: a client's clean 1000 and for a lost connection alike, so neither number would be true.
+PEER_CLOSED = "peer"
 
 #: Upper bounds (seconds) of the delivery-latency histogram buckets; +Inf is implied.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -96,18 +101,26 @@ class HubMetrics:
     client_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
     _sample_rate: float = attrs.field(alias="sample_rate", default=1.0, validator=_fraction)
     clock: Callable[[], float] = attrs.field(default=trio.current_time, repr=False)
+    node: str = ""
+    """The node these figures describe (``wshub_node_info{node}``)."""
+    broker: BrokerFigures | None = attrs.field(default=None, repr=False)
+    """The hub's broker, whose calls and gap fills are exported with these figures."""
 
     connections_active: int = attrs.field(init=False, default=0)
     connections_total: int = attrs.field(init=False, default=0)
     connections_failed: int = attrs.field(init=False, default=0)
     reconnections: int = attrs.field(init=False, default=0)
-    disconnects: dict[int, int] = attrs.field(init=False, factory=dict)
+    disconnects: dict[int | str, int] = attrs.field(init=False, factory=dict)
+    #: Connections closed for a missed deadline, by kind: "hello" (4000), "heartbeat" (4004).
+    timeouts: dict[str, int] = attrs.field(init=False, factory=dict)
     published: int = attrs.field(init=False, default=0)
     delivered: int = attrs.field(init=False, default=0)
     deduplicated: int = attrs.field(init=False, default=0)
     expired: int = attrs.field(init=False, default=0)
     dropped: dict[str, int] = attrs.field(init=False, factory=dict)
     queue_depth: int = attrs.field(init=False, default=0)
+    #: The longest outbound queue seen since the start (a writer's batch, or an overflow).
+    queue_depth_max: int = attrs.field(init=False, default=0)
     queue_overflows: int = attrs.field(init=False, default=0)
     resumes_recovered: int = attrs.field(init=False, default=0)
     resumes_unrecovered: int = attrs.field(init=False, default=0)
@@ -151,9 +164,18 @@ class HubMetrics:
 
     # ---------------------------------------------------------------- labelled counters
 
-    def record_disconnect(self, code: int) -> None:
-        """Count one closed connection under its WebSocket close code."""
+    def record_disconnect(self, code: int | str) -> None:
+        """Count one closed connection under its close code (or ``PEER_CLOSED``)."""
         self.disconnects[code] = self.disconnects.get(code, 0) + 1
+
+    def record_timeout(self, kind: str) -> None:
+        """Count a connection closed for a missed deadline ("hello" or "heartbeat")."""
+        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+
+    def record_queue_depth(self, depth: int) -> None:
+        """Note an outbound queue ``depth`` long; keeps the largest (``queue_depth_max``)."""
+        if depth > self.queue_depth_max:
+            self.queue_depth_max = depth
 
     def record_drop(self, reason: str, n: int = 1) -> None:
         """Count ``n`` messages dropped for ``reason`` (for example "slow_consumer")."""
@@ -291,7 +313,7 @@ class HubMetrics:
         stats.connects += 1
         return stats
 
-    def connection_closed(self, client_id: str, code: int) -> None:
+    def connection_closed(self, client_id: str, code: int | str) -> None:
         """Count a connection of ``client_id`` closed with ``code``; its idle time starts now."""
         self.connections_active -= 1
         self.record_disconnect(code)
@@ -377,6 +399,14 @@ class HubMetrics:
         now = self.clock()
         return [attrs.asdict(s) | {"idle_seconds": now - s.last_activity} for s in stats]
 
+    @property
+    def retry_success_ratio(self) -> float | None:
+        """Of the hook calls that needed a retry, the share a retry saved: recovered /
+        (recovered + exhausted). None before any such call ended."""
+        recovered = self.retry_attempts.get("recovered", 0)
+        ended = recovered + self.retry_attempts.get("exhausted", 0)
+        return recovered / ended if ended else None
+
     # ---------------------------------------------------------------- exports
 
     def snapshot(self) -> dict[str, Any]:
@@ -387,7 +417,10 @@ class HubMetrics:
                 "total": self.connections_total,
                 "failed": self.connections_failed,
                 "reconnections": self.reconnections,
-                "disconnects": {str(code): n for code, n in sorted(self.disconnects.items())},
+                "disconnects": {
+                    str(code): n for code, n in sorted(self.disconnects.items(), key=_by_label)
+                },
+                "timeouts": dict(self.timeouts),
             },
             "messages": {
                 "published": self.published,
@@ -397,12 +430,17 @@ class HubMetrics:
                 "replayed": self.replayed,
                 "dropped": dict(self.dropped),
             },
-            "queues": {"depth": self.queue_depth, "overflows": self.queue_overflows},
+            "queues": {
+                "depth": self.queue_depth,
+                "depth_max": self.queue_depth_max,
+                "overflows": self.queue_overflows,
+            },
             "resumes": {
                 "recovered": self.resumes_recovered,
                 "unrecovered": self.resumes_unrecovered,
             },
             "retries": dict(self.retry_attempts),
+            "retry_success_ratio": self.retry_success_ratio,
             "breakers": {
                 name: {"state": state, "transitions": dict(self._breaker_transitions[name])}
                 for name, state in self._breaker_states.items()
@@ -411,6 +449,7 @@ class HubMetrics:
             "latency": {
                 "count": self.latency_count,
                 "sum": self.latency_sum,
+                "mean": self.latency_sum / count if (count := self.latency_count) else None,
                 "p50": self.latency_percentile(0.5),
                 "p99": self.latency_percentile(0.99),
             },
@@ -424,3 +463,8 @@ class HubMetrics:
         itself pairs with this body) or, with ``openmetrics``, OpenMetrics 1.0 (ends ``# EOF``).
         """
         return render(self.registry, openmetrics)
+
+
+def _by_label(item: tuple[int | str, int]) -> tuple[bool, str]:
+    """Sort close codes as numbers would sort (all are four digits), ``PEER_CLOSED`` last."""
+    return (isinstance(item[0], str), str(item[0]))

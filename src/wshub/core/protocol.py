@@ -31,6 +31,8 @@ from wshub.core.events import (
     Position,
     Publish,
     Published,
+    Refresh,
+    Refreshed,
     ServerEvent,
     StreamStatus,
     Subscribe,
@@ -57,6 +59,8 @@ __all__ = [  # the events are defined in wshub.events and re-exported here
     "ProtocolError",
     "Publish",
     "Published",
+    "Refresh",
+    "Refreshed",
     "ServerEvent",
     "StreamStatus",
     "Subscribe",
@@ -67,10 +71,13 @@ __all__ = [  # the events are defined in wshub.events and re-exported here
     "encode_error",
     "encode_hello",
     "encode_message",
+    "encode_message_parts",
     "encode_ping",
     "encode_pong",
     "encode_publish",
     "encode_published",
+    "encode_refresh",
+    "encode_refreshed",
     "encode_subscribe",
     "encode_subscribed",
     "encode_unsubscribe",
@@ -104,6 +111,7 @@ ERROR_CODES: Final = frozenset(
         "rate_limited",
         "unavailable",
         "too_large",
+        "conflict",
         "limit_exceeded",
     }
 )
@@ -125,6 +133,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4002  #: Slow consumer: the outbound queue overflowed; reconnect and resume.
     RATE_LIMITED = 4003  #: The rate limit was exceeded repeatedly.
     HEARTBEAT_TIMEOUT = 4004  #: No frame or pong arrived within the heartbeat timeout.
+    CREDENTIAL_EXPIRED = 4005  #: The credential expired without a ``refresh``; reconnect.
 
 
 class ProtocolError(Exception):
@@ -199,6 +208,10 @@ def _rule(expected: str, check: Callable[[Any], bool], when_absent: Any = _REQUI
     return apply
 
 
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -258,8 +271,15 @@ def _stream(value: Any, path: str) -> str:
 def _position(value: Any, path: str) -> Position | None:
     if _OBJECT_OR_NULL(value, path) is None:
         return None
-    position: Position = _build(Position, _spec(path, offset=_COUNT, epoch=_EPOCH), value)
-    return position
+    offset: int = _COUNT(value.get("offset", _ABSENT), f"{path}.offset")
+    epoch = value.get("epoch", _ABSENT)
+    if epoch is _ABSENT:  # "everything history still holds": only meaningful before offset 1
+        if offset != 0:
+            raise ProtocolError(
+                "bad_request", f"{path}.epoch is required (it may be left out only at offset 0)"
+            )
+        return Position(0, None)
+    return Position(offset, _EPOCH(epoch, f"{path}.epoch"))
 
 
 def _subscriptions(value: Any, path: str) -> dict[str, Position | None]:
@@ -278,6 +298,7 @@ _CLIENT_FRAMES: Final[Mapping[str, tuple[Callable[..., ClientEvent], _Spec]]] = 
     "unsubscribe": (Unsubscribe, _spec("unsubscribe", stream=_stream)),
     "publish": (Publish, _spec("publish", stream=_stream, data=_ANY, id=_MESSAGE_ID, ref=_REF)),
     "ping": (Ping, ()),
+    "refresh": (Refresh, _spec("refresh", token=_rule("a non-empty string", _is_text))),
 }
 
 
@@ -354,10 +375,11 @@ def parse_client_frame(text: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH)
     """Parse one client frame (a JSON object) into an event.
 
     ``hello.token``, ``hello.subscribe``, ``subscribe.position`` and ``publish.id`` may be absent
-    or ``null``; ``publish.data`` is required (``null`` is allowed). Raises :class:`ProtocolError`
-    with code ``bad_request`` (invalid JSON, not an object, nesting deeper than ``max_depth``,
-    missing or ill-typed field, invalid name) or ``unknown_type``; its ``ref`` is the frame's
-    ``ref`` when it had one (and it nests within the limit).
+    or ``null``; a position's ``epoch`` may be absent only at offset 0 (``Position(0, None)``:
+    everything history still holds); ``publish.data`` is required (``null`` is allowed).
+    Raises :class:`ProtocolError` with code ``bad_request`` (invalid JSON, not an object, nesting
+    deeper than ``max_depth``, missing or ill-typed field, invalid name) or ``unknown_type``; its
+    ``ref`` is the frame's ``ref`` when it had one (and it nests within the limit).
     """
     event: ClientEvent = _event(_decode(text, max_depth, "a frame"), _CLIENT_FRAMES)
     return event
@@ -412,6 +434,18 @@ def encode_message(stream: str, offset: int, id: str, data: Any, ts: int) -> str
     ).decode()
 
 
+def encode_message_parts(stream: str, id: str, data: Any) -> tuple[bytes, bytes]:
+    """``encode_message`` without its offset and ts, for a store that assigns them.
+
+    ``head + offset + middle + ts + "}"`` (numbers in decimal) is exactly the frame that
+    ``encode_message`` makes. Raises ``orjson.JSONEncodeError`` (a ``TypeError``) when ``data``
+    is not JSON-serializable.
+    """
+    head = b'{"type":"message","stream":' + _dumps(stream) + b',"offset":'
+    middle = b',"id":' + _dumps(id) + b',"data":' + _dumps(data) + b',"ts":'
+    return head, middle
+
+
 def encode_subscribed(stream: str, status: StreamStatus) -> str:
     """Encode ``subscribed``."""
     return _encode("subscribed", stream=stream, **_status_object(status))
@@ -430,6 +464,11 @@ def encode_published(ref: Any, stream: str, offset: int, id: str, duplicate: boo
 def encode_pong() -> str:
     """Encode ``pong`` (a constant)."""
     return '{"type":"pong"}'
+
+
+def encode_refreshed(expires: float) -> str:
+    """Encode ``refreshed``; an integral ``expires`` is written as an integer."""
+    return _encode("refreshed", expires=int(expires) if float(expires).is_integer() else expires)
 
 
 def encode_error(code: str, message: str, ref: Any = NO_REF) -> str:
@@ -460,7 +499,11 @@ def _absent_if_none(value: Any) -> Any:
 
 
 def _position_object(position: Position | None) -> _Object | None:
-    return None if position is None else {"offset": position.offset, "epoch": position.epoch}
+    if position is None:
+        return None
+    if position.epoch is None:
+        return {"offset": position.offset}
+    return {"offset": position.offset, "epoch": position.epoch}
 
 
 def encode_hello(
@@ -494,6 +537,11 @@ def encode_ping() -> str:
     return '{"type":"ping"}'
 
 
+def encode_refresh(token: str) -> str:
+    """Encode ``refresh``."""
+    return _encode("refresh", token=token)
+
+
 def _statuses(value: Any, path: str) -> dict[str, StreamStatus]:
     statuses = {}
     for name, status in _OBJECT(value, path).items():
@@ -522,6 +570,7 @@ _SERVER_FRAMES: Final[Mapping[str, tuple[Callable[..., ServerEvent], _Spec]]] = 
         _spec("published", ref=_REF, stream=_STRING, offset=_COUNT, id=_STRING, duplicate=_BOOLEAN),
     ),
     "pong": (Pong, ()),
+    "refreshed": (Refreshed, _spec("refreshed", expires=_NUMBER)),
     "error": (Error, _spec("error", code=_STRING, message=_STRING, ref=_REF)),
 }
 

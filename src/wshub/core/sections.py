@@ -15,15 +15,21 @@ Each section (``ServerConfig``, ``LimitsConfig``, ...) is one table of ``HubConf
 
 from __future__ import annotations
 
+import re
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import attrs
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "HMAC_ALGORITHMS",
     "AdminConfig",
+    "AuthConfig",
     "BreakerConfig",
+    "BrokerConfig",
     "CleanupConfig",
     "ConfigError",
     "DedupConfig",
@@ -192,6 +198,48 @@ class DedupConfig:
     _section: ClassVar[str] = "dedup"
     window: float = attrs.field(default=300.0, validator=_number(0))
     max_entries: int = attrs.field(default=100_000, validator=_integer(1))
+    content_ids: bool = attrs.field(default=True, validator=_boolean)
+
+
+def _one_of(*allowed: str) -> _Validator:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            _fail(instance, attribute, "one of " + ", ".join(map(repr, allowed)), value)
+
+    return check
+
+
+def _redis_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    allowed = "a redis://host:port/db or rediss://host:port/db URL"
+    if not isinstance(value, str):
+        _fail(instance, attribute, allowed, value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        _fail(instance, attribute, allowed, value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        _fail(instance, attribute, allowed, value)
+
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or _PREFIX.fullmatch(value) is None:
+        _fail(instance, attribute, "1 to 64 characters from [A-Za-z0-9_.:-]", value)
+
+
+@attrs.frozen
+class BrokerConfig:
+    """Where streams live: this process (``memory``) or Redis, shared by every node."""
+
+    _section: ClassVar[str] = "broker"
+    kind: str = attrs.field(default="memory", validator=_one_of("memory", "redis"))
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_url, repr=False)
+    prefix: str = attrs.field(default="wshub", validator=_prefix)
+    timeout: float = attrs.field(default=1.0, validator=_number(0))
+    pool_size: int = attrs.field(default=16, validator=_integer(1))
 
 
 @attrs.frozen
@@ -277,3 +325,88 @@ class AdminConfig:
     _section: ClassVar[str] = "admin"
     api_key: str | None = attrs.field(default=None, validator=_optional(_text), repr=False)
     protect_monitoring: bool = attrs.field(default=True, validator=_boolean)
+
+
+#: The HMAC algorithms, verified with ``auth.jwt_secret``, and the fewest bytes of secret each
+#: needs (its digest size, RFC 7518 section 3.2).
+HMAC_ALGORITHMS: Mapping[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: The asymmetric algorithms, verified with the public key in ``auth.jwt_public_key``.
+ASYMMETRIC_ALGORITHMS: frozenset[str] = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512"}
+    | {"EdDSA"}
+)
+
+
+def _algorithms(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    known = sorted(HMAC_ALGORITHMS) + sorted(ASYMMETRIC_ALGORITHMS)
+    allowed = f"a non-empty list of algorithms among {', '.join(known)}"
+    if not isinstance(value, tuple) or not value:
+        _fail(instance, attribute, allowed, value)
+    for name in value:
+        if isinstance(name, str) and name.lower() == "none":
+            raise ConfigError(
+                f"{_key(instance, attribute)} must never list 'none' (unsigned tokens), "
+                f"got {list(value)!r}"
+            )
+        if name not in HMAC_ALGORITHMS and name not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                f"{_key(instance, attribute)} must be {allowed}, got {name!r} in {list(value)!r}"
+            )
+
+
+def _secret(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    # Never echo the value: it is a secret, even when it is a wrong one.
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{_key(instance, attribute)} must be a non-empty string")
+
+
+@attrs.frozen
+class AuthConfig:
+    """Signed tokens (JWT) for clients and HTTP publishers; off while no key is configured."""
+
+    _section: ClassVar[str] = "auth"
+    jwt_secret: str | None = attrs.field(default=None, validator=_secret, repr=False)
+    jwt_public_key: str | None = attrs.field(default=None, validator=_optional(_text))
+    jwt_algorithms: tuple[str, ...] = attrs.field(
+        default=("HS256",), converter=_as_tuple, validator=_algorithms
+    )
+    jwt_audience: str | None = attrs.field(default=None, validator=_optional(_text))
+    jwt_issuer: str | None = attrs.field(default=None, validator=_optional(_text))
+    leeway: float = attrs.field(default=0.0, validator=_number(0, exclusive=False))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether tokens are verified: a secret or a public key is configured."""
+        return self.jwt_secret is not None or self.jwt_public_key is not None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.enabled:
+            return
+        hmac = [name for name in self.jwt_algorithms if name in HMAC_ALGORITHMS]
+        asymmetric = [name for name in self.jwt_algorithms if name in ASYMMETRIC_ALGORITHMS]
+        if hmac and self.jwt_secret is None:
+            raise ConfigError(f"auth.jwt_algorithms lists {hmac[0]}, which needs auth.jwt_secret")
+        if asymmetric and self.jwt_public_key is None:
+            raise ConfigError(
+                f"auth.jwt_algorithms lists {asymmetric[0]}, which needs auth.jwt_public_key "
+                "(the path of a PEM public key)"
+            )
+        if self.jwt_secret is not None:
+            if not hmac:
+                raise ConfigError(
+                    "auth.jwt_secret is set but auth.jwt_algorithms lists no HS256, HS384 "
+                    f"or HS512 to use it with, got {list(self.jwt_algorithms)!r}"
+                )
+            needed = max(HMAC_ALGORITHMS[name] for name in hmac)
+            size = len(self.jwt_secret.encode())
+            if size < needed:
+                strongest = max(hmac, key=HMAC_ALGORITHMS.__getitem__)
+                raise ConfigError(
+                    f"auth.jwt_secret must be at least {needed} bytes for {strongest}, "
+                    f"got {size} bytes"
+                )
+        if self.jwt_public_key is not None and not asymmetric:
+            raise ConfigError(
+                "auth.jwt_public_key is set but auth.jwt_algorithms lists no asymmetric "
+                f"algorithm to use it with, got {list(self.jwt_algorithms)!r}"
+            )

@@ -4,7 +4,9 @@ The hub asks these questions at three points: a hello (``authenticate``), a subs
 (``subscribe_refusal``) and a client's publish (``publish_refusal``). Answers are decisions
 only; the hub turns a refusal into the protocol's close code or ``forbidden`` error. Personal
 streams belong to their client alone, ``$sys.metrics`` needs the admin right, and clients
-publish only to topics, when their identity or ``server.client_publish`` allows.
+publish only to topics. An identity with ``rights`` (a JWT's ``wshub`` claim, or a hook's
+answer) reaches only the topics its patterns match; one without reaches every topic, and
+publishes when its identity or ``server.client_publish`` allows.
 """
 
 from __future__ import annotations
@@ -15,20 +17,22 @@ from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import Hello, personal_stream, stream_kind
+from wshub.hub.auth import Credential, TokenRejected, TokenVerifier
 from wshub.hub.hooks import AuthenticateHook, AuthenticationError, Identity, call_guarded
 from wshub.hub.transport import RequestInfo
 
-__all__ = ["SYS_METRICS", "api_key_matches", "authenticate", "publish_refusal", "subscribe_refusal"]
+__all__ = [
+    "SYS_METRICS",
+    "authenticate",
+    "identity_of",
+    "is_admin_key",
+    "monitoring_is_open",
+    "publish_refusal",
+    "subscribe_refusal",
+    "verify_for",
+]
 
 SYS_METRICS = "$sys.metrics"
-
-
-def api_key_matches(given: str | None, api_key: str | None) -> bool:
-    """Whether ``given`` is ``api_key`` (False when either is None), compared in constant time
-    so that how long it takes tells nothing about how much of a guess was right."""
-    if given is None or api_key is None:
-        return False
-    return hmac.compare_digest(given.encode(), api_key.encode())
 
 
 async def authenticate(
@@ -36,11 +40,13 @@ async def authenticate(
     request: RequestInfo,
     *,
     hook: AuthenticateHook | None,
+    tokens: TokenVerifier | None,
     config: HubConfig,
     breakers: BreakerRegistry,
     metrics: HubMetrics,
 ) -> Identity:
-    """Decide who a hello is: the application's hook, else the admin key, else anonymous.
+    """Decide who a hello is: the application's hook; else the admin key, else a JWT (with
+    ``[auth]``), else an anonymous client when ``server.allow_anonymous`` allows.
 
     Raises AuthenticationError (close 1008) or HookUnavailable (close 1013).
     """
@@ -57,13 +63,51 @@ async def authenticate(
         if identity.client_id != hello.client_id:
             raise AuthenticationError(f"client id {hello.client_id!r} not allowed")
         return identity
-    admin = config.admin
-    if api_key_matches(hello.token, admin.api_key):
+    if hello.token is not None and is_admin_key(config, hello.token):
         return Identity(hello.client_id, admin=True, can_publish=True)
+    if tokens is not None and hello.token is not None:
+        return identity_of(verify_for(tokens, hello.token, hello.client_id))
     if not config.server.allow_anonymous:
         raise AuthenticationError("anonymous clients are not allowed")
-    open_monitoring = admin.api_key is None or not admin.protect_monitoring
-    return Identity(hello.client_id, admin=open_monitoring)
+    return Identity(hello.client_id, admin=monitoring_is_open(config))
+
+
+def is_admin_key(config: HubConfig, given: str) -> bool:
+    """Whether ``given`` is ``admin.api_key`` (compared in constant time)."""
+    key = config.admin.api_key
+    return key is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
+def monitoring_is_open(config: HubConfig) -> bool:
+    """Whether the monitoring surface (``$sys.metrics``, ``/metrics``, ``/api/stats``) is open
+    to anyone: ``admin.protect_monitoring`` is off, or there is neither an admin key nor
+    ``[auth]`` to protect it with."""
+    admin = config.admin
+    return not admin.protect_monitoring or (admin.api_key is None and not config.auth.enabled)
+
+
+def verify_for(tokens: TokenVerifier, token: str, client_id: str) -> Credential:
+    """The credential in ``token``, which must be ``client_id``'s (its ``sub``).
+
+    Raises AuthenticationError saying which check failed (close 1008).
+    """
+    try:
+        credential = tokens.verify(token)
+    except TokenRejected as rejected:
+        raise AuthenticationError(rejected.reason) from None
+    if credential.subject != client_id:
+        raise AuthenticationError(f"client id {client_id!r} is not the token's subject ('sub')")
+    return credential
+
+
+def identity_of(credential: Credential) -> Identity:
+    """The identity a verified token gives: its rights, its admin flag, its deadline."""
+    return Identity(
+        credential.subject,
+        admin=credential.admin,
+        rights=credential.rights,
+        deadline=credential.deadline,
+    )
 
 
 def subscribe_refusal(identity: Identity, stream: str) -> str | None:
@@ -78,6 +122,9 @@ def subscribe_refusal(identity: Identity, stream: str) -> str | None:
             return f"{stream!r} needs the admin right"
     if kind is None:
         return f"invalid stream name {stream!r}"
+    rights = identity.rights
+    if kind == "topic" and rights is not None and not rights.may_subscribe(stream):
+        return f"{stream!r} is not among this client's subscribe rights"
     return None
 
 
@@ -85,6 +132,10 @@ def publish_refusal(identity: Identity, stream: str, config: HubConfig) -> str |
     """Why ``identity`` may not publish to ``stream``, or None when it may."""
     if stream_kind(stream) != "topic":
         return f"clients cannot publish to {stream!r}"
+    if identity.rights is not None:
+        if identity.rights.may_publish(stream):
+            return None
+        return f"{stream!r} is not among this client's publish rights"
     allowed = identity.can_publish
     if allowed is None:
         allowed = config.server.client_publish

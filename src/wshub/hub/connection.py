@@ -19,6 +19,9 @@ Theory of operation:
   the fast path makes.
 - A connection ends by cancelling its scope after setting ``close_code``; the transport is
   closed with that code in ``finally``, shielded and bounded in time.
+- A credential's expiry is a cancel scope's deadline around the reader, not a task: when it
+  passes, the reader is cancelled and the connection closes with 4005 (queued frames are
+  dropped: an expired credential receives nothing more). ``renew`` (a ``refresh``) moves it.
 - The heartbeat is the reader's deadline, not a task of its own: after waiting
   ``heartbeat.interval`` for a frame the reader pings (where the transport can) and waits
   ``heartbeat.timeout`` for the pong; without ping frames it waits ``interval + timeout`` for
@@ -40,6 +43,7 @@ import trio
 from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed
 from wshub.core.history import StoredMessage
+from wshub.core.logcontext import add_log_context
 from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import (
     NO_REF,
@@ -49,6 +53,7 @@ from wshub.core.protocol import (
     Ping,
     ProtocolError,
     Publish,
+    Refresh,
     Subscribe,
     Unsubscribe,
     encode_error,
@@ -70,8 +75,19 @@ CLOSE_TIMEOUT = 2.0
 # close frame follows whole frames; past it the connection is cut without a close frame.
 FINISH_FRAME_TIMEOUT = 0.5
 
-QueueItem = StoredMessage | str
-Request = Publish | Subscribe | Unsubscribe
+
+class Replayed:
+    """A message sent again from history: delivered, but not a live delivery, so the writer
+    does not time it (a resume after an hour is not an hour of latency)."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: str) -> None:
+        self.frame = frame
+
+
+QueueItem = StoredMessage | Replayed | str
+Request = Publish | Subscribe | Unsubscribe | Refresh
 
 
 class ConnectionHost(Protocol):
@@ -93,8 +109,11 @@ class ConnectionHost(Protocol):
         """Who the hello is; raises AuthenticationError or HookUnavailable."""
         ...
 
-    def register(self, connection: Connection, hello: Hello) -> None:
-        """Welcome a connection: subscribe it, queue its welcome and replays."""
+    async def register(self, connection: Connection, hello: Hello) -> bool:
+        """Welcome a connection: subscribe it, queue its welcome and replays.
+
+        False when it could not (the connection has been closed with the reason).
+        """
         ...
 
     def unregister(self, connection: Connection) -> None:
@@ -102,7 +121,7 @@ class ConnectionHost(Protocol):
         ...
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
-        """Serve a publish, subscribe or unsubscribe; the answer goes to the queue."""
+        """Serve a publish, subscribe, unsubscribe or refresh; the answer goes to the queue."""
         ...
 
     def record_overflow(self, dropped: int) -> None:
@@ -123,6 +142,7 @@ class Connection:
         self.batching = transport.subprotocol == SUBPROTOCOL
         self.client_id: str | None = None
         self.identity: Identity | None = None
+        self.expiry: trio.CancelScope | None = None  # around the reader, when credentials expire
         self.stats: ClientStats | None = None
         self.subscriptions: set[str] = set()
         self.queue: list[QueueItem] = []
@@ -187,9 +207,17 @@ class Connection:
         if not self.dirty:
             self._mark_dirty()
 
-    def enqueue_replay(self, items: Sequence[QueueItem]) -> None:
-        """Append replayed messages, or the errors answering a hello; they are bounded by
-        the history and by the hello itself, not by the queue limits."""
+    def enqueue_replay(self, messages: Sequence[StoredMessage]) -> None:
+        """Append replayed messages; they are bounded by history, not by the queue limits."""
+        self._extend_unbounded([Replayed(message.frame) for message in messages])
+
+    def enqueue_answer(self, frames: Sequence[str]) -> None:
+        """Append the errors answering a hello; they are bounded by the hello (at most
+        ``limits.max_subscriptions`` and one), not by the queue limits."""
+        self._extend_unbounded(frames)
+
+    def _extend_unbounded(self, items: Sequence[QueueItem]) -> None:
+        # The queue limits apply to what arrives after these items.
         if items:
             small = self.small_frame
             for item in items:
@@ -222,6 +250,12 @@ class Connection:
         else:
             self._parked = None
             trio.lowlevel.reschedule(task)
+
+    def renew(self, identity: Identity) -> None:
+        """Take the identity of a refreshed credential, and its deadline (see the notes)."""
+        self.identity = identity
+        if self.expiry is not None and identity.deadline is not None:
+            self.expiry.deadline = identity.deadline
 
     def start_closing(self, code: int, reason: str = "") -> None:
         """Close with ``code`` once everything already queued has been sent."""
@@ -262,11 +296,23 @@ class Connection:
                 # Only the headers are dropped: hooks have seen them, nothing reads them later,
                 # and they are the biggest part of an idle connection's own memory.
                 self.request = attrs.evolve(self.request, headers=())
-                hub.register(self, hello)
+                if not await hub.register(self, hello):
+                    return
+                deadline = self.identity.deadline if self.identity is not None else None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
                     try:  # the reader runs in this task: one coroutine frame less per client
-                        await self._reader()
+                        if deadline is None:
+                            await self._reader()
+                        else:
+                            self.expiry = trio.CancelScope(deadline=deadline)
+                            with self.expiry:
+                                await self._reader()
+                            if self.expiry.cancelled_caught:
+                                self.abort(
+                                    CloseCode.CREDENTIAL_EXPIRED,
+                                    "credential expired; reconnect with a fresh one",
+                                )
                     except Exception as error:
                         self._stop_for(error)
         except BaseException:  # re-raised; only chooses the close code
@@ -314,6 +360,7 @@ class Connection:
                 self.abort(CloseCode.BAD_HELLO, "the first frame must be a hello")
                 return None
             return event
+        self.hub.metrics.record_timeout("hello")
         self.abort(CloseCode.BAD_HELLO, f"no hello within {limits.hello_timeout:g} seconds")
         return None
 
@@ -327,6 +374,7 @@ class Connection:
             self.abort(CloseCode.TRY_AGAIN_LATER, "authentication is unavailable; retry later")
             return False
         self.client_id = self.identity.client_id
+        add_log_context(client_id=self.client_id)  # in this task's records from now on
         return True
 
     # ------------------------------------------------------------------ the two tasks
@@ -351,6 +399,7 @@ class Connection:
                 raw = await receive()
             if waiting.cancelled_caught:
                 if not await self._answers_ping(heartbeat.timeout):
+                    self.hub.metrics.record_timeout("heartbeat")
                     self.abort(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
                     return
                 continue
@@ -383,7 +432,7 @@ class Connection:
     async def _handle(self, event: Any) -> None:
         if isinstance(event, Ping):
             self.enqueue(encode_pong())
-        elif isinstance(event, Publish | Subscribe | Unsubscribe):
+        elif isinstance(event, Publish | Subscribe | Unsubscribe | Refresh):
             await self.hub.handle_request(self, event)
         elif isinstance(event, Hello):
             self.enqueue(encode_error("bad_request", "hello was already received"))
@@ -446,6 +495,7 @@ class Connection:
         stats = self.stats
         assert stats is not None
         items, self.queue = self.queue, []
+        metrics.record_queue_depth(len(items))
         self.bytes_limit, self._bytes_over = hub.config.limits.max_queue_bytes, 0
         self._set_queue_limit(max_queue)
         self.dirty = False
@@ -478,8 +528,8 @@ class Connection:
                 if delivered and metrics.should_sample():
                     now = trio.current_time()
                     for item in chunk:
-                        if item.__class__ is not str:
-                            metrics.observe_latency(now - item.stored_at)  # type: ignore[union-attr]
+                        if item.__class__ is StoredMessage:  # live: not a str, not Replayed
+                            metrics.observe_latency(now - item.stored_at)
         self.send_guard = None
         if guard.cancelled_caught:
             self.cut = True

@@ -22,6 +22,7 @@ from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import Hello
 from wshub.core.sections import BreakerConfig
+from wshub.hub.auth import Rights
 from wshub.hub.transport import RequestInfo
 
 __all__ = [
@@ -39,15 +40,22 @@ T = TypeVar("T")
 
 @attrs.frozen
 class Identity:
-    """Who a connection is, as decided by the ``authenticate`` hook (or by the config).
+    """Who a connection is, as decided by a token, the ``authenticate`` hook or the config.
 
-    ``can_publish`` None means "as ``server.client_publish`` says". ``admin`` grants the
-    ``$sys.metrics`` stream.
+    ``admin`` grants the ``$sys.metrics`` stream. ``rights`` None means any topic may be
+    subscribed to and publishing is as ``can_publish`` says (None: as
+    ``server.client_publish`` says); with ``rights`` only the topics its patterns match may be
+    subscribed to or published to (``can_publish`` is not consulted), as for a JWT's ``wshub``
+    claim. The personal stream ``@<client_id>`` is always allowed. ``deadline`` (trio time)
+    is when the credential expires: the hub then closes the connection with 4005 unless the
+    client has sent a ``refresh``.
     """
 
     client_id: str
     admin: bool = False
     can_publish: bool | None = None
+    rights: Rights | None = None
+    deadline: float | None = None
 
 
 class AuthenticationError(Exception):

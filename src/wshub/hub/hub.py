@@ -1,63 +1,94 @@
 """The hub: streams, subscriptions, publishing, and the task tree that owns them.
 
 Theory of operation:
-- A publish is synchronous from de-duplication to fan-out: the message id is checked, the
-  message appended to its stream's history (which assigns the offset), encoded once, and the
-  same frame appended to every subscriber's queue. Nothing awaits in between, so offsets are
-  contiguous and every subscriber sees a stream in offset order.
-- Subscribing (in ``hello`` or ``subscribe``) reads the history and joins the subscriber set
-  in one synchronous step, then queues the answer and the replay before any live message:
-  nothing is lost or repeated between replay and live.
-- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``.
-  A client publish that waits on the ``on_publish`` hook is marked pending, so an identical
-  publish arriving meanwhile waits for it and gets the same answer.
+- Streams live in a broker (``wshub.brokers``): offsets, epochs, history and de-duplication.
+  ``$sys.*`` streams always live in this node's own ``MemoryBroker`` (``local``); the others in
+  ``broker``, which is that same memory broker unless ``broker.kind`` is ``redis``.
+- The broker hands every message to ``deliver`` (this node's fan-out), per stream in offset
+  order: the frame encoded once is appended to every subscriber's queue without awaiting. With
+  the memory broker a publish is synchronous from de-duplication to fan-out.
+- Subscribing (in ``hello`` or ``subscribe``) prepares every stream with the broker (the I/O),
+  then joins them and queues the answer and the replays in one synchronous step, before any
+  live message: nothing is lost or repeated between replay and live.
+- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``; the
+  same id with other content is a conflict. A client publish that waits on the
+  ``on_publish`` hook is marked pending, so an identical publish arriving meanwhile waits for
+  it and gets the same answer.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded server, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
   more, then cancels.
 - Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
   hub implements; the reports read it through ``ReportSource`` (``reports.py``).
+- With ``[auth]``, a hello's token is verified once (``auth.py``) and its expiry becomes the
+  connection's deadline on the trio clock; a ``refresh`` with a token for the same subject
+  moves the deadline and replaces the rights, leaving any stream the new rights no longer
+  allow. ``wall_clock`` is what tokens' ``exp`` is read against (tests give one that follows
+  the trio clock).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
+from wshub.brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    Prepared,
+    StaleRead,
+    publish_key,
+)
+from wshub.brokers.memory import MemoryBroker
+from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
-from wshub.core.dedup import Deduplicator, message_id, scoped_key
+from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.events import PublishResult
 from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
-from wshub.core.metrics import HubMetrics
+from wshub.core.logcontext import log_context
+from wshub.core.metrics import PEER_CLOSED, HubMetrics
 from wshub.core.protocol import (
     CloseCode,
     Hello,
     Position,
     Publish,
+    Refresh,
     StreamStatus,
     Subscribe,
     encode_error,
-    encode_message,
     encode_published,
+    encode_refreshed,
     encode_subscribed,
     encode_unsubscribed,
     encode_welcome,
     personal_stream,
     stream_kind,
 )
-from wshub.hub.access import SYS_METRICS, authenticate, publish_refusal, subscribe_refusal
+from wshub.hub.access import (
+    SYS_METRICS,
+    authenticate,
+    identity_of,
+    publish_refusal,
+    subscribe_refusal,
+    verify_for,
+)
+from wshub.hub.auth import TokenVerifier
 from wshub.hub.connection import Connection, Request, small_frame
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
+    AuthenticationError,
     HookUnavailable,
     Identity,
     OnPublishHook,
@@ -65,7 +96,7 @@ from wshub.hub.hooks import (
     call_guarded,
 )
 from wshub.hub.lifetime import Lifetime, every
-from wshub.hub.reports import health_report, stats_report
+from wshub.hub.reports import StatusLog, health_report, stats_report
 from wshub.hub.transport import RequestInfo, Transport
 
 __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
@@ -76,7 +107,11 @@ SERVER_PUBLISHER = ""  # the server API's publisher scope; no client id can be e
 
 
 class Hub:
-    """Streams, subscriptions and connections. Create it with ``open_hub(config)``."""
+    """Streams, subscriptions and connections. Create it with ``open_hub(config)``.
+
+    Raises ConfigError when ``[auth]``'s public key cannot be read or used, and ValueError
+    when an ``authenticate`` hook is given together with ``[auth]`` (one of them decides).
+    """
 
     def __init__(
         self,
@@ -84,20 +119,32 @@ class Hub:
         *,
         authenticate: AuthenticateHook | None = None,
         on_publish: OnPublishHook | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if authenticate is not None and config.auth.enabled:
+            raise ValueError(
+                "give either an authenticate hook or [auth] JWT keys, not both: "
+                "each decides alone who a client is"
+            )
+        #: Verifies JWTs when ``[auth]`` is on (None otherwise); also used by HTTP endpoints.
+        self.tokens = TokenVerifier.from_config(config.auth, wall_clock=wall_clock)
+        if self.tokens is not None and config.server.allow_anonymous:
+            logger.warning(
+                "[auth] is on but server.allow_anonymous is true: clients without a token "
+                "still connect, with every topic; set it to false to require tokens"
+            )
         self.config = config
         self.metrics = HubMetrics(
             client_ttl=config.metrics.client_ttl, sample_rate=config.metrics.sample_rate
         )
         self.breakers = BreakerRegistry(config.breaker, max_breakers=config.breaker.max_breakers)
         self.breakers.add_listener(self.metrics.on_breaker_transition)
-        self.dedup = Deduplicator(window=config.dedup.window, max_entries=config.dedup.max_entries)
-        self.histories = HistoryStore(
-            size=config.history.size,
-            ttl=config.history.ttl,
-            max_streams=config.history.max_streams,
-            max_subscribed=config.history.max_subscribed_streams,
-        )
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+        self.local = MemoryBroker.from_config(config, node=self.node)
+        self.broker: Broker = self.local
+        if config.broker.kind == "redis":
+            self.broker = RedisBroker.from_config(config, breakers=self.breakers, node=self.node)
+        self.metrics.node, self.metrics.broker = self.node, self.broker
         self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
         self.lifetime = Lifetime(config.shutdown.grace)  # connection tasks and the drain
@@ -110,20 +157,37 @@ class Hub:
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
         self._small_frame = small_frame(config.limits.max_queue_bytes, config.limits.max_queue)
         self._overflows_at_last_flush = 0
+        #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
+        #: ``top_streams`` count from there (reports.stream_rows).
+        self.stream_marks: dict[str, tuple[str, int, float]] = {}
+        self.status_log = StatusLog(self.started_at)
+        #: This hub among others in the logs (the ``hub`` field) and in its reports.
+        self.id = secrets.token_hex(4)
+        #: The servers carrying its connections ("fast", "hypercorn", ...), in start order.
+        self.servers: list[str] = []
 
     # ------------------------------------------------------------------ public API
 
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to a topic or personal stream, idempotently by message id.
 
-        Raises ValueError for an invalid stream name or id, or data that is not JSON.
+        Raises ValueError for an invalid stream name or id, or data that is not JSON;
+        ``wshub.IdConflict`` when ``id`` was published to ``stream`` with other data within
+        ``dedup.window``; ``wshub.BrokerUnavailable`` while the broker (Redis) cannot be
+        reached; ``HistoryFull`` when the memory broker holds ``history.max_streams`` streams.
         """
         await trio.lowlevel.checkpoint()
         if stream_kind(stream) not in ("topic", "personal"):
             raise ValueError(f"cannot publish to {stream!r}: not a topic or personal stream name")
-        if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
-            raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
-        return self._publish_nowait(stream, data, SERVER_PUBLISHER, id)
+        _check_id(id)
+        if self.broker is self.local:  # the fast path: synchronous from dedup to fan-out
+            result = self.local.publish_nowait(stream, data, publisher=SERVER_PUBLISHER, id=id)
+            if result.duplicate:
+                self.metrics.deduplicated += 1
+            else:
+                self.metrics.published += 1
+            return result
+        return await self._publish(stream, data, SERVER_PUBLISHER, id)
 
     async def send(self, client_id: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to the personal stream ``@client_id``."""
@@ -136,6 +200,16 @@ class Hub:
     def stats(self, *, series: bool = False) -> dict[str, Any]:
         """The body of ``/api/stats``; with ``series`` the recent flushed snapshots too."""
         return stats_report(self, series=series)
+
+    @property
+    def histories(self) -> HistoryStore:
+        """This node's own histories: ``$sys.*``, and every stream with the memory broker."""
+        return self.local.histories
+
+    @property
+    def dedup(self) -> Deduplicator:
+        """This node's own de-duplication table (every publish's, with the memory broker)."""
+        return self.local.dedup
 
     @property
     def connection_count(self) -> int:
@@ -161,7 +235,13 @@ class Hub:
         """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
         connection = Connection(self, transport, request)
         del request  # the connection drops its headers after the hello: keep no other copy
-        await self.lifetime.run(connection)
+        with log_context(hub=self.id):  # the connection adds its client_id once welcomed
+            await self.lifetime.run(connection)
+
+    def served_by(self, server: str) -> None:
+        """Note that ``server`` carries this hub's connections (the reports' ``server``)."""
+        if server not in self.servers:
+            self.servers.append(server)
 
     def start_soon_in_hub(self, function: Any, *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
@@ -177,54 +257,62 @@ class Hub:
 
     # ------------------------------------------------------------------ publishing
 
-    def _publish_nowait(
-        self, stream: str, data: Any, publisher: str, id: str | None
-    ) -> PublishResult:
-        try:
-            mid = message_id(stream, data, id)
-        except TypeError as error:
-            raise ValueError(f"data is not JSON-serialisable: {error}") from None
-        key = scoped_key(stream, publisher, mid)
-        previous = self.dedup.get(key)
-        if previous is not None:
+    def _count(self, result: PublishResult) -> None:
+        if result.duplicate:
             self.metrics.deduplicated += 1
-            assert isinstance(previous, int)
-            return PublishResult(stream, previous, mid, True)
-        message = self._append(stream, data, mid)
-        # The offset alone is remembered (stream and id are in the key): an entry of atoms
-        # only, which the garbage collector stops tracking. A window of PublishResult objects
-        # made full collections slow enough to show in the p99 (docs/benchmarks.md).
-        self.dedup.record(key, message.offset)
-        return PublishResult(stream, message.offset, mid, False)
-
-    def _append(self, stream: str, data: Any, mid: str) -> StoredMessage:
-        history = self.histories.get_or_create(stream)
-        offset = history.next_offset
-        ts = time.time_ns() // 1_000_000
-        try:
-            frame = encode_message(stream, offset, mid, data, ts)
-        except TypeError as error:
-            raise ValueError(f"data is not JSON-serialisable: {error}") from None
-        message = StoredMessage(stream, offset, mid, data, ts, frame, trio.current_time())
-        history.append(message)
-        if not stream.startswith("$"):  # the hub's own reports are not application traffic
+        else:
             self.metrics.published += 1
-        subscribers = self._subscribers.get(stream)
+
+    def deliver(self, message: StoredMessage) -> None:
+        """Fan a message out to this node's subscribers (the brokers call this, in order)."""
+        subscribers = self._subscribers.get(message.stream)
         if subscribers:
-            if len(frame) <= self._small_frame:  # measured once, not once per subscriber
+            if len(message.frame) <= self._small_frame:  # measured once, not per subscriber
                 for connection in subscribers:
                     connection.enqueue_message(message)
             else:
                 for connection in subscribers:
                     connection.enqueue(message)
-        return message
+
+    def lose(self, stream: str) -> None:
+        """The broker cannot keep ``stream`` contiguous here: its subscribers resume.
+
+        Each gets what it was already sent, then a close with 1001, and resumes (on any
+        node) with ``recovered: false`` and its exact gap, as PROTOCOL.md promises.
+        """
+        for connection in self._subscribers.pop(stream, ()):
+            connection.subscriptions.discard(stream)
+            connection.start_closing(CloseCode.GOING_AWAY, f"stream {stream!r} must be resumed")
+
+    async def publish_for(
+        self, client_id: str, stream: str, data: Any, *, id: str | None = None
+    ) -> PublishResult:
+        """Publish to topic ``stream`` as ``client_id`` (de-duplicated in that client's scope,
+        as its WebSocket publishes are); for HTTP publishers holding a token. Rights are the
+        caller's to check. Raises ValueError as ``publish`` does, for any stream but a topic.
+        """
+        await trio.lowlevel.checkpoint()
+        if stream_kind(stream) != "topic":
+            raise ValueError(f"cannot publish to {stream!r} as a client: not a topic")
+        _check_id(id)
+        return await self._publish(stream, data, client_id, id)
+
+    async def _publish(
+        self, stream: str, data: Any, publisher: str, id: str | None
+    ) -> PublishResult:
+        result = await self.broker.publish(stream, data, publisher=publisher, id=id)
+        self._count(result)
+        return result
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
-        """Serve a client's publish, subscribe or unsubscribe; answers go to its queue."""
+        """Serve a client's publish, subscribe, unsubscribe or refresh; answers go to its
+        queue."""
         if isinstance(request, Publish):
             connection.enqueue(await self.publish_from_client(connection, request))
         elif isinstance(request, Subscribe):
-            self.subscribe(connection, request.stream, request.position)
+            await self.subscribe(connection, request.stream, request.position)
+        elif isinstance(request, Refresh):
+            self.refresh(connection, request.token)
         else:
             refusal = self.unsubscribe(connection, request.stream)
             connection.enqueue(refusal or encode_unsubscribed(request.stream))
@@ -236,49 +324,80 @@ class Hub:
         refusal = publish_refusal(identity, event.stream, self.config)
         if refusal is not None:
             return encode_error("forbidden", refusal, event.ref)
+        client_id = connection.client_id
+        broker = self.broker
         try:
-            mid = message_id(event.stream, event.data, event.id)
-        except (TypeError, ValueError) as error:
+            key = publish_key(event.stream, event.data, event.id, content_ids=broker.content_ids)
+        except ValueError as error:
             return encode_error("bad_request", f"publish.data cannot be hashed: {error}", event.ref)
-        key = scoped_key(event.stream, connection.client_id, mid)
-        while (pending := self._pending.get(key)) is not None:
+        pending_key = (event.stream, client_id, key.id)
+        while (pending := self._pending.get(pending_key)) is not None:
             await pending.wait()  # an identical publish is being stored: share its answer
-        previous = self.dedup.get(key)
-        if previous is not None:
-            self.metrics.deduplicated += 1
-            assert isinstance(previous, int)
-            return encode_published(event.ref, event.stream, previous, mid, True)
         data = event.data
-        if self._on_publish is not None:
-            done = self._pending[key] = trio.Event()
-            try:
-                data = await call_guarded(
-                    "on_publish",
-                    self._on_publish,
-                    connection.client_id,
-                    event.stream,
-                    data,
-                    breakers=self.breakers,
-                    config=self.config.breaker,
-                    metrics=self.metrics,
-                )
-            except PublishRejected as error:
-                return encode_error("forbidden", str(error) or "publish rejected", event.ref)
-            except HookUnavailable:
-                return encode_error(
-                    "unavailable", "publishing is unavailable; retry later", event.ref
-                )
-            finally:
-                del self._pending[key]
-                done.set()
         try:
-            message = self._append(event.stream, data, mid)
-        except HistoryFull as error:
+            if self._on_publish is not None:
+                # A repeat is answered before the hook runs again; a conflict is refused.
+                duplicate = await broker.find_duplicate(event.stream, publisher=client_id, key=key)
+                if duplicate is not None:
+                    self._count(duplicate)
+                    return encode_published(event.ref, event.stream, duplicate.offset, key.id, True)
+                done = self._pending[pending_key] = trio.Event()
+                try:
+                    with log_context(stream=event.stream):  # the hook's own records say which
+                        data = await call_guarded(
+                            "on_publish",
+                            self._on_publish,
+                            client_id,
+                            event.stream,
+                            data,
+                            breakers=self.breakers,
+                            config=self.config.breaker,
+                            metrics=self.metrics,
+                        )
+                finally:
+                    del self._pending[pending_key]
+                    done.set()
+            result = await broker.publish(
+                event.stream, data, publisher=client_id, id=event.id, key=key
+            )
+        except PublishRejected as error:
+            return encode_error("forbidden", str(error) or "publish rejected", event.ref)
+        except HookUnavailable:
+            return encode_error("unavailable", "publishing is unavailable; retry later", event.ref)
+        except IdConflict as error:
+            return encode_error("conflict", str(error), event.ref)
+        except (BrokerUnavailable, HistoryFull) as error:
             return encode_error("unavailable", str(error), event.ref)
         except ValueError as error:
             return encode_error("bad_request", str(error), event.ref)
-        self.dedup.record(key, message.offset)
-        return encode_published(event.ref, event.stream, message.offset, mid, False)
+        self._count(result)
+        return encode_published(event.ref, event.stream, result.offset, result.id, result.duplicate)
+
+    def refresh(self, connection: Connection, token: str) -> None:
+        """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008.
+
+        The new token must verify and carry the connection's client id; its rights replace the
+        old ones, and streams they no longer allow are left (``unsubscribed`` names each).
+        """
+        identity = connection.identity
+        assert identity is not None
+        if self.tokens is None or identity.deadline is None:
+            connection.enqueue(
+                encode_error("bad_request", "this connection's credential has no expiry to refresh")
+            )
+            return
+        try:
+            credential = verify_for(self.tokens, token, identity.client_id)
+        except AuthenticationError as error:
+            connection.abort(CloseCode.POLICY_VIOLATION, f"refresh refused: {error}")
+            return
+        renewed = identity_of(credential)
+        connection.renew(renewed)
+        for stream in sorted(connection.subscriptions):
+            if subscribe_refusal(renewed, stream) is not None:
+                self.unsubscribe(connection, stream)
+                connection.enqueue(encode_unsubscribed(stream))
+        connection.enqueue(encode_refreshed(credential.expires))
 
     # ------------------------------------------------------------------ connections
 
@@ -299,20 +418,19 @@ class Hub:
             hello,
             request,
             hook=self._authenticate,
+            tokens=self.tokens,
             config=self.config,
             breakers=self.breakers,
             metrics=self.metrics,
         )
 
-    def register(self, connection: Connection, hello: Hello) -> None:
-        """Welcome a connection: subscribe it, queue welcome and replays."""
+    async def register(self, connection: Connection, hello: Hello) -> bool:
+        """Welcome a connection: subscribe it, queue welcome and replays.
+
+        Returns False after closing the connection with 1013 when the broker is unavailable.
+        """
         client_id = connection.client_id
-        assert client_id is not None
-        metrics = self.metrics
-        connection.stats = stats = metrics.connection_opened(client_id)
-        if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
-            metrics.reconnections += 1
-        self._registered += 1
+        assert client_id is not None and connection.identity is not None
         # The personal stream first, then at most max_subscriptions of the hello's streams:
         # the hello's answer (welcome, one error per refused stream, replays) stays bounded.
         requested = dict(hello.subscribe)
@@ -320,14 +438,14 @@ class Hub:
         positions = {personal: requested.pop(personal, None)}
         limit = self.config.limits.max_subscriptions
         positions.update(itertools.islice(requested.items(), limit))
-        statuses: dict[str, StreamStatus] = {}
         errors: list[str] = []
-        replays: list[list[StoredMessage]] = []
+        wanted: dict[str, Position | None] = {}
         for stream, position in positions.items():
-            replay = self._attach(connection, stream, position, errors)
-            if replay is not None:
-                statuses[stream] = _status(replay)
-                replays.append(replay.messages)
+            refusal = subscribe_refusal(connection.identity, stream)
+            if refusal is None:
+                wanted[stream] = position
+            else:
+                errors.append(encode_error("forbidden", refusal))
         if len(requested) > limit:
             errors.append(
                 encode_error(
@@ -337,23 +455,31 @@ class Hub:
                     "were not subscribed",
                 )
             )
+        try:
+            replays = await self._join(connection, wanted, errors)
+        except BrokerUnavailable:
+            connection.abort(CloseCode.TRY_AGAIN_LATER, "the broker is unavailable; retry later")
+            return False
+        metrics = self.metrics
+        connection.stats = stats = metrics.connection_opened(client_id)
+        if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
+            metrics.reconnections += 1
+        self._registered += 1
+        statuses = {stream: _status(replay) for stream, replay in replays.items()}
         interval = self.config.heartbeat.interval
         connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
-        connection.enqueue_replay(errors)
-        for messages in replays:
-            connection.enqueue_replay(messages)
+        connection.enqueue_answer(errors)
+        for replay in replays.values():
+            connection.enqueue_replay(replay.messages)
         if self.draining:
             connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
+        return True
 
     def unregister(self, connection: Connection) -> None:
         """Forget a connection that has ended, and count how it ended."""
         self._connections.discard(connection)
         for stream in connection.subscriptions:
-            subscribers = self._subscribers.get(stream)
-            if subscribers is not None:
-                subscribers.discard(connection)
-                if not subscribers:
-                    del self._subscribers[stream]
+            self._detach(connection, stream)
         connection.subscriptions.clear()
         stats = connection.stats
         if stats is None:
@@ -361,18 +487,44 @@ class Hub:
             return
         connection.stats = None
         self._registered -= 1
-        code = connection.peer_close_code or connection.close_code
+        # What the hub decided (1000, 1001, 4002, ...) when it closed first; else the peer's
+        # code where the server reports it truly, PEER_CLOSED where it cannot (hypercorn).
+        code: int | str = connection.close_code
+        if connection.peer_close_code is not None:
+            code = PEER_CLOSED
+            # (A transport that does not say is taken at its word, as before the attribute.)
+            if getattr(connection.transport, "peer_close_codes", True):
+                code = connection.peer_close_code
         self.metrics.connection_closed(stats.client_id, code)
 
-    def subscribe(self, connection: Connection, stream: str, position: Position | None) -> None:
+    async def subscribe(
+        self, connection: Connection, stream: str, position: Position | None
+    ) -> None:
         """Answer a ``subscribe``: ``subscribed`` and the replay, or an error."""
+        assert connection.identity is not None
+        refusal = subscribe_refusal(connection.identity, stream)
+        if refusal is not None:
+            connection.enqueue(encode_error("forbidden", refusal))
+            return
+        limit = self.config.limits.max_subscriptions
+        if stream not in connection.subscriptions and _topics(connection) >= limit:
+            message = (
+                f"already subscribed to {limit} streams, the most "
+                "limits.max_subscriptions allows on one connection"
+            )
+            connection.enqueue(encode_error("limit_exceeded", message))
+            return
         errors: list[str] = []
-        replay = self._attach(connection, stream, position, errors)
-        if replay is None:
+        try:
+            replays = await self._join(connection, {stream: position}, errors)
+        except BrokerUnavailable as error:
+            connection.enqueue(encode_error("unavailable", str(error)))
+            return
+        if errors:
             connection.enqueue(errors[0])
             return
-        connection.enqueue(encode_subscribed(stream, _status(replay)))
-        connection.enqueue_replay(replay.messages)
+        connection.enqueue(encode_subscribed(stream, _status(replays[stream])))
+        connection.enqueue_replay(replays[stream].messages)
 
     def unsubscribe(self, connection: Connection, stream: str) -> str | None:
         """Leave a stream; returns an error frame when that is not allowed."""
@@ -380,46 +532,69 @@ class Hub:
             return encode_error("forbidden", "the personal stream is always subscribed")
         if stream in connection.subscriptions:
             connection.subscriptions.discard(stream)
-            subscribers = self._subscribers[stream]
+            self._detach(connection, stream)
+        return None
+
+    def _broker_for(self, stream: str) -> Broker:
+        return self.local if stream.startswith("$") else self.broker
+
+    async def _join(
+        self, connection: Connection, positions: dict[str, Position | None], errors: list[str]
+    ) -> dict[str, Replay]:
+        """Prepare every stream (the I/O), then join them all in one synchronous step.
+
+        Streams that cannot be joined get an error frame in ``errors``; raises
+        BrokerUnavailable (after giving back what was prepared) when the broker is down.
+        """
+        for _attempt in range(3):
+            prepared: list[Prepared] = []
+            try:
+                for stream, position in positions.items():
+                    prepared.append(await self._broker_for(stream).prepare(stream, position))
+            except BaseException:
+                for done in prepared:
+                    self._broker_for(done.stream).abandon(done)
+                raise
+            # From here to the end: no checkpoint, so the replays meet live delivery.
+            replays: dict[str, Replay] = {}
+            stale = False
+            for done in prepared:
+                stream = done.stream
+                broker = self._broker_for(stream)
+                if stale:
+                    broker.abandon(done)
+                    continue
+                try:
+                    replay = broker.join_nowait(done)
+                except HistoryFull as error:
+                    errors.append(encode_error("unavailable", str(error)))
+                    continue
+                except StaleRead:
+                    stale = True  # read again, all of them: the others are given back
+                    for stream_joined in replays:
+                        self._broker_for(stream_joined).leave(stream_joined)
+                    continue
+                replays[stream] = replay
+            if stale:
+                continue
+            for stream, replay in replays.items():
+                if stream in connection.subscriptions:  # subscribed again: one membership
+                    self._broker_for(stream).leave(stream)
+                self._subscribers.setdefault(stream, set()).add(connection)
+                connection.subscriptions.add(stream)
+                if positions[stream] is not None:
+                    self.metrics.record_resume(replay.recovered)
+                    self.metrics.replayed += len(replay.messages)
+            return replays
+        raise BrokerUnavailable("the broker kept moving ahead of this node's reads; retry later")
+
+    def _detach(self, connection: Connection, stream: str) -> None:
+        subscribers = self._subscribers.get(stream)
+        if subscribers is not None and connection in subscribers:
             subscribers.discard(connection)
             if not subscribers:
                 del self._subscribers[stream]
-        return None
-
-    def _attach(
-        self, connection: Connection, stream: str, position: Position | None, errors: list[str]
-    ) -> Replay | None:
-        assert connection.identity is not None
-        refusal = subscribe_refusal(connection.identity, stream)
-        if refusal is not None:
-            errors.append(encode_error("forbidden", refusal))
-            return None
-        personal = stream_kind(stream) == "personal"  # the client's own: always allowed
-        if not personal and stream not in connection.subscriptions:
-            limit = self.config.limits.max_subscriptions
-            subscribed = connection.subscriptions
-            own = personal_stream(connection.identity.client_id) in subscribed
-            if len(subscribed) - own >= limit:
-                message = (
-                    f"already subscribed to {limit} streams, the most "
-                    "limits.max_subscriptions allows on one connection"
-                )
-                errors.append(encode_error("limit_exceeded", message))
-                return None
-        try:
-            # A topic nobody has published to yet goes to the pool of streams that exist only
-            # by subscription, so subscribing cannot use up the room publishes need.
-            history = self.histories.get_or_create(stream, subscribing=not personal)
-        except HistoryFull as error:
-            errors.append(encode_error("unavailable", str(error)))
-            return None
-        replay = history.read_from(position)
-        self._subscribers.setdefault(stream, set()).add(connection)
-        connection.subscriptions.add(stream)
-        if position is not None:
-            self.metrics.record_resume(replay.recovered)
-            self.metrics.replayed += len(replay.messages)
-        return replay
+            self._broker_for(stream).leave(stream)
 
     # ------------------------------------------------------------------ writers and queues
 
@@ -427,6 +602,7 @@ class Hub:
         """Count a slow consumer whose queue overflowed."""
         self.metrics.queue_overflows += 1
         self.metrics.record_drop("slow_consumer", dropped)
+        self.metrics.record_queue_depth(dropped)
 
     def queue_depths(self) -> tuple[int, int]:
         """Total and largest outbound queue length over all connections."""
@@ -434,6 +610,10 @@ class Hub:
         total, largest = (sum(depths), max(depths)) if depths else (0, 0)
         self.metrics.queue_depth = total
         return total, largest
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscribed connections per stream, for the streams that have any."""
+        return {stream: len(connections) for stream, connections in self._subscribers.items()}
 
     def queued_by_client(self) -> dict[str, int]:
         """Messages waiting in outbound queues, summed per client id (over its tabs)."""
@@ -449,41 +629,51 @@ class Hub:
 
     def sweep(self) -> dict[str, int]:
         """Expire history, dedup keys, idle client stats and forgotten streams."""
-        expired = self.histories.trim_expired()
-        removed = {
-            "history": expired,
-            "dedup": self.dedup.expire(),
-            "clients": self.metrics.expire_clients(),
-            "streams": self.histories.forget_idle(in_use=self._subscribers),
-        }
-        self.metrics.expired += expired
+        removed = self.local.sweep()
+        if self.broker is not self.local:
+            for kind, count in self.broker.sweep().items():
+                removed[kind] = removed.get(kind, 0) + count
+        removed["clients"] = self.metrics.expire_clients()
+        self.metrics.expired += removed["history"]
         self.metrics.record_cleanup(removed)
         return removed
 
     def flush_metrics(self) -> dict[str, Any]:
         """Take a snapshot: into the ring buffer, onto ``$sys.metrics``, and to the log."""
         point = self.stats()
+        now = trio.current_time()
+        self.stream_marks = {
+            row["stream"]: (row["epoch"], row["offset"], now) for row in point["top_streams"]
+        }
         self.series.append(point)
         self._overflows_at_last_flush = self.metrics.queue_overflows
         try:
-            self._append(SYS_METRICS, point, message_id(SYS_METRICS, point))
+            self.local.append(SYS_METRICS, point, message_id(SYS_METRICS, point))
         except HistoryFull:
-            logger.warning("cannot publish %s: stream limit reached", SYS_METRICS)
-        if self.config.metrics.log:
-            logger.info(
-                "status=%s connections=%d published=%d delivered=%d queue=%d",
-                point["status"],
-                self._registered,
-                self.metrics.published,
-                self.metrics.delivered,
-                self.metrics.queue_depth,
+            logger.warning(
+                "cannot publish %s: stream limit reached",
+                SYS_METRICS,
+                extra={"stream": SYS_METRICS},
             )
+        if self.config.metrics.log:
+            self.status_log.flushed(point)
         return point
 
     @property
     def overflowing(self) -> bool:
         """Whether a queue overflowed since the last metrics flush."""
         return self.metrics.queue_overflows > self._overflows_at_last_flush
+
+
+def _check_id(id: object) -> None:
+    if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
+        raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+
+
+def _topics(connection: Connection) -> int:
+    """How many streams ``connection`` is subscribed to besides its personal stream."""
+    subscribed = connection.subscriptions
+    return len(subscribed) - (personal_stream(connection.client_id or "") in subscribed)
 
 
 def _status(replay: Replay) -> StreamStatus:
@@ -496,21 +686,36 @@ async def open_hub(
     *,
     authenticate: AuthenticateHook | None = None,
     on_publish: OnPublishHook | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Hub]:
     """Run a hub for the duration of the ``async with`` block.
 
     ``config`` defaults to ``HubConfig()`` (the production values). On exit, even when
     cancelled, the hub drains its connections within ``shutdown.grace`` before stopping.
+    ``wall_clock`` (Unix seconds) is what JWT ``exp`` and ``nbf`` are checked against; a test
+    under ``trio.testing.MockClock`` passes ``lambda: base + trio.current_time()`` so that
+    token expiry happens at exact virtual times. Raises what ``Hub`` raises.
     """
-    hub = Hub(config or HubConfig(), authenticate=authenticate, on_publish=on_publish)
-    async with trio.open_nursery() as nursery:
-        hub.lifetime.nursery = nursery
-        nursery.start_soon(hub.flush.run)
-        nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
-        nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
-        try:
-            yield hub
-        finally:
-            with trio.CancelScope(shield=True):
-                await hub.drain()
-            nursery.cancel_scope.cancel()
+    hub = Hub(
+        config or HubConfig(),
+        authenticate=authenticate,
+        on_publish=on_publish,
+        wall_clock=wall_clock,
+    )
+    # The hub's own tasks (and the caller's block) log with its id.
+    with log_context(hub=hub.id):
+        async with AsyncExitStack() as brokers:
+            await brokers.enter_async_context(hub.local.open(hub))
+            if hub.broker is not hub.local:
+                await brokers.enter_async_context(hub.broker.open(hub))
+            async with trio.open_nursery() as nursery:
+                hub.lifetime.nursery = nursery
+                nursery.start_soon(hub.flush.run)
+                nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
+                nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
+                try:
+                    yield hub
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await hub.drain()
+                    nursery.cancel_scope.cancel()

@@ -56,6 +56,12 @@ class Transport(Protocol):
         """Whether ``ping()`` sends a WebSocket ping frame and waits for its pong."""
         ...
 
+    @property
+    def peer_close_codes(self) -> bool:
+        """Whether the code in a ``TransportClosed`` is the one the peer sent. False under
+        hypercorn, which reports 1006 for a client's clean close and a lost connection alike."""
+        ...
+
     async def receive(self) -> str | bytes:
         """The next whole message; raises TransportClosed once the peer is gone."""
         ...

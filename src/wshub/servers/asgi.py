@@ -18,6 +18,10 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
+
+import sniffio
 
 from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed, translate_errors
@@ -28,6 +32,8 @@ from wshub.hub.transport import DISCARD_BYTES, RequestInfo
 from wshub.servers.endpoints import Message, Receive, Scope, Send, error_response, handle_http
 
 __all__ = ["ASGITransport", "HubApp", "app", "create_app"]
+
+logger = logging.getLogger("wshub.asgi")
 
 
 class ASGITransport:
@@ -41,6 +47,9 @@ class ASGITransport:
     """
 
     can_ping = False
+    # Hypercorn (0.18) reports 1006 for a client's own close unless the app closed first, so a
+    # disconnect code from the server says nothing; the hub counts such closes as PEER_CLOSED.
+    peer_close_codes = False
 
     def __init__(
         self, receive: Receive, send: Send, subprotocol: str | None, max_message_bytes: int
@@ -197,7 +206,14 @@ class HubApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "lifespan.startup":
             return
+        library = _async_library()
+        if library != "trio":
+            # Refuse to start, rather than serve 503 from an app whose hub can never run.
+            logger.error("%s", _needs_trio(library))
+            await send({"type": "lifespan.startup.failed", "message": _needs_trio(library)})
+            return
         if not self._owns_hub:
+            self.hub.served_by(_server_name())
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown: the hub's owner ends it
             await send({"type": "lifespan.shutdown.complete"})
@@ -209,15 +225,24 @@ class HubApp:
         except ValueError as error:  # ConfigError: the message names the key
             await send({"type": "lifespan.startup.failed", "message": str(error)})
             return
-        async with open_hub(
-            config, authenticate=self._authenticate, on_publish=self._on_publish
-        ) as hub:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                hub = await stack.enter_async_context(
+                    open_hub(config, authenticate=self._authenticate, on_publish=self._on_publish)
+                )
+            except ValueError as error:  # ConfigError (say, auth.jwt_public_key): names the key
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                return
             self._hub = hub
+            hub.served_by(_server_name())
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown; leaving open_hub drains the hub
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._hub is None and _async_library() != "trio":
+            # A server that ran no lifespan (hypercorn --lifespan off, say) on another loop.
+            raise RuntimeError(_needs_trio(_async_library()))
         if (await receive())["type"] != "websocket.connect":
             return
         hub = self._hub
@@ -251,6 +276,25 @@ class HubApp:
         }
         await send(start)
         await send({"type": "websocket.http.response.body", "body": response.body})
+
+
+def _async_library() -> str:
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return "unknown"
+
+
+def _server_name() -> str:
+    # ASGI does not name the server; hypercorn, the one wshub documents, is known by its module.
+    return "hypercorn" if "hypercorn" in sys.modules else "asgi"
+
+
+def _needs_trio(library: str) -> str:
+    return (
+        f"wshub runs on Trio, not {library}: start hypercorn with --worker-class trio "
+        "(hypercorn --worker-class trio wshub.asgi:app), or use wshub serve"
+    )
 
 
 def create_app(

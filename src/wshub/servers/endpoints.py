@@ -4,15 +4,21 @@ Each endpoint is a small function from a parsed ``Request`` to a ``Response``; `
 routes by path, answers 404 / 405 / CORS preflight, applies the API-key rules, and sends the
 answer. Every JSON body goes through orjson; every error is ``{"error": "..."}``.
 
-The key rules: ``POST /api/publish`` always needs ``admin.api_key`` (as a Bearer header; it
-answers 503 while no key is configured). With ``admin.protect_monitoring`` the monitoring
-endpoints (``/metrics``, ``/api/stats``, ``/dashboard``) need it too, as a Bearer header or,
-for a browser, an ``api_key`` query parameter. The health endpoints stay open for probes.
+The credential rules: ``POST /api/publish`` needs a Bearer credential: ``admin.api_key``
+(publishing in the server API's de-duplication scope) or, with ``[auth]``, a JWT whose rights
+allow that topic (publishing in its ``sub``'s scope, as that client's WebSocket publishes do);
+it answers 503 while neither is configured. With ``admin.protect_monitoring`` the monitoring
+endpoints (``/metrics``, ``/api/stats``) need the key or a token with the admin right, as a
+Bearer header or an ``api_key`` query parameter. ``/dashboard`` is a page without figures,
+served to anyone: its login form sends the credential with every request for them. A
+credential that is neither the key nor a valid token is 401 (the reason names the failed
+check, never the key); a valid token without the right is 403. The health endpoints stay open.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qs
@@ -22,12 +28,24 @@ import orjson
 import trio
 from prometheus_client.exposition import choose_encoder
 
+from wshub.brokers.base import BrokerUnavailable
+from wshub.core.dedup import IdConflict
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, parse_publish_body
-from wshub.hub.access import api_key_matches
+from wshub.hub.access import is_admin_key, monitoring_is_open
+from wshub.hub.auth import Credential, TokenRejected
 from wshub.hub.hub import Hub
 
-__all__ = ["Message", "Receive", "Request", "Response", "Scope", "Send", "handle_http"]
+__all__ = [
+    "Message",
+    "Receive",
+    "Request",
+    "Response",
+    "Scope",
+    "Send",
+    "handle_http",
+    "upgrade_required",
+]
 
 #: An ASGI scope or event (a plain dict at run time).
 Scope: TypeAlias = MutableMapping[str, Any]
@@ -99,6 +117,16 @@ def error_response(
     return json_response(status, {"error": message, **extra}, *headers)
 
 
+def upgrade_required(path: str) -> Response:
+    """426 for the WebSocket endpoint asked for without an upgrade: says how to ask (RFC 9110)."""
+    return error_response(
+        426,
+        f"{path} is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
+        ("upgrade", "websocket"),
+        path=path,
+    )
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body was read: nobody to answer."""
 
@@ -115,20 +143,50 @@ def _bearer(authorization: str | None) -> str | None:
     return token.strip() or None
 
 
-def _key_refusal(api_key: str, request: Request, *, allow_query: bool) -> Response | None:
-    """401 without a key, 403 with a wrong one, None with the right one."""
+_CHALLENGE: Final = ("www-authenticate", 'Bearer realm="wshub"')
+
+
+@attrs.frozen
+class _Admin:
+    """The credential was ``admin.api_key``."""
+
+
+_Caller: TypeAlias = _Admin | Credential
+
+
+def _caller(hub: Hub, request: Request, *, allow_query: bool) -> _Caller | Response:
+    """Who sent ``request``: the admin key, a verified token, or the 401/403 to answer."""
     given = _bearer(request.header("authorization"))
     if given is None and allow_query:
         given = request.param("api_key")
+    tokens = hub.tokens
     if given is None:
-        where = "Authorization: Bearer <admin.api_key>"
-        if allow_query:
-            where += " or ?api_key=<admin.api_key>"
-        return error_response(
-            401, f"missing API key: send {where}", ("www-authenticate", 'Bearer realm="wshub"')
-        )
-    if not api_key_matches(given, api_key):
+        where = "admin.api_key" + (" or a token" if tokens is not None else "")
+        how = f"Authorization: Bearer <{where}>"
+        return error_response(401, f"missing credential: send {how}", _CHALLENGE)
+    if is_admin_key(hub.config, given):
+        return _Admin()
+    if tokens is None:
         return error_response(403, "invalid API key")
+    try:
+        return tokens.verify(given)
+    except TokenRejected as rejected:
+        return error_response(
+            401,
+            f"invalid credential: {rejected.reason}",
+            ("www-authenticate", 'Bearer realm="wshub", error="invalid_token"'),
+        )
+
+
+def _monitoring_refusal(hub: Hub, request: Request) -> Response | None:
+    """None when ``request`` may read the monitoring figures, else the answer."""
+    if monitoring_is_open(hub.config):
+        return None
+    caller = _caller(hub, request, allow_query=True)
+    if isinstance(caller, Response):
+        return caller
+    if isinstance(caller, Credential) and not caller.admin:
+        return error_response(403, "this token has no admin right")
     return None
 
 
@@ -178,14 +236,13 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
     config = hub.config
-    api_key = config.admin.api_key
-    if api_key is None:
+    if config.admin.api_key is None and hub.tokens is None:
         return error_response(
-            503, "publishing over HTTP is disabled: admin.api_key is not configured"
+            503, "publishing over HTTP is disabled: neither admin.api_key nor [auth] is configured"
         )
-    refusal = _key_refusal(api_key, request, allow_query=False)
-    if refusal is not None:
-        return refusal
+    caller = _caller(hub, request, allow_query=False)
+    if isinstance(caller, Response):
+        return caller
     if hub.draining:
         return error_response(503, "the server is shutting down")
     limit = config.limits.max_message_bytes
@@ -198,11 +255,24 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
         return too_large
     try:
         event = parse_publish_body(body, max_depth=config.limits.max_depth)
-        result = await hub.publish(event.stream, event.data, id=event.id)
+        if isinstance(caller, Credential):
+            if not caller.rights.may_publish(event.stream):
+                return error_response(
+                    403, f"{event.stream!r} is not among this token's publish rights"
+                )
+            result = await hub.publish_for(caller.subject, event.stream, event.data, id=event.id)
+        else:
+            result = await hub.publish(event.stream, event.data, id=event.id)
     except ProtocolError as error:
         return error_response(400, error.message)
     except ValueError as error:  # not a publishable stream, a bad id, data that is not JSON
         return error_response(400, str(error))
+    except IdConflict as error:
+        return error_response(409, str(error), status="conflict", offset=error.offset)
+    except BrokerUnavailable as error:
+        wait = error.retry_after
+        retry = () if wait is None else (("retry-after", str(max(1, math.ceil(wait)))),)
+        return error_response(503, str(error), *retry, status="unavailable")
     except HistoryFull as error:
         return error_response(503, str(error))
     return json_response(
@@ -217,7 +287,7 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
 
 
 async def _static(request: Request, name: str, content_type: str) -> Response:
-    resource = importlib.resources.files("wshub").joinpath("static").joinpath(name)
+    resource = importlib.resources.files("wshub").joinpath("static", *name.split("/"))
     try:
         data = await trio.to_thread.run_sync(resource.read_bytes)
     except OSError:
@@ -233,6 +303,16 @@ async def _client_js(hub: Hub, request: Request, receive: Receive) -> Response:
     return await _static(request, "client.js", "application/javascript; charset=utf-8")
 
 
+async def _uplot_js(hub: Hub, request: Request, receive: Receive) -> Response:
+    # The dashboard's charts (static/vendor/uplot/README.md): public code, no key needed.
+    name = "vendor/uplot/uPlot.iife.min.js"
+    return await _static(request, name, "application/javascript; charset=utf-8")
+
+
+async def _uplot_css(hub: Hub, request: Request, receive: Receive) -> Response:
+    return await _static(request, "vendor/uplot/uPlot.min.css", "text/css; charset=utf-8")
+
+
 _Handler: TypeAlias = Callable[[Hub, Request, Receive], Awaitable[Response]]
 
 
@@ -240,7 +320,7 @@ _Handler: TypeAlias = Callable[[Hub, Request, Receive], Awaitable[Response]]
 class _Route:
     methods: frozenset[str]
     handler: _Handler
-    monitoring: bool = False  # needs the key when admin.protect_monitoring is on
+    monitoring: bool = False  # needs the key or an admin token (admin.protect_monitoring)
 
 
 _ROUTES: Final[Mapping[str, _Route]] = {
@@ -249,8 +329,10 @@ _ROUTES: Final[Mapping[str, _Route]] = {
     "/metrics": _Route(_GET, _metrics, monitoring=True),
     "/api/stats": _Route(_GET, _stats, monitoring=True),
     "/api/publish": _Route(_POST, _publish),
-    "/dashboard": _Route(_GET, _dashboard, monitoring=True),
+    "/dashboard": _Route(_GET, _dashboard),  # no figures: its login form asks for the key
     "/client.js": _Route(_GET, _client_js),
+    "/static/uplot/uPlot.iife.min.js": _Route(_GET, _uplot_js),
+    "/static/uplot/uPlot.min.css": _Route(_GET, _uplot_css),
 }
 
 
@@ -264,6 +346,8 @@ def _allowed(route: _Route, cors: bool) -> list[str]:
 async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Response:
     route = _ROUTES.get(request.path)
     if route is None:
+        if hub is not None and request.path == hub.config.server.path:
+            return upgrade_required(request.path)
         return error_response(404, "not found", path=request.path)
     cors = hub is not None and hub.config.server.cors_origin is not None
     preflight = cors and request.path.startswith("/api/")
@@ -287,9 +371,8 @@ async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Respo
         )
     if hub is None:
         return error_response(503, "the hub is not running", status="not_running")
-    admin = hub.config.admin
-    if route.monitoring and admin.api_key is not None and admin.protect_monitoring:
-        refusal = _key_refusal(admin.api_key, request, allow_query=True)
+    if route.monitoring:
+        refusal = _monitoring_refusal(hub, request)
         if refusal is not None:
             return refusal
     return await route.handler(hub, request, receive)

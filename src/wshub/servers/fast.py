@@ -17,6 +17,7 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 
 import attrs
@@ -30,7 +31,7 @@ from wsproto.utilities import RemoteProtocolError
 from wshub.core.protocol import SUBPROTOCOL
 from wshub.hub.hub import Hub
 from wshub.hub.transport import RequestInfo
-from wshub.servers.endpoints import error_response
+from wshub.servers.endpoints import error_response, upgrade_required
 from wshub.servers.http import ClientGone, HTTPConnection
 from wshub.servers.wsconn import FastWebSocket
 
@@ -125,10 +126,7 @@ async def _serve_http(hub: Hub, stream: trio.SocketStream, accepted: Accepted) -
                 if websocket is not None:
                     accepted.append(websocket)
                 return
-            refusal = error_response(
-                426, "use a WebSocket upgrade on this path", ("upgrade", "websocket")
-            )
-            await http.send_response(refusal)
+            await http.send_response(upgrade_required(path))
         else:
             await http.serve_endpoint(hub, request)
         if not await http.ready_for_next():
@@ -157,6 +155,7 @@ async def serve_fast(
     host: str | None,
     port: int,
     *,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[FastServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``hub`` on ``host:port`` (WebSocket at ``server.path``, HTTP endpoints) until
@@ -164,10 +163,15 @@ async def serve_fast(
 
     ``server = await nursery.start(serve_fast, hub, host, port)`` returns once the socket
     listens; ``server.port`` is the bound port. Connections run in the hub's nursery, so they
-    end no later than the hub and are drained by its shutdown. Raises OSError when the
-    address cannot be bound.
+    end no later than the hub and are drained by its shutdown. With ``sock`` (a listening
+    socket, as ``wshub serve --workers N`` hands each worker) it accepts from that instead
+    of binding. Raises OSError when the address cannot be bound.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if sock is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:  # already listening, inherited from ``wshub serve --workers N``
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    hub.served_by("fast")
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(FastServer(host, int(bound)))
     await trio.serve_listeners(partial(_serve_client, hub), listeners, handler_nursery=hub.nursery)

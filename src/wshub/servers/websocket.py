@@ -48,6 +48,7 @@ class TrioWebSocketTransport:
     """The ``Transport`` of one trio-websocket connection over a ``ClosingStream``."""
 
     can_ping = True
+    peer_close_codes = True
 
     def __init__(self, websocket: WebSocketConnection, stream: ClosingStream) -> None:
         self._websocket = websocket
@@ -228,4 +229,5 @@ async def serve_websocket(
         await nursery.start(
             functools.partial(trio.serve_listeners, handle, listeners, handler_nursery=hub.nursery)
         )
+        hub.served_by("trio-websocket")
         task_status.started(EmbeddedServer(tuple(listeners)))

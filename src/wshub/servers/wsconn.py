@@ -51,6 +51,7 @@ class FastWebSocket:
     """
 
     can_ping = True
+    peer_close_codes = True
 
     def __init__(
         self,

@@ -11,15 +11,26 @@
 //   (stream, offset) once, in increasing order.
 // - A publish waits in `#pending` until a `published` or `error` frame answers its `ref`; it is
 //   sent again with the same id on every new connection and after `requestTimeout`, and the hub
-//   stores it once. `unavailable` and `rate_limited` answers are retried after a backoff.
-// - A lost connection is retried after a full-jitter exponential backoff; close 1001 after a
-//   welcome retries at once, 1008 gives up. Only `close()` or giving up ends the client.
+//   stores it once. `unavailable` and `rate_limited` answers are retried after a backoff; any
+//   other refusal (`conflict` included) rejects with a PublishError carrying its code.
+// - A publish without an id is sent without one (`contentIds`, the default, as the hub's
+//   `dedup.content_ids`): the hub identifies it by its content, so identical data published
+//   twice is one message, as through the hub's API and HTTP, and a resend is the same message.
+// - A lost connection is retried after a full-jitter exponential backoff; close 1001 or 4005 after
+//   a welcome retries at once, 1008 gives up. Only `close()` or giving up ends the client.
+// - `token` may be a function (sync or async): it is called before every connection, and when its
+//   token is a JWT with `exp` (read without verifying: the hub verifies), again at 80 % of the
+//   token's lifetime, to send a `refresh` on the open connection. The hub's `refreshed` answer
+//   gives the next expiry. A token that expires anyway gets 4005: the client reconnects at once
+//   with a fresh token.
 
 const SUBPROTOCOL = "wshub.v1";
 const EVENTS = ["message", "gap", "open", "close", "error"];
 const CLIENT_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 const STREAM = /^(?:@[A-Za-z0-9_.:-]{1,128}|\$?[A-Za-z0-9_.:-]{1,200})$/;
 const TOPIC = /^[A-Za-z0-9_.:-]{1,200}$/;
+const REFRESH_AT = 0.8; // a token is refreshed at this fraction of its lifetime
+const MIN_REFRESH_MS = 1000; // never more often: a client clock far ahead must not storm the hub
 
 /** An error from the hub (`code` is its error code, e.g. "forbidden") or from the client. */
 export class WshubError extends Error {
@@ -33,6 +44,14 @@ export class WshubError extends Error {
     this.name = "WshubError";
     this.code = code;
     Object.assign(this, detail);
+  }
+}
+
+/** The hub refused a publish: `code` is its error code ("conflict", "forbidden", ...). */
+export class PublishError extends WshubError {
+  constructor(code, message, detail = {}) {
+    super(code, message, detail);
+    this.name = "PublishError";
   }
 }
 
@@ -89,12 +108,16 @@ function newId() {
  * @param {object} [options]
  * @param {string[] | Object<string, ?{offset: number, epoch: string}>} [options.subscribe] stream
  *   names, or names mapped to a position to start after (null: the stored position, else from now on)
- * @param {string | (() => string | Promise<string>)} [options.token] credential sent in every hello
+ * @param {string | (() => string | Promise<string>)} [options.token] credential sent in every hello;
+ *   a function is called before every connection and, for a JWT with `exp`, again at 80 % of its
+ *   lifetime to `refresh` the connection's credential
  * @param {number} [options.backoffBase=100] ms: retry n waits a random time in [0, min(cap, base * 2^n)]
  * @param {number} [options.backoffCap=10000] ms
  * @param {number} [options.maxAttempts=Infinity] consecutive failed connections before giving up
  * @param {number} [options.connectTimeout=10000] ms from connecting to `welcome`
  * @param {number} [options.requestTimeout=30000] ms before an unanswered publish is sent again
+ * @param {boolean} [options.contentIds=true] as the hub's `dedup.content_ids`: a publish without
+ *   an id is identified by its content (true), or gets a random id (false)
  * @param {number} [options.maxMessageBytes=65536] larger publishes are refused with "too_large"
  * @param {{load(): object | Promise<object>, save(stream: string, position: object): void}}
  *   [options.positions] where positions are kept: `memoryStore()` (default) or `localStorageStore()`
@@ -128,12 +151,14 @@ export class WshubClient {
   #failures = 0; // consecutive connections that were not welcomed
   #retries = 0; // reconnections since the last welcome: the backoff exponent
   #loaded = false;
-  #timers = { reconnect: null, heartbeat: null, connect: null };
+  #timers = { reconnect: null, heartbeat: null, connect: null, refresh: null };
+  #token = { expires: null, at: 0 }; // the last token's `exp` (s), and when it was obtained (ms)
+  #unsubscribing = new Map(); // stream -> unsubscribes sent on this connection, not yet answered
   #lastHeard = 0;
   #pingSentAt = 0;
   #stats = {
     attempts: 0, failedAttempts: 0, connects: 0, resumes: 0, gaps: 0, messages: 0, duplicates: 0,
-    published: 0, publishRetries: 0, lastError: null,
+    published: 0, publishRetries: 0, refreshes: 0, lastError: null,
   };
 
   constructor(url, clientId, options = {}) {
@@ -150,7 +175,8 @@ export class WshubClient {
     this.#personal = "@" + clientId;
     this.#options = {
       backoffBase: 100, backoffCap: 10000, maxAttempts: Infinity, connectTimeout: 10000,
-      requestTimeout: 30000, maxMessageBytes: 65536, random: Math.random, ...options, WebSocketImpl,
+      requestTimeout: 30000, maxMessageBytes: 65536, contentIds: true, random: Math.random, ...options,
+      WebSocketImpl,
     };
     this.#store = options.positions ?? memoryStore();
     const wanted = Array.isArray(subscribe) ? subscribe.map((s) => [s, null]) : Object.entries(subscribe);
@@ -197,7 +223,9 @@ export class WshubClient {
   unsubscribe(stream) {
     if (stream === this.#personal) throw new TypeError("the personal stream is always subscribed");
     if (!this.#subscriptions.delete(stream)) return;
-    if (this.#state === "open") this.#send({ type: "unsubscribe", stream });
+    if (this.#state !== "open") return;
+    this.#unsubscribing.set(stream, (this.#unsubscribing.get(stream) ?? 0) + 1);
+    this.#send({ type: "unsubscribe", stream });
   }
 
   /**
@@ -205,20 +233,24 @@ export class WshubClient {
    * connection until answered, and the hub stores it once.
    * @param {string} stream a topic
    * @param {*} data
-   * @param {{id?: string}} [options] the idempotency key; a random UUID when omitted
+   * @param {{id?: string}} [options] the idempotency key. Without one the hub identifies the
+   *   message by its content (stream and data): identical data published again within the hub's
+   *   `dedup.window` is not stored twice. With the `contentIds: false` option, a random id.
    * @returns {Promise<{stream: string, offset: number, id: string, duplicate: boolean}>}
-   *   `duplicate` is true when an earlier send was already stored. Rejects with a WshubError when
-   *   the hub refuses it (code "forbidden", "bad_request", "too_large") or the client closes first;
-   *   with a TypeError for a stream that is not a topic or data that is not JSON.
+   *   `duplicate` is true when an earlier send was already stored. Rejects with a PublishError
+   *   when the hub refuses it, with its code ("conflict": the id was used for other data;
+   *   "forbidden", "bad_request", "too_large"), a WshubError "closed" when the client closes
+   *   first, and a TypeError for a stream that is not a topic or data that is not JSON.
    */
-  async publish(stream, data, { id = newId() } = {}) {
+  async publish(stream, data, { id = this.#options.contentIds ? undefined : newId() } = {}) {
     if (this.#state === "closed") throw new WshubError("closed", "the client is closed");
     if (!TOPIC.test(stream)) throw new TypeError(`clients publish to topics only: ${JSON.stringify(stream)}`);
     const ref = this.#nextRef++;
-    const frame = JSON.stringify({ type: "publish", stream, data, id, ref }); // TypeError: not JSON
+    // TypeError: not JSON. Without an id the field is left out: the hub gives the content id.
+    const frame = JSON.stringify({ type: "publish", stream, data, ...(id !== undefined && { id }), ref });
     if (new TextEncoder().encode(frame).length > this.#options.maxMessageBytes) {
       const message = `the frame exceeds ${this.#options.maxMessageBytes} bytes`;
-      throw new WshubError("too_large", message, { stream });
+      throw new PublishError("too_large", message, { stream });
     }
     return new Promise((resolve, reject) => {
       const pending = { ref, stream, frame, resolve, reject, sends: 0, timer: null };
@@ -294,6 +326,7 @@ export class WshubClient {
       if (!this.#loaded) await this.#loadPositions();
       const option = this.#options.token;
       token = typeof option === "function" ? await option() : option;
+      this.#token = { expires: tokenExpiry(token), at: Date.now() };
     } catch (error) {
       this.#emitError(error);
       return this.#lost(null, 1006, "could not prepare the hello");
@@ -351,7 +384,8 @@ export class WshubClient {
         return this.#finish(code, reason, new WshubError("gave_up", message, { closeCode: code }));
       }
     }
-    const delay = code === 1001 && welcomed ? 0 : this.#backoff(this.#retries++);
+    // 1001: the node is going away; 4005: the token expired (the next hello gets a fresh one).
+    const delay = (code === 1001 || code === 4005) && welcomed ? 0 : this.#backoff(this.#retries++);
     this.#state = "waiting";
     this.#emit("close", { code, reason, reconnecting: true, delay });
     this.#timers.reconnect = setTimeout(() => this.#connect(), delay);
@@ -394,7 +428,35 @@ export class WshubClient {
   #clearTimers() {
     clearTimeout(this.#timers.reconnect);
     clearTimeout(this.#timers.connect);
+    clearTimeout(this.#timers.refresh);
     clearInterval(this.#timers.heartbeat);
+  }
+
+  // ------------------------------------------------------------------ refreshing the token
+
+  /** Plan the next refresh of a token that expires at `expires` (Unix s), obtained at `at` (ms). */
+  #planRefresh(socket, expires, at) {
+    clearTimeout(this.#timers.refresh);
+    if (typeof this.#options.token !== "function" || expires == null) return;
+    const expiresAt = expires * 1000;
+    const due = at + Math.max((expiresAt - at) * REFRESH_AT, MIN_REFRESH_MS);
+    this.#timers.refresh = setTimeout(() => this.#refresh(socket, expiresAt), Math.max(0, due - Date.now()));
+  }
+
+  async #refresh(socket, expiresAt) {
+    let token;
+    try {
+      token = await this.#options.token();
+    } catch (error) {
+      this.#emitError(error);
+      const left = expiresAt - Date.now(); // try again halfway to the expiry, while there is time
+      if (socket === this.#socket && left > MIN_REFRESH_MS) {
+        this.#timers.refresh = setTimeout(() => this.#refresh(socket, expiresAt), left / 2);
+      }
+      return;
+    }
+    if (socket !== this.#socket || this.#state !== "open" || token == null) return;
+    this.#send({ type: "refresh", token });
   }
 
   // ------------------------------------------------------------------ receiving
@@ -416,7 +478,9 @@ export class WshubClient {
       else if (frame.type === "subscribed") this.#subscribed(frame);
       else if (frame.type === "published") this.#answered(frame);
       else if (frame.type === "error") this.#refused(frame);
-      // pong, unsubscribed and unknown types only show that the connection is alive
+      else if (frame.type === "refreshed") this.#refreshed(socket, frame);
+      else if (frame.type === "unsubscribed") this.#unsubscribed(frame);
+      // pong and unknown types only show that the connection is alive
     }
   }
 
@@ -427,6 +491,8 @@ export class WshubClient {
     this.#stats.connects++;
     clearTimeout(this.#timers.connect);
     this.#startHeartbeat(socket, (heartbeat > 0 ? heartbeat : 25) * 1000);
+    this.#planRefresh(socket, this.#token.expires, this.#token.at);
+    this.#unsubscribing.clear(); // answers of a lost connection never come
     this.#epochs.clear();
     this.#awaiting = this.#inHello.filter((stream) => !(stream in streams)); // refusals follow
     const gaps = [];
@@ -480,6 +546,22 @@ export class WshubClient {
     if (gaps.length) this.#setPosition(stream, { offset: oldest - 1, epoch });
     else this.#stats.resumes++;
     return gaps;
+  }
+
+  #refreshed(socket, { expires }) {
+    this.#stats.refreshes++;
+    this.#planRefresh(socket, Number.isFinite(expires) ? expires : null, Date.now());
+  }
+
+  #unsubscribed({ stream }) {
+    const asked = this.#unsubscribing.get(stream) ?? 0;
+    if (asked > 1) this.#unsubscribing.set(stream, asked - 1);
+    else if (asked === 1) this.#unsubscribing.delete(stream);
+    else if (this.#subscriptions.delete(stream)) {
+      // Not asked for: the rights of a refreshed token no longer allow the stream.
+      const message = `unsubscribed from ${stream}: the refreshed token does not allow it`;
+      this.#emitError(new WshubError("forbidden", message, { stream }));
+    }
   }
 
   #subscribed(frame) {
@@ -538,8 +620,8 @@ export class WshubClient {
       pending.timer = setTimeout(() => this.#sendPublish(pending), delay); // the same id, later
       return;
     }
-    this.#pending.delete(pending.ref);
-    pending.reject(new WshubError(code, message, { stream: pending.stream }));
+    this.#pending.delete(pending.ref); // final: "conflict", "forbidden", "bad_request", ...
+    pending.reject(new PublishError(code, message, { stream: pending.stream }));
   }
 
   // ------------------------------------------------------------------ helpers
@@ -593,6 +675,18 @@ export class WshubClient {
 function checkStream(stream) {
   if (typeof stream !== "string" || !STREAM.test(stream)) {
     throw new TypeError(`invalid stream name ${JSON.stringify(stream)}`);
+  }
+}
+
+/** The `exp` claim (Unix s) of a JWT, read without verifying it (the hub verifies); else null. */
+function tokenExpiry(token) {
+  const payload = typeof token === "string" ? token.split(".")[1] : undefined;
+  if (!payload) return null;
+  try {
+    const exp = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/"))).exp;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null; // not a JWT: an API key, or an opaque token a hook reads
   }
 }
 

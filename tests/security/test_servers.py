@@ -1,0 +1,313 @@
+"""The key credential rules through every server: the embedded ones (``wshub.serve_websocket``
+on trio-websocket and ``serve_fast`` on wsproto + h11, real sockets on 127.0.0.1) and the ASGI
+app (in process, as tests/test_asgi.py drives it). HTTP with tokens through the fast server's
+own HTTP endpoints is at the end (test_http.py has every rule through the ASGI app).
+
+The embedded servers run on the real clock, so their expiry tests assert close codes only; the
+ASGI app runs under the mock clock too, where the close is asserted at its exact time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import httpx
+import orjson
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from test_asgi import FakeServer, websocket_scope
+from tokens import AUDIENCE, ISSUER, OTHER_SECRET, SECRET, claims, token, unsigned, wall_clock
+from wshub.core.config import HubConfig
+from wshub.core.protocol import split_batch
+from wshub.hub.hub import Hub, open_hub
+from wshub.servers.asgi import create_app
+from wshub.servers.fast import serve_fast
+from wshub.servers.websocket import serve_websocket
+
+SERVERS = ["embedded", "fast", "asgi"]
+
+
+def auth_config(leeway: float = 0.0) -> HubConfig:
+    return HubConfig.testing().merged(
+        {
+            "server": {"allow_anonymous": False, "client_publish": False},
+            "heartbeat": {"interval": 300.0, "timeout": 10.0},  # no pings to answer here
+            "auth": {
+                "jwt_secret": SECRET,
+                "jwt_audience": AUDIENCE,
+                "jwt_issuer": ISSUER,
+                "leeway": leeway,
+            },
+        }
+    )
+
+
+class Peer(Protocol):
+    async def send(self, frame: dict[str, Any]) -> None: ...
+
+    async def receive(self) -> dict[str, Any]: ...
+
+    async def closed(self) -> tuple[int, str]: ...
+
+
+class EmbeddedPeer:
+    """A trio-websocket client of the embedded server."""
+
+    def __init__(self, websocket: Any) -> None:
+        self.websocket = websocket
+        self.pending: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.websocket.send_message(orjson.dumps(frame).decode())
+
+    async def receive(self) -> dict[str, Any]:
+        while not self.pending:
+            with trio.fail_after(10):
+                text = await self.websocket.get_message()
+            self.pending.extend(orjson.loads(line) for line in split_batch(text))
+        return self.pending.pop(0)
+
+    async def closed(self) -> tuple[int, str]:
+        try:
+            while True:
+                await self.receive()
+        except ConnectionClosed as closed:
+            return closed.reason.code, closed.reason.reason or ""
+
+
+class AsgiPeer:
+    """The ASGI app's WebSocket, driven with the app's own receive/send events."""
+
+    def __init__(self, fake: FakeServer) -> None:
+        self.fake = fake
+        self.pending: list[dict[str, Any]] = []
+        self.close: tuple[int, str] | None = None
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.fake.to_app.send(
+            {"type": "websocket.receive", "text": orjson.dumps(frame).decode()}
+        )
+
+    async def receive(self) -> dict[str, Any]:
+        while not self.pending:
+            event = await self.fake.from_app.receive()
+            if event["type"] == "websocket.close":
+                self.close = (event["code"], event.get("reason", ""))
+                raise ConnectionError(self.close)
+            if event["type"] == "websocket.send":
+                self.pending.extend(orjson.loads(line) for line in split_batch(event["text"]))
+        return self.pending.pop(0)
+
+    async def closed(self) -> tuple[int, str]:
+        try:
+            while True:
+                await self.receive()
+        except ConnectionError:
+            assert self.close is not None
+            return self.close
+
+
+Dial = Callable[[str, str | None, dict[str, Any] | None], Any]
+
+
+@asynccontextmanager
+async def server(kind: str, hub: Hub) -> AsyncIterator[Dial]:
+    """A way to open connections to ``hub`` through the server of that ``kind``."""
+    async with trio.open_nursery() as nursery:
+        if kind in ("embedded", "fast"):
+            serve = serve_websocket if kind == "embedded" else serve_fast
+            listening = await nursery.start(serve, hub, "127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{listening.port}/ws"
+
+            @asynccontextmanager
+            async def dial_embedded(
+                client_id: str, signed: str | None, subscribe: dict[str, Any] | None
+            ) -> AsyncIterator[Peer]:
+                async with open_websocket_url(url, subprotocols=["wshub.v1"]) as websocket:
+                    peer = EmbeddedPeer(websocket)
+                    await peer.send(_hello(client_id, signed, subscribe))
+                    yield peer
+
+            yield dial_embedded
+        else:
+            app = create_app(hub=hub)
+
+            @asynccontextmanager
+            async def dial_asgi(
+                client_id: str, signed: str | None, subscribe: dict[str, Any] | None
+            ) -> AsyncIterator[Peer]:
+                fake = FakeServer()
+                async with trio.open_nursery() as connection:
+                    connection.start_soon(app, websocket_scope(), fake.receive, fake.send)
+                    await fake.to_app.send({"type": "websocket.connect"})
+                    assert (await fake.from_app.receive())["type"] == "websocket.accept"
+                    peer = AsgiPeer(fake)
+                    await peer.send(_hello(client_id, signed, subscribe))
+                    yield peer
+                    await fake.to_app.send({"type": "websocket.disconnect", "code": 1000})
+
+            yield dial_asgi
+        nursery.cancel_scope.cancel()
+
+
+def _hello(client_id: str, signed: str | None, subscribe: dict[str, Any] | None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "hello", "client_id": client_id, "subscribe": subscribe or {}}
+    if signed is not None:
+        frame["token"] = signed
+    return frame
+
+
+@asynccontextmanager
+async def hub_and_dial(kind: str, leeway: float = 0.0) -> AsyncIterator[tuple[Hub, Dial]]:
+    async with (
+        open_hub(auth_config(leeway), wall_clock=wall_clock) as hub,
+        server(kind, hub) as dial,
+    ):
+        yield hub, dial
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_alice_cannot_hello_as_bob(kind: str) -> None:
+    async with hub_and_dial(kind) as (_, dial), dial("bob", token("alice"), None) as peer:
+        assert await peer.closed() == (1008, "client id 'bob' is not the token's subject ('sub')")
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_alice_cannot_subscribe_outside_her_rights(kind: str) -> None:
+    signed = token("alice", subscribe=["news", "chat.*"], publish=["chat.*"])
+    async with hub_and_dial(kind) as (_, dial), dial("alice", signed, None) as peer:
+        assert (await peer.receive())["type"] == "welcome"
+        for stream, message in [
+            ("@bob", "'@bob' is another client's personal stream"),
+            ("sports", "'sports' is not among this client's subscribe rights"),
+            ("$sys.metrics", "'$sys.metrics' needs the admin right"),
+        ]:
+            await peer.send({"type": "subscribe", "stream": stream})
+            assert await peer.receive() == {
+                "type": "error",
+                "code": "forbidden",
+                "message": message,
+            }
+        await peer.send({"type": "subscribe", "stream": "chat.room-1"})
+        assert (await peer.receive())["type"] == "subscribed"
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_alice_cannot_publish_without_the_right(kind: str) -> None:
+    signed = token("alice", subscribe=["news"], publish=["chat.*"])
+    async with hub_and_dial(kind) as (hub, dial), dial("alice", signed, None) as peer:
+        assert (await peer.receive())["type"] == "welcome"
+        await peer.send({"type": "publish", "stream": "news", "data": "x", "ref": 1})
+        assert await peer.receive() == {
+            "type": "error",
+            "code": "forbidden",
+            "message": "'news' is not among this client's publish rights",
+            "ref": 1,
+        }
+        await peer.send({"type": "publish", "stream": "chat.a", "data": "y", "ref": 2})
+        answer = await peer.receive()
+        assert (answer["type"], answer["ref"]) == ("published", 2)
+        assert hub.histories.get("news") is None
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: token(ttl=-1), "token expired"),
+        (lambda: token(secret=OTHER_SECRET), "token signature is invalid"),
+        (lambda: unsigned(claims()), "token algorithm 'none' is not accepted"),
+        (lambda: token(aud="someone-else"), "token audience ('aud') is not accepted"),
+    ],
+    ids=["expired", "other-key", "alg-none", "wrong-audience"],
+)
+async def test_bad_tokens_close_with_1008(kind: str, make: Any, reason: str) -> None:
+    async with hub_and_dial(kind) as (_, dial), dial("alice", make(), None) as peer:
+        assert await peer.closed() == (1008, reason)
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_an_unrefreshed_token_closes_with_4005(kind: str) -> None:
+    async with hub_and_dial(kind) as (_, dial), dial("alice", token(ttl=1), None) as peer:
+        assert (await peer.receive())["type"] == "welcome"
+        code, reason = await peer.closed()
+        assert (code, reason) == (4005, "credential expired; reconnect with a fresh one")
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_a_refreshed_token_keeps_the_connection(kind: str) -> None:
+    async with hub_and_dial(kind) as (hub, dial), dial("alice", token(ttl=3), None) as peer:
+        assert (await peer.receive())["type"] == "welcome"
+        await peer.send({"type": "refresh", "token": token(ttl=600)})
+        assert (await peer.receive())["type"] == "refreshed"
+        await trio.sleep(4)  # past the first token's expiry
+        await hub.send("alice", "still connected")
+        assert (await peer.receive())["data"] == "still connected"
+
+
+async def test_asgi_closes_4005_at_exactly_exp_plus_leeway(autojump_clock: Any) -> None:
+    async with (
+        hub_and_dial("asgi", leeway=1.5) as (_, dial),
+        dial("alice", token(ttl=60), None) as peer,
+    ):
+        assert (await peer.receive())["type"] == "welcome"
+        assert (await peer.closed())[0] == 4005
+        assert trio.current_time() == 60 + 1.5
+
+
+async def test_asgi_refreshed_in_time_is_not_closed(autojump_clock: Any) -> None:
+    async with (
+        hub_and_dial("asgi", leeway=1.5) as (_, dial),
+        dial("alice", token(ttl=60), None) as peer,
+    ):
+        assert (await peer.receive())["type"] == "welcome"
+        await trio.sleep(60)  # refreshed 1.5 s before the close: exactly in time
+        await peer.send({"type": "refresh", "token": token(ttl=60)})
+        assert (await peer.receive())["type"] == "refreshed"
+        assert (await peer.closed())[0] == 4005
+        assert trio.current_time() == 120 + 1.5
+
+
+async def test_the_fast_servers_http_endpoints_take_tokens() -> None:
+    config = auth_config().merged({"admin": {"api_key": "the-admin-key"}})
+    async with (
+        open_hub(config, wall_clock=wall_clock) as hub,
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient() as http,
+    ):
+        listening = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{listening.port}"
+
+        def bearer(signed: str) -> dict[str, str]:
+            return {"authorization": f"Bearer {signed}"}
+
+        body = {"stream": "chat.a", "data": 1, "id": "k1"}
+        writer = token("alice", publish=["chat.*"])
+        published = await http.post(f"{base}/api/publish", json=body, headers=bearer(writer))
+        assert (published.status_code, published.json()["offset"]) == (200, 1)
+        refused = await http.post(
+            f"{base}/api/publish", json={**body, "stream": "news"}, headers=bearer(writer)
+        )
+        assert (refused.status_code, refused.json()) == (
+            403,
+            {"error": "'news' is not among this token's publish rights"},
+        )
+        forged = await http.post(
+            f"{base}/api/publish", json=body, headers=bearer(token(secret=OTHER_SECRET))
+        )
+        assert (forged.status_code, forged.json()) == (
+            401,
+            {"error": "invalid credential: token signature is invalid"},
+        )
+        admin = bearer(token("ops", admin=True))
+        assert (await http.get(f"{base}/api/stats", headers=admin)).status_code == 200
+        plain = bearer(token("alice"))
+        assert (await http.get(f"{base}/metrics", headers=plain)).status_code == 403
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,370 @@
+"""Both brokers keep one contract: offsets, de-duplication, conflicts, resume, delivery.
+
+The Redis broker runs against a real redis-server (the ``redis`` fixture) on the real clock;
+waits are for events (a delivery, a state), never for a guessed amount of time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from wshub.brokers.base import Broker, BrokerUnavailable, publish_key
+from wshub.brokers.memory import MemoryBroker
+from wshub.brokers.redis import RedisBroker
+from wshub.core.breaker_registry import BreakerRegistry
+from wshub.core.config import HubConfig
+from wshub.core.dedup import IdConflict
+from wshub.core.events import Position
+from wshub.core.history import Replay, StoredMessage
+from wshub.core.protocol import encode_message
+
+WAIT = 10.0  # seconds a test waits for a delivery before failing; never reached when right
+
+
+class Sink:
+    """Records what a broker delivers, and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.delivered: list[StoredMessage] = []
+        self.lost: list[str] = []
+        self._changed = trio.Event()
+
+    def deliver(self, message: StoredMessage) -> None:
+        self.delivered.append(message)
+        self._changed.set()
+
+    def lose(self, stream: str) -> None:
+        self.lost.append(stream)
+        self._changed.set()
+
+    def offsets(self, stream: str = "news") -> list[int]:
+        return [m.offset for m in self.delivered if m.stream == stream]
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        with trio.fail_after(WAIT):
+            while not condition():
+                self._changed = trio.Event()
+                await self._changed.wait()
+
+
+def make_broker(kind: str, url: str = "", node: str = "n", **settings: Any) -> Broker:
+    config = HubConfig.testing()
+    values: dict[str, Any] = {
+        "history_size": 5,
+        "history_ttl": 60.0,
+        "dedup_window": 10.0,
+        "content_ids": True,
+        **settings,
+    }
+    if kind == "memory":
+        return MemoryBroker(max_streams=100, dedup_max_entries=1000, node=node, **values)
+    return RedisBroker(
+        url=url,
+        prefix="test",
+        timeout=2.0,
+        pool_size=4,
+        meta_ttl=values["history_ttl"] + 1,
+        breakers=BreakerRegistry(config.breaker),
+        node=node,
+        **values,
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_factory(request: pytest.FixtureRequest) -> Callable[..., Broker]:
+    """Makes brokers of one kind; all the Redis ones share one fresh redis-server."""
+    kind: str = request.param
+    url = request.getfixturevalue("redis").url if kind == "redis" else ""
+    return lambda **settings: make_broker(kind, url, **settings)
+
+
+@asynccontextmanager
+async def running(broker: Broker) -> AsyncIterator[Sink]:
+    sink = Sink()
+    async with broker.open(sink):
+        if isinstance(broker, RedisBroker):
+            with trio.fail_after(WAIT):
+                await broker.wait_connected()
+        yield sink
+
+
+async def join(broker: Broker, stream: str, position: Position | None) -> Replay:
+    return broker.join_nowait(await broker.prepare(stream, position))
+
+
+async def test_offsets_are_contiguous_and_frames_are_the_encoded_message(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory()
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        results = [await broker.publish("news", {"n": n}, publisher="", id=None) for n in range(3)]
+        assert [r.offset for r in results] == [1, 2, 3]
+        assert not any(r.duplicate for r in results)
+        await sink.wait_for(lambda: len(sink.delivered) == 3)
+        for message in sink.delivered:
+            data = {"n": message.offset - 1}
+            expected = encode_message("news", message.offset, message.id, data, message.ts)
+            assert message.frame == expected
+
+
+async def test_a_repeated_publish_answers_the_original_offset(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory()
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        first = await broker.publish("news", {"a": 1}, publisher="", id="evt-1")
+        await broker.publish("news", {"b": 2}, publisher="", id=None)
+        again = await broker.publish("news", {"a": 1}, publisher="", id="evt-1")
+        assert (again.offset, again.id, again.duplicate) == (first.offset, "evt-1", True)
+        by_content = await broker.publish("news", {"b": 2}, publisher="", id=None)
+        assert (by_content.offset, by_content.duplicate) == (2, True)
+        repeat = publish_key("news", {"a": 1}, "evt-1", content_ids=True)
+        assert await broker.find_duplicate("news", publisher="", key=repeat) == again
+        new = publish_key("news", {"z": 0}, "new", content_ids=True)
+        assert await broker.find_duplicate("news", publisher="", key=new) is None
+        await sink.wait_for(lambda: len(sink.delivered) == 2)
+        assert sink.offsets() == [1, 2]
+
+
+async def test_the_same_id_with_other_content_is_a_conflict(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory()
+    async with running(broker):
+        await broker.publish("news", {"a": 1}, publisher="alice", id="k")
+        with pytest.raises(IdConflict) as caught:
+            await broker.publish("news", {"a": 2}, publisher="alice", id="k")
+        assert (caught.value.stream, caught.value.id, caught.value.offset) == ("news", "k", 1)
+        changed = publish_key("news", {"a": 2}, "k", content_ids=True)
+        with pytest.raises(IdConflict):
+            await broker.find_duplicate("news", publisher="alice", key=changed)
+        # Scoped per publisher and per stream: neither is a conflict nor a duplicate.
+        other = await broker.publish("news", {"a": 2}, publisher="bob", id="k")
+        elsewhere = await broker.publish("sport", {"a": 2}, publisher="alice", id="k")
+        assert (other.offset, other.duplicate) == (2, False)
+        assert (elsewhere.offset, elsewhere.duplicate) == (1, False)
+
+
+async def test_without_content_ids_a_publish_without_id_is_never_deduplicated(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory(content_ids=False)
+    async with running(broker):
+        offsets = [(await broker.publish("news", 7, publisher="", id=None)).offset for _ in "ab"]
+        assert offsets == [1, 2]
+        again = publish_key("news", 7, None, content_ids=False)
+        assert await broker.find_duplicate("news", publisher="", key=again) is None
+        with_id = [await broker.publish("news", 7, publisher="", id="x") for _ in "ab"]
+        assert [(r.offset, r.duplicate) for r in with_id] == [(3, False), (3, True)]
+
+
+async def test_data_that_is_not_json_is_a_value_error(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory()
+    async with running(broker):
+        with pytest.raises(ValueError, match="JSON"):
+            await broker.publish("news", {1: object()}, publisher="", id=None)
+
+
+async def test_resume_in_every_case_of_the_protocol(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory(history_size=5)
+    async with running(broker) as sink:
+        now = await join(broker, "news", None)
+        assert (now.offset, now.first, now.recovered, now.messages) == (0, None, True, [])
+        for n in range(1, 10):  # offsets 1..9, history holds 5..9
+            await broker.publish("news", n, publisher="", id=None)
+        await sink.wait_for(lambda: len(sink.delivered) == 9)
+        epoch = now.epoch
+        exact = await join(broker, "news", Position(6, epoch))
+        assert (exact.epoch, exact.offset, exact.first, exact.recovered) == (epoch, 9, 5, True)
+        assert [m.offset for m in exact.messages] == [7, 8, 9]
+        current = await join(broker, "news", Position(9, epoch))
+        assert (current.recovered, current.messages) == (True, [])
+        gap = await join(broker, "news", Position(2, epoch))
+        assert (gap.recovered, gap.first) == (False, 5)  # missed 3 and 4
+        assert [m.offset for m in gap.messages] == [5, 6, 7, 8, 9]
+        other = await join(broker, "news", Position(40, "another-epoch"))
+        assert other.recovered is False
+        assert [m.offset for m in other.messages] == [5, 6, 7, 8, 9]
+        beyond = await join(broker, "news", Position(12, epoch))
+        assert beyond.recovered is False
+        fresh = await join(broker, "quiet", Position(0, "unknown"))
+        assert (fresh.offset, fresh.first, fresh.recovered) == (0, None, False)
+
+
+async def test_the_first_connect_reads_everything_history_holds(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    broker = broker_factory(history_size=3)
+    async with running(broker):
+        for n in range(2):
+            await broker.publish("@alice", n, publisher="", id=None)
+        start = await join(broker, "@alice", None)
+        everything = await join(broker, "@alice", Position(0, start.epoch))
+        assert everything.recovered is True
+        assert [m.offset for m in everything.messages] == [1, 2]
+
+
+# ---------------------------------------------------------------------- Redis only
+
+
+async def test_two_nodes_share_offsets_history_and_dedup(redis: Any) -> None:
+    a, b = make_broker("redis", redis.url, node="a"), make_broker("redis", redis.url, node="b")
+    async with running(a) as sink_a, running(b) as sink_b:
+        at_a = await join(a, "news", None)
+        at_b = await join(b, "news", None)
+        assert at_a.epoch == at_b.epoch
+        for n in range(4):
+            publisher = a if n % 2 else b
+            await publisher.publish("news", n, publisher="", id=f"k{n}")
+        again = await b.publish("news", 1, publisher="", id="k1")
+        assert (again.offset, again.duplicate) == (2, True)
+        await sink_a.wait_for(lambda: len(sink_a.delivered) == 4)
+        await sink_b.wait_for(lambda: len(sink_b.delivered) == 4)
+        assert sink_a.offsets() == sink_b.offsets() == [1, 2, 3, 4]
+        assert [m.frame for m in sink_a.delivered] == [m.frame for m in sink_b.delivered]
+
+
+async def test_concurrent_publishes_share_round_trips_and_keep_their_answers(
+    redis: Any,
+) -> None:
+    broker = make_broker("redis", redis.url, history_size=500)
+    assert isinstance(broker, RedisBroker)
+    answers: dict[int, Any] = {}
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        redis.command("SCRIPT", "FLUSH")  # the pipelines must load the script again
+
+        async def publisher(task: int) -> None:
+            for n in range(10):
+                value = task * 100 + n
+                answers[value] = await broker.publish("news", value, publisher="", id=f"{value}")
+
+        async with trio.open_nursery() as nursery:
+            for task in range(20):
+                nursery.start_soon(publisher, task)
+        offsets = sorted(answer.offset for answer in answers.values())
+        assert offsets == list(range(1, 201))  # each its own offset, none lost
+        assert broker.batcher.batches < 200  # and they shared round trips
+        assert ("publish", "error") not in broker.calls
+        await sink.wait_for(lambda: len(sink.delivered) == 200)
+        by_offset = {m.offset: m.frame for m in sink.delivered}
+        for value, answer in answers.items():  # each answer names its own message
+            assert f'"data":{value},' in by_offset[answer.offset]
+        again = await broker.publish("news", 5, publisher="", id="5")
+        assert (again.offset, again.duplicate) == (answers[5].offset, True)
+
+
+async def test_a_restarted_node_keeps_every_epoch(redis: Any) -> None:
+    first = make_broker("redis", redis.url)
+    async with running(first):
+        before = await join(first, "news", None)
+        await first.publish("news", "x", publisher="", id=None)
+    second = make_broker("redis", redis.url)
+    async with running(second):
+        after = await join(second, "news", Position(0, before.epoch))
+        assert (after.epoch, after.offset, after.recovered) == (before.epoch, 1, True)
+        assert [m.offset for m in after.messages] == [1]
+
+
+async def test_a_killed_pubsub_connection_is_filled_from_history(redis: Any) -> None:
+    broker = make_broker("redis", redis.url)
+    publisher = make_broker("redis", redis.url, node="publisher")
+    async with running(broker) as sink, running(publisher):
+        await join(broker, "news", None)
+        await publisher.publish("news", 1, publisher="", id=None)
+        await sink.wait_for(lambda: sink.offsets() == [1])
+        assert redis.command("CLIENT", "KILL", "TYPE", "pubsub") == b":1\r\n"
+        # Published while this node's pub/sub connection is down (or not yet back):
+        for n in range(2, 6):
+            await publisher.publish("news", n, publisher="", id=None)
+        await sink.wait_for(lambda: len(sink.offsets()) == 5)
+        assert sink.offsets() == [1, 2, 3, 4, 5]
+        assert sink.lost == []
+        assert isinstance(broker, RedisBroker)
+        assert broker.statistics()["calls"]["connect"]["ok"] == 2  # it did reconnect
+
+
+async def test_redis_losing_the_stream_hands_it_back_to_the_hub(redis: Any) -> None:
+    broker = make_broker("redis", redis.url)
+    async with running(broker) as sink:
+        before = await join(broker, "news", None)
+        await broker.publish("news", 1, publisher="", id=None)
+        await sink.wait_for(lambda: sink.offsets() == [1])
+        redis.command("FLUSHALL")
+        await broker.publish("news", 2, publisher="", id=None)  # offset 1 of a new epoch
+        await sink.wait_for(lambda: sink.lost == ["news"])
+        after = await join(broker, "news", Position(1, before.epoch))
+        assert after.epoch != before.epoch
+        assert (after.offset, after.recovered) == (1, False)
+        assert [m.offset for m in after.messages] == [1]
+
+
+async def test_redis_going_back_in_time_hands_the_stream_back(redis: Any) -> None:
+    """A failover that lost writes reassigns offsets: never delivered as if nothing happened."""
+    broker = make_broker("redis", redis.url)
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        for n in range(1, 4):
+            await broker.publish("news", n, publisher="", id=None)
+        await sink.wait_for(lambda: sink.offsets() == [1, 2, 3])
+        # What a promoted replica that missed offsets 2 and 3 looks like:
+        redis.command("HSET", "test:{news}:m", "s", "1")
+        redis.command("DEL", "test:{news}:h")
+        again = await broker.publish("news", "new 2", publisher="", id=None)
+        assert again.offset == 2  # offset 2 again, other content
+        await sink.wait_for(lambda: sink.lost == ["news"])
+        assert sink.offsets() == [1, 2, 3]  # the rewritten offset 2 was not delivered
+
+
+async def test_history_ahead_of_its_offset_starts_a_new_epoch(redis: Any) -> None:
+    broker = make_broker("redis", redis.url)
+    async with running(broker):
+        before = await join(broker, "news", None)
+        for n in range(1, 4):
+            await broker.publish("news", n, publisher="", id=None)
+        redis.command("HSET", "test:{news}:m", "s", "1")  # the history holds 1..3 already
+        result = await broker.publish("news", 4, publisher="", id=None)
+        assert result.offset == 1
+        after = await join(broker, "news", Position(0, before.epoch))
+        assert after.epoch != before.epoch and after.recovered is False
+        assert [m.offset for m in after.messages] == [1]
+
+
+async def test_redis_down_is_unavailable_then_recovers(redis: Any) -> None:
+    broker = make_broker("redis", redis.url)
+    assert isinstance(broker, RedisBroker)
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        await broker.publish("news", 1, publisher="", id=None)
+        redis.kill()
+        for _ in range(3):  # enough failures to open the testing preset's breaker
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish("news", 2, publisher="", id=None)
+        assert broker.unavailable_reason() == "broker unavailable"
+        with pytest.raises(BrokerUnavailable):
+            await broker.prepare("other", None)
+        redis.start()
+        with trio.fail_after(WAIT):
+            while True:
+                try:
+                    await broker.publish("news", 2, publisher="", id=None)
+                    break
+                except BrokerUnavailable:
+                    await trio.sleep(0.05)
+        # Redis came back empty (no persistence): the stream is lost and restarted.
+        await sink.wait_for(lambda: "news" in sink.lost)
+        with trio.fail_after(WAIT):
+            await broker.wait_connected()
+        assert broker.unavailable_reason() is None  # the successful probe closed the breaker
+        assert broker.statistics()["calls"]["publish"]["error"] >= 1

@@ -1,0 +1,194 @@
+"""Figures that tell the truth (issue 16): live latency only, honest close codes, the server
+that runs the hub, timeouts by kind, the longest queue, retry success, mean latency."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import hypercorn  # noqa: F401  # this process hosts hypercorn, as `wshub serve` does
+import pytest
+import trio
+import trio.testing
+
+from serve_helpers import Server
+from test_asgi import KEY, FakeServer, hub_config, serving, websocket
+from wshub import serve_websocket
+from wshub.core.config import HubConfig
+from wshub.core.metrics import PEER_CLOSED
+from wshub.core.protocol import Position
+from wshub.hub.hooks import Identity
+from wshub.hub.hub import open_hub
+from wshub.servers.fast import serve_fast
+from wshub.testing import connect_memory
+
+CONFIG = HubConfig.testing()  # hello_timeout 1, heartbeat interval 2 + timeout 1
+
+
+async def test_a_replay_is_delivered_but_not_timed_as_latency(autojump_clock: Any) -> None:
+    async with open_hub(CONFIG.merged({"metrics": {"flush_interval": 1000.0}})) as hub:
+        for n in range(5):
+            await hub.publish("news", n)
+        await trio.sleep(30.0)  # the resume comes 30 s after the messages were stored
+        client = await connect_memory(hub, "late", subscribe={"news": Position(0, None)})
+        got = [await client.receive() for _ in range(6)]
+        assert [frame["type"] for frame in got] == ["welcome"] + ["message"] * 5
+        await trio.testing.wait_all_tasks_blocked()  # the writer counts once its send returns
+        metrics = hub.metrics
+        assert (metrics.replayed, metrics.delivered, metrics.latency_count) == (5, 5, 0)
+        assert hub.stats()["latency"]["p99"] is None  # not 30 s: nothing live was timed
+        await hub.publish("news", 5)
+        assert (await client.receive())["offset"] == 6
+        await trio.testing.wait_all_tasks_blocked()
+        assert (metrics.delivered, metrics.latency_count) == (6, 1)
+        assert metrics.latency_sum == 0.0  # sent at once, on the mock clock
+        assert hub.stats()["latency"]["mean"] == 0.0
+        await client.aclose()
+
+
+async def test_timeouts_are_counted_by_kind_at_their_exact_times(autojump_clock: Any) -> None:
+    async with open_hub(CONFIG) as hub:
+        silent = await connect_memory(hub)  # never says hello
+        code, reason = await silent.wait_closed()
+        assert (code, reason.endswith("no hello within 1 seconds")) == (4000, True)
+        assert trio.current_time() == CONFIG.limits.hello_timeout
+        assert hub.metrics.timeouts == {"hello": 1}
+        deaf = await connect_memory(hub, "deaf", answer_pings=False)
+        assert (await deaf.receive())["type"] == "welcome"
+        welcomed = trio.current_time()
+        code, _ = await deaf.wait_closed()
+        assert code == 4004
+        beat = CONFIG.heartbeat
+        assert trio.current_time() == welcomed + beat.interval + beat.timeout
+        assert hub.metrics.timeouts == {"hello": 1, "heartbeat": 1}
+        assert hub.stats()["connections"]["timeouts"] == {"hello": 1, "heartbeat": 1}
+
+
+async def test_the_longest_queue_seen_is_kept(autojump_clock: Any) -> None:
+    async with open_hub(CONFIG) as hub:
+        stuck = await connect_memory(hub, "stuck", subscribe={"news": None}, buffer=0)
+        await trio.testing.wait_all_tasks_blocked()  # its writer holds the welcome frame
+        for n in range(7):
+            await hub.publish("news", n)
+        assert hub.metrics.queue_depth_max == 1  # only the welcome reached the writer yet
+        assert (await stuck.receive())["type"] == "welcome"
+        for _ in range(7):
+            await stuck.receive()
+        assert hub.metrics.queue_depth_max == 7
+        assert hub.stats()["queues"]["depth_max"] == 7
+        await stuck.aclose()
+
+
+async def test_the_retry_success_ratio_counts_retries_that_saved_a_call(
+    autojump_clock: Any,
+) -> None:
+    failures = {"flaky": 1, "down": 99}
+
+    async def authenticate(hello: Any, request: Any) -> Identity:
+        await trio.lowlevel.checkpoint()
+        if failures.get(hello.client_id, 0) > 0:
+            failures[hello.client_id] -= 1
+            raise ConnectionError("the auth service hiccuped")
+        return Identity(hello.client_id)
+
+    config = CONFIG.merged({"breaker": {"retries": 1, "failure_threshold": 10}})
+    async with open_hub(config, authenticate=authenticate) as hub:
+        assert hub.stats()["retry_success_ratio"] is None
+        flaky = await connect_memory(hub, "flaky")
+        assert (await flaky.receive())["type"] == "welcome"  # its one retry succeeded
+        assert hub.stats()["retry_success_ratio"] == 1.0
+        down = await connect_memory(hub, "down")
+        assert (await down.wait_closed())[0] == 1013  # its retry failed too
+        assert hub.metrics.retry_attempts["recovered"] == 1
+        assert hub.metrics.retry_attempts["exhausted"] == 1
+        assert hub.stats()["retry_success_ratio"] == 0.5
+        await flaky.aclose()
+
+
+# --------------------------------------------------------------------------- close codes
+
+
+async def test_what_the_hub_decided_is_counted_whatever_the_server_reports() -> None:
+    """Under ASGI: the drain's 1001 is the hub's; a client's own close is PEER_CLOSED, since
+    hypercorn reports 1006 for a clean 1000 and a lost connection alike."""
+    async with serving(hub_config()) as (hub, app):
+        async with websocket(app) as ws:  # leaves with a websocket.disconnect, code 1000
+            assert (await ws.next())["type"] == "websocket.accept"
+            await ws.to_app.send({"type": "websocket.receive", "text": hello_text("alice")})
+            assert json.loads((await ws.next())["text"])["type"] == "welcome"
+        fake = FakeServer()
+        async with trio.open_nursery() as nursery:
+            from test_asgi import websocket_scope
+
+            nursery.start_soon(app, websocket_scope(), fake.receive, fake.send)
+            await fake.to_app.send({"type": "websocket.connect"})
+            assert (await fake.next())["type"] == "websocket.accept"
+            await fake.to_app.send({"type": "websocket.receive", "text": hello_text("bob")})
+            assert json.loads((await fake.next())["text"])["type"] == "welcome"
+            await fake.to_app.send({"type": "websocket.disconnect", "code": 1006})
+        assert hub.metrics.disconnects == {PEER_CLOSED: 2}
+        async with websocket(app) as ws:
+            assert (await ws.next())["type"] == "websocket.accept"
+            await ws.to_app.send({"type": "websocket.receive", "text": hello_text("carol")})
+            assert json.loads((await ws.next())["text"])["type"] == "welcome"
+            await hub.drain()  # the hub closes with 1001 first
+            assert (await ws.next()) == {
+                "type": "websocket.close",
+                "code": 1001,
+                "reason": "the server is shutting down",
+            }
+        assert hub.metrics.disconnects == {PEER_CLOSED: 2, 1001: 1}
+        assert hub.stats()["connections"]["disconnects"] == {"1001": 1, "peer": 2}
+
+
+async def test_a_server_that_reports_the_peers_code_keeps_it(autojump_clock: Any) -> None:
+    async with open_hub(CONFIG) as hub:
+        client = await connect_memory(hub, "alice")
+        assert (await client.receive())["type"] == "welcome"
+        await client.aclose(1000)
+        await trio.testing.wait_all_tasks_blocked()
+        assert hub.metrics.disconnects == {1000: 1}
+
+
+def hello_text(client_id: str) -> str:
+    return json.dumps({"type": "hello", "client_id": client_id, "token": KEY})
+
+
+# --------------------------------------------------------------------------- which server
+
+
+async def test_the_stats_say_which_server_carries_the_hub() -> None:
+    async with open_hub(CONFIG) as hub:
+        assert hub.stats()["server"] is None  # in-memory connections only
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+            assert hub.stats()["server"] == "trio-websocket"
+            await nursery.start(serve_fast, hub, "127.0.0.1", 0)
+            assert hub.stats()["server"] == "trio-websocket, fast"
+            nursery.cancel_scope.cancel()
+    app_config = hub_config()
+    async with serving(app_config) as (hub, app):
+        fake = FakeServer()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(app, {"type": "lifespan"}, fake.receive, fake.send)
+            await fake.to_app.send({"type": "lifespan.startup"})
+            assert await fake.next() == {"type": "lifespan.startup.complete"}
+            assert hub.stats()["server"] == "hypercorn"  # the ASGI server this process runs
+            await fake.to_app.send({"type": "lifespan.shutdown"})
+            assert await fake.next() == {"type": "lifespan.shutdown.complete"}
+
+
+@pytest.mark.parametrize("kind", ["hypercorn", "fast"])
+def test_wshub_serve_reports_its_server_in_the_stats(kind: str, tmp_path: Any) -> None:
+    from serve_helpers import wshub_serve
+
+    server: Server = wshub_serve(
+        tmp_path / "serve.log", "--server", kind, env={"WSHUB_METRICS__LOG": "false"}
+    )
+    try:
+        stats = httpx.get(f"{server.http}/api/stats", timeout=5.0).json()
+        assert stats["server"] == kind
+        assert stats["latency"]["mean"] is None and stats["queues"]["depth_max"] >= 0
+    finally:
+        server.stop()
