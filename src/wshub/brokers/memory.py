@@ -197,7 +197,9 @@ class MemoryBroker:
         may do, cannot use up the streams that publishes and personal streams need.
         """
         stream = prepared.stream
-        history = self.histories.get_or_create(stream, subscribing=stream_kind(stream) != "personal")
+        history = self.histories.get_or_create(
+            stream, subscribing=stream_kind(stream) != "personal"
+        )
         replay = history.read_from(prepared.position)
         self._subscribers[prepared.stream] = self._subscribers.get(prepared.stream, 0) + 1
         return replay

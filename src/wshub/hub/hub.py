@@ -15,7 +15,7 @@ Theory of operation:
   ``on_publish`` hook is marked pending, so an identical publish arriving meanwhile waits for
   it and gets the same answer.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
-  for the embedded server, every connection. Leaving it drains connections (1001 after their
+  for the embedded servers, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
   more, then cancels.
 - Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
@@ -476,7 +476,15 @@ class Hub:
         return True
 
     def unregister(self, connection: Connection) -> None:
-        """Forget a connection that has ended, and count how it ended."""
+        """Forget a connection that is ending, drop its queue, and count how it ended.
+
+        Idempotent: called once the connection is decided to end, and again when its task
+        is over.
+        """
+        if connection.unregistered:
+            return
+        connection.unregistered = True
+        connection.queue.clear()
         self._connections.discard(connection)
         for stream in connection.subscriptions:
             self._detach(connection, stream)
