@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
 
 from wshub.core.config import HubConfig
-from wshub.core.protocol import SUBPROTOCOL
+from wshub.core.protocol import SUBPROTOCOL, split_batch
 from wshub.hub.hub import open_hub
 from wshub.hub.transport import RequestInfo
 from wshub.servers.asgi import ASGITransport
@@ -140,3 +141,43 @@ async def test_under_asgi_a_frozen_client_is_forgotten_at_the_4002_decision(
 
 
 FROZEN_HELLO = '{"type":"hello","client_id":"frozen","subscribe":{"news":null}}'
+
+
+# --------------------------------------------------------------------------- drain on cancel
+
+
+async def test_cancelling_around_open_hub_still_drains(autojump_clock: Any) -> None:
+    # 500 messages queued to each of 50 clients, then the scope around open_hub is cancelled:
+    # every client gets all of them, then 1001 with a completed closing handshake.
+    cfg = config(limits={"write_delay": 0.003, "max_queue": 1000}, shutdown={"grace": 5.0})
+    clients: list[MemoryClient] = []
+    with trio.CancelScope() as scope:
+        async with open_hub(cfg) as hub:
+            for n in range(50):
+                client = await connect_memory(hub, f"c{n}", subscribe={"news": None})
+                assert (await client.receive())["type"] == "welcome"
+                clients.append(client)
+            for n in range(500):
+                await hub.publish("news", n)  # no checkpoint between: all of them queue
+            assert hub.queue_depths()[1] > 0
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    for client in clients:
+        received = [message["data"] for message in client_messages(client)]
+        assert received == list(range(500))
+        assert (client.close_code, client.close_reason) == (1001, "the server is shutting down")
+
+
+def client_messages(client: MemoryClient) -> list[dict[str, Any]]:
+    """Every object the hub sent ``client`` (it has closed), batches split."""
+    return [orjson.loads(part) for frame in drain_frames(client) for part in split_batch(frame)]
+
+
+def drain_frames(client: MemoryClient) -> list[str]:
+    frames = []
+    while True:
+        try:
+            frames.append(client._to_client_receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return frames

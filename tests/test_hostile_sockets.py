@@ -229,6 +229,51 @@ async def test_a_frozen_client_is_cut_alone_while_ten_readers_keep_pace(kind: st
             nursery.cancel_scope.cancel()
 
 
+# --------------------------------------------------------------------------- drain on cancel
+
+
+@pytest.mark.parametrize("kind", ["embedded", "fast"])
+async def test_cancelling_around_open_hub_drains_fifty_real_clients(kind: str) -> None:
+    # 500 messages queued to each of 50 clients, then the scope around open_hub is cancelled:
+    # each client reads all 500, then 1001, answers it, and sees the server close TCP (EOF),
+    # not a reset.
+    cfg = HubConfig.development().merged(
+        {
+            "limits": {"write_delay": 0.003, "max_queue": 1000},
+            "shutdown": {"grace": 10.0},
+            "metrics": {"log": False},
+        }
+    )
+    serve_function = serve_fast if kind == "fast" else serve_websocket
+    outcomes: list[tuple[list[int], int, str, bytes]] = []
+
+    async def read(client: RawWebSocket) -> None:
+        numbers = []
+        while (message := await client.receive()) is not None:
+            numbers.append(message["data"])
+        with trio.move_on_after(5):  # after our answer to its close, the server closes TCP
+            rest = await client.stream.receive_some(65536)
+        outcomes.append((numbers, client.close_code or 0, client.close_reason, rest))
+        await client.aclose()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as readers:
+            with trio.CancelScope() as scope:
+                async with open_hub(cfg) as hub, trio.open_nursery() as nursery:
+                    server = await nursery.start(serve_function, hub, "127.0.0.1", 0)
+                    for n in range(50):
+                        client = await welcomed(server.port, f"c{n}", {"news": None})
+                        readers.start_soon(read, client)
+                    for n in range(500):
+                        await hub.publish("news", n)
+                    scope.cancel()
+                    await trio.sleep_forever()
+    assert len(outcomes) == 50
+    for numbers, code, reason, rest in outcomes:
+        assert numbers == list(range(500))
+        assert (code, reason, rest) == (1001, "the server is shutting down", b"")
+
+
 # --------------------------------------------------------------------------- deep nesting
 
 

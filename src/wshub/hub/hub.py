@@ -17,7 +17,7 @@ Theory of operation:
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded servers, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
-  more, then cancels.
+  more, then cancels. The nursery sits behind a shield, so a cancelled caller drains too.
 - Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
   hub implements; the reports read it through ``ReportSource`` (``reports.py``).
 - With ``[auth]``, a hello's token is verified once (``auth.py``) and its expiry becomes the
@@ -716,7 +716,8 @@ async def open_hub(
             await brokers.enter_async_context(hub.local.open(hub))
             if hub.broker is not hub.local:
                 await brokers.enter_async_context(hub.broker.open(hub))
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as outer:
+                nursery, shield = await outer.start(_shielded_nursery)
                 hub.lifetime.nursery = nursery
                 nursery.start_soon(hub.flush.run)
                 nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
@@ -726,4 +727,17 @@ async def open_hub(
                 finally:
                     with trio.CancelScope(shield=True):
                         await hub.drain()
-                    nursery.cancel_scope.cancel()
+                    shield.cancel()
+
+
+async def _shielded_nursery(
+    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]]
+) -> None:
+    """The hub's nursery, behind a shield: cancelling the caller's scope cancels the body of
+    ``open_hub`` (which then drains), not the connections, writers and flush tick the drain
+    needs to flush every queue and finish every closing handshake. ``open_hub`` cancels the
+    shield itself once the drain is over."""
+    with trio.CancelScope(shield=True) as shield:
+        async with trio.open_nursery() as nursery:
+            task_status.started((nursery, shield))
+            await trio.sleep_forever()
