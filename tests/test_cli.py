@@ -389,7 +389,7 @@ def test_a_peer_that_stopped_reading_cannot_keep_serve_running(tmp_path: Path) -
         "WSHUB_ADMIN__API_KEY": KEY,
         "WSHUB_METRICS__LOG": "false",
     }
-    server = wshub_serve(tmp_path / "serve.log", env=env)
+    server = wshub_serve(tmp_path / "serve.log", "--server", "hypercorn", env=env)
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", server.port))

@@ -9,11 +9,13 @@ Each subcommand is a function that adds its parser and sets ``run`` (``args -> e
 exit status 2 for bad input or configuration and 1 for a failure at run time, never a
 traceback for either.
 
-``wshub serve`` runs the ASGI app under hypercorn's trio worker on one port (``--workers N``:
-N such processes on one listening socket, see ``servers/workers.py``). Its shutdown
-trigger waits for SIGINT or SIGTERM, drains the hub (every client gets 1001 once its queue is
-flushed, within ``shutdown.grace``), and only then lets hypercorn stop, so hypercorn's own
-deadline (which would close WebSockets with 1011) never cuts a connection the hub still serves.
+``wshub serve`` runs wshub's own server (``servers/fast.py``: wsproto and h11 on Trio sockets)
+on one port, or with ``--server hypercorn`` the ASGI app under hypercorn's trio worker
+(``--workers N``: N such processes on one listening socket, see ``servers/workers.py``). On
+SIGINT or SIGTERM it drains the hub (every client gets 1001 once its queue is flushed, within
+``shutdown.grace``) before the server stops; under hypercorn that happens in its shutdown
+trigger, so hypercorn's own deadline (which would close WebSockets with 1011) never cuts a
+connection the hub still serves.
 """
 
 from __future__ import annotations
@@ -294,9 +296,9 @@ def add_serve_command(subparsers: _Subparsers) -> None:
     )
     parser.add_argument(
         "--server",
-        choices=("hypercorn", "fast"),
-        default="hypercorn",
-        help="hypercorn's trio worker (default), or wshub's own fast server (wsproto and h11)",
+        choices=("fast", "hypercorn"),
+        default="fast",
+        help="wshub's own server (wsproto and h11; the default), or hypercorn's trio worker",
     )
     add_log_arguments(parser)
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
