@@ -23,7 +23,8 @@ from websockets.sync.client import connect as connect_sync
 
 import wshub.cli
 from serve_helpers import SUBPROTOCOL, Server, hello, objects, receive_objects, wshub_serve
-from wshub.cli import build_serve_config, main
+from wshub.cli import main
+from wshub.cli_serve import build_serve_config
 
 KEY = "cli-key"
 
