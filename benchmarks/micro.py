@@ -364,7 +364,8 @@ def encode_rows(s: Settings) -> list[Row]:
 
 
 def enqueue_rows(s: Settings) -> list[Row]:
-    """Connection.enqueue, as the fan-out calls it: once per subscriber of each publish."""
+    """Connection.enqueue_message, as the fan-out calls it: once per subscriber of each
+    publish (of a frame within small_frame, as almost all are)."""
     group = "8. Fan-out and the garbage collector"
     count = 1_000
     message = StoredMessage("news", 1, MID, NEWS, 0, "frame", 0.0)
@@ -376,7 +377,7 @@ def enqueue_rows(s: Settings) -> list[Row]:
             for _ in range(count)
         ]
         for connection in connections:
-            connection.enqueue(message)  # scheduled (dirty), as after a publish
+            connection.enqueue_message(message)  # scheduled (dirty), as after a publish
         rounds = max(1, n // count)
         elapsed = 0
         for done in range(0, rounds, 100):  # queues emptied every 100, as a flush would
@@ -384,14 +385,14 @@ def enqueue_rows(s: Settings) -> list[Row]:
             started = perf_counter_ns()
             for _ in range(chunk):
                 for connection in connections:
-                    connection.enqueue(message)
+                    connection.enqueue_message(message)
             elapsed += perf_counter_ns() - started
             for connection in connections:
                 del connection.queue[1:]
         return elapsed / (rounds * count) * n
 
     ((best, median),) = compare({"enqueue": in_trio(fan_out)}, s).values()
-    name = "Connection.enqueue into 1000 scheduled queues"
+    name = "Connection.enqueue_message into 1000 scheduled queues"
     return [Row(group, name, best, median, "ns", "per subscriber", target=150)]
 
 

@@ -930,8 +930,10 @@ async def test_reconnects_after_a_drop_at_an_exact_time(autojump_clock: Any) -> 
 async def test_an_unavailable_subscription_is_retried_on_the_next_connection(
     autojump_clock: Any,
 ) -> None:
-    async with open_hub(config(history={"max_streams": 2})) as hub:
-        await hub.publish("other", 1)  # with @alice, the hub holds its maximum of streams
+    async with open_hub(config(history={"max_subscribed_streams": 1})) as hub:
+        # The hub holds its maximum of topics that exist only by subscription.
+        grabber = await connect_memory(hub, "grabber", subscribe={"other": None})
+        await grabber.receive()
         network = Network(hub)
         async with client_for(network, subscribe=["news"], backoff_cap=0.5) as client:
             await wait_until(lambda: len(network.attempts) >= 3)

@@ -108,7 +108,7 @@ async def publish_range(hub: Hub, stream: str, offsets: range) -> None:
 async def cut_tcp(hub: Hub) -> None:
     """Close every connection's TCP stream without a close frame: the client sees 1006."""
     for connection in list(hub._connections):
-        await connection.transport._websocket._stream.aclose()  # type: ignore[attr-defined]
+        await connection.transport.abort()
 
 
 def stored_ids(hub: Hub, stream: str) -> list[str]:

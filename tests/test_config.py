@@ -38,6 +38,10 @@ INTEGER_MINIMUMS: dict[str, int] = {
     "limits.max_batch": 1,
     "limits.burst": 1,
     "limits.rate_limit_strikes": 1,
+    "limits.max_depth": 3,
+    "limits.max_subscriptions": 1,
+    "limits.max_queue_bytes": 1024,
+    "history.max_subscribed_streams": 1,
     "history.size": 1,
     "history.max_streams": 1,
     "dedup.max_entries": 1,
@@ -312,6 +316,13 @@ def test_port_above_65535_is_rejected() -> None:
     with pytest.raises(ConfigError) as caught:
         ServerConfig(port=65536)
     assert str(caught.value) == "server.port must be an integer from 0 to 65535, got 65536"
+
+
+def test_max_depth_above_what_orjson_can_encode_is_rejected() -> None:
+    assert LimitsConfig(max_depth=250).max_depth == 250
+    with pytest.raises(ConfigError) as caught:
+        LimitsConfig(max_depth=251)
+    assert str(caught.value) == "limits.max_depth must be an integer from 3 to 250, got 251"
 
 
 # --------------------------------------------------------------------------------------------
@@ -838,8 +849,11 @@ def _valid_number(key: str) -> st.SearchStrategy[float]:
     return floats | st.integers(smallest_integer, int(LARGEST)).map(float)
 
 
+INTEGER_MAXIMUMS = {"server.port": 65535, "limits.max_depth": 250}
+
+
 def _valid_integer(key: str) -> st.SearchStrategy[int]:
-    return st.integers(INTEGER_MINIMUMS[key], 65535 if key == "server.port" else 10**9)
+    return st.integers(INTEGER_MINIMUMS[key], INTEGER_MAXIMUMS.get(key, 10**9))
 
 
 VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {

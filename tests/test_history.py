@@ -331,6 +331,43 @@ def test_store_raises_history_full_beyond_max_streams() -> None:
     assert len(store) == 2
 
 
+def test_streams_made_by_subscribing_have_their_own_pool() -> None:
+    clock = MockClock()
+    store = HistoryStore(
+        size=5, ttl=10.0, max_streams=2, max_subscribed=2, clock=clock.current_time
+    )
+    store.get_or_create("s1", subscribing=True)
+    store.get_or_create("s2", subscribing=True)
+    with pytest.raises(HistoryFull, match="max_subscribed_streams") as raised:
+        store.get_or_create("s3", subscribing=True)
+    assert raised.value.subscribing
+    # The main pool is untouched: a published or personal stream still has room.
+    store.get_or_create("@alice")
+    # The first publish to a subscribed topic moves it to the main pool, if there is room...
+    store.get_or_create("s1")
+    assert store.statistics() == HistoryStatistics(streams=3, messages=0, subscribed_only=1)
+    store.get_or_create("s3", subscribing=True)  # ...which frees a place in its own
+    with pytest.raises(HistoryFull, match="maximum of 2 streams"):
+        store.get_or_create("s2")  # no room left in the main pool: it stays subscribed-only
+    assert store.get_or_create("s2", subscribing=True) is store.get("s2")
+    assert store.statistics().subscribed_only == 2
+
+
+def test_forgetting_a_subscribed_only_stream_frees_its_place() -> None:
+    clock = MockClock()
+    store = HistoryStore(
+        size=5, ttl=10.0, max_streams=5, max_subscribed=1, clock=clock.current_time
+    )
+    store.get_or_create("s1", subscribing=True)
+    assert store.forget_idle(in_use=()) == 0
+    clock.jump(10.0)
+    assert store.forget_idle(in_use=()) == 1
+    store.get_or_create("s2", subscribing=True)
+    store.remove("s2")
+    store.get_or_create("s3", subscribing=True)
+    assert store.statistics().subscribed_only == 1
+
+
 def test_removed_stream_comes_back_in_a_new_epoch() -> None:
     store, _ = new_store()
     old = store.get_or_create("news")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -10,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wshub.core.config import LimitsConfig
 from wshub.core.protocol import (
+    DEFAULT_MAX_DEPTH,
     ERROR_CODES,
     NO_REF,
     SUBPROTOCOL,
@@ -48,7 +51,9 @@ from wshub.core.protocol import (
     encode_welcome,
     is_valid_client_id,
     join_batch,
+    nests_deeper_than,
     parse_client_frame,
+    parse_publish_body,
     parse_server_frame,
     personal_stream,
     split_batch,
@@ -85,11 +90,14 @@ def test_constants_match_the_protocol() -> None:
         "unavailable",
         "too_large",
         "conflict",
+        "limit_exceeded",
     } == ERROR_CODES
     assert {code.name: int(code) for code in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
         "UNSUPPORTED_DATA": 1003,
+        "INVALID_PAYLOAD": 1007,
         "POLICY_VIOLATION": 1008,
         "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,
@@ -804,6 +812,98 @@ def test_newlines_inside_data_are_escaped_so_splitting_is_safe() -> None:
     parsed = parse_server_frame(batch)
     assert parsed[0] == parsed[2] == Message("chat.room-1", 3, "id\nwith newline", tricky, 1)
     assert parsed[1] == Pong()
+
+
+# --- nesting ------------------------------------------------------------------------------------
+
+
+def nested(depth: int, leaf: Any = 0) -> Any:
+    """``leaf`` inside ``depth`` levels of alternating arrays and objects."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_the_default_depth_limit_is_the_config_default() -> None:
+    assert LimitsConfig().max_depth == DEFAULT_MAX_DEPTH == 32
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [(0, 0), ("[[[", 0), ([], 1), ({}, 1), ([[], {"a": [1]}], 3), (nested(40), 40)],
+)
+def test_nests_deeper_than_counts_containers_only(value: Any, depth: int) -> None:
+    assert not nests_deeper_than(value, depth)
+    assert nests_deeper_than(value, depth - 1) == (depth > 0)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "bogus", "ref": nested(300)},
+        {"type": "publish", "stream": "news", "data": nested(300)},
+        {"type": "publish", "stream": "news", "data": 1, "ref": nested(300)},
+        {"type": "ping", "pad": nested(40)},
+        {"type": "hello", "client_id": "alice", "subscribe": {"news": nested(40)}},
+    ],
+)
+def test_a_frame_nesting_deeper_than_the_limit_is_a_bad_request_naming_it(
+    frame: dict[str, Any],
+) -> None:
+    error = parse_error(json.dumps(frame))
+    assert (error.code, error.message) == (
+        "bad_request",
+        "a frame nests deeper than limits.max_depth (32 levels)",
+    )
+    # The error frame must itself be encodable, so a ref too deep to echo is left out.
+    assert error.ref is NO_REF
+    assert orjson.loads(encode_error(error.code, error.message, error.ref))["code"] == "bad_request"
+
+
+def test_a_frame_at_the_limit_parses_and_one_level_more_does_not() -> None:
+    at_limit = {"type": "publish", "stream": "news", "data": nested(31)}  # the frame is level 1
+    assert parse_client_frame(json.dumps(at_limit)) == Publish("news", nested(31), None, NO_REF)
+    assert parse_error(json.dumps({**at_limit, "data": nested(32)})).code == "bad_request"
+    deeper = {**at_limit, "data": nested(50)}
+    assert parse_client_frame(json.dumps(deeper), max_depth=51).data == nested(50)
+    assert "(50 levels)" in parse_error_with(json.dumps(deeper), max_depth=50).message
+
+
+def parse_error_with(frame: str | bytes, *, max_depth: int) -> ProtocolError:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_frame(frame, max_depth=max_depth)
+    return caught.value
+
+
+def test_a_too_deep_frame_echoes_a_ref_that_fits_the_error_frame() -> None:
+    frame = {"type": "publish", "stream": "news", "data": nested(300), "ref": {"n": [1]}}
+    assert parse_error(json.dumps(frame)).ref == {"n": [1]}
+    fits = {"type": "bogus", "ref": nested(31)}  # the error frame nests it at levels 2-32
+    assert parse_error(json.dumps(fits)).ref == nested(31)
+
+
+def test_brackets_inside_strings_never_make_a_frame_too_deep() -> None:
+    frame = {"type": "publish", "stream": "news", "data": "[{" * 1000, "ref": ["[" * 50]}
+    assert parse_client_frame(json.dumps(frame)) == Publish("news", "[{" * 1000, None, ["[" * 50])
+
+
+def test_many_shallow_containers_are_not_deep() -> None:
+    data = [{"a": [i]} for i in range(2000)]
+    frame = json.dumps({"type": "publish", "stream": "news", "data": data})
+    assert parse_client_frame(frame).data == data  # type: ignore[union-attr]
+
+
+def test_the_publish_body_follows_the_publish_frame_rules() -> None:
+    assert parse_publish_body(b'{"stream": "news", "data": [1], "id": "k"}') == Publish(
+        "news", [1], "k", NO_REF
+    )
+    with pytest.raises(ProtocolError) as caught:
+        parse_publish_body(json.dumps({"stream": "news", "data": nested(300)}))
+    assert caught.value.message == "the body nests deeper than limits.max_depth (32 levels)"
+    with pytest.raises(ProtocolError) as caught:
+        parse_publish_body(b"[1]")
+    assert caught.value.message == "the body must be a JSON object, got an array"
 
 
 # --- properties ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ frame, a close) gets into the middle of it.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import socket
 import struct
@@ -18,9 +19,10 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import wrap_server_stream
 
 from wshub.core.errors import TransportClosed
+from wshub.servers.closing import ClosingStream
 from wshub.servers.websocket import TrioWebSocketTransport
 
 BIG = 8_000_000  # far more than a loopback socket with a small receive buffer takes at once
@@ -73,16 +75,22 @@ class RawClient:
 async def served(handler: Handler) -> AsyncIterator[RawClient]:
     """A trio-websocket server running ``handler`` on one transport, and a raw client of it."""
 
-    async def accept(request: WebSocketRequest) -> None:
-        await handler(TrioWebSocketTransport(await request.accept()))
+    async def accept(stream: trio.SocketStream) -> None:
+        closing = ClosingStream(stream)  # as the embedded server hands it to trio-websocket
+        async with trio.open_nursery() as reader:
+            request = await wrap_server_stream(reader, closing)
+            await handler(TrioWebSocketTransport(await request.accept(), closing))
+            reader.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, accept, "127.0.0.1", 0, None)
+        serve = functools.partial(trio.serve_tcp, host="127.0.0.1")
+        listeners = await nursery.start(serve, accept, 0)
+        port = listeners[0].socket.getsockname()[1]
         sock = trio.socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        await sock.connect(("127.0.0.1", server.port))
+        await sock.connect(("127.0.0.1", port))
         client = RawClient(trio.SocketStream(sock))
-        await client.handshake(server.port)
+        await client.handshake(port)
         yield client
         await client.stream.aclose()
         nursery.cancel_scope.cancel()

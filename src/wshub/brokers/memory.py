@@ -30,7 +30,7 @@ from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id, scoped_key
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import HistoryStore, Replay, StoredMessage
-from wshub.core.protocol import encode_message
+from wshub.core.protocol import encode_message, stream_kind
 
 __all__ = ["MemoryBroker"]
 
@@ -52,6 +52,7 @@ class MemoryBroker:
         history_size: int,
         history_ttl: float,
         max_streams: int,
+        max_subscribed_streams: int | None = None,
         dedup_window: float,
         dedup_max_entries: int,
         content_ids: bool = True,
@@ -60,7 +61,11 @@ class MemoryBroker:
     ) -> None:
         self.node = node or secrets.token_hex(4)
         self.histories = HistoryStore(
-            size=history_size, ttl=history_ttl, max_streams=max_streams, clock=clock
+            size=history_size,
+            ttl=history_ttl,
+            max_streams=max_streams,
+            max_subscribed=max_subscribed_streams or max_streams,
+            clock=clock,
         )
         self.dedup = Deduplicator(window=dedup_window, max_entries=dedup_max_entries, clock=clock)
         self.content_ids = content_ids
@@ -79,6 +84,7 @@ class MemoryBroker:
             history_size=config.history.size,
             history_ttl=config.history.ttl,
             max_streams=config.history.max_streams,
+            max_subscribed_streams=config.history.max_subscribed_streams,
             dedup_window=config.dedup.window,
             dedup_max_entries=config.dedup.max_entries,
             content_ids=config.dedup.content_ids,
@@ -184,8 +190,16 @@ class MemoryBroker:
         return Prepared(stream, position)
 
     def join_nowait(self, prepared: Prepared) -> Replay:
-        """Read the history from the position and count the subscriber. Raises HistoryFull."""
-        history = self.histories.get_or_create(prepared.stream)
+        """Read the history from the position and count the subscriber. Raises HistoryFull.
+
+        A topic nobody has published to yet is made in the pool of streams that exist only by
+        subscription (``history.max_subscribed_streams``), so subscribing, which any client
+        may do, cannot use up the streams that publishes and personal streams need.
+        """
+        stream = prepared.stream
+        history = self.histories.get_or_create(
+            stream, subscribing=stream_kind(stream) != "personal"
+        )
         replay = history.read_from(prepared.position)
         self._subscribers[prepared.stream] = self._subscribers.get(prepared.stream, 0) + 1
         return replay

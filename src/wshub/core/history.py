@@ -8,6 +8,12 @@
 # bound in trim_expired); stored_at never decreases along the deque, so the expired messages
 # are always a prefix. last_offset outlives trimming: an empty history still knows where its
 # stream stands, and a client at last_offset has missed nothing.
+#
+# A HistoryStore keeps two pools. A stream that has been published to, or is a personal
+# stream, counts towards max_streams. A topic that exists only because a client subscribed
+# to it (nothing published yet) counts towards max_subscribed instead, until its first
+# publish moves it over. So subscribing, which any client may do, can never use up the
+# streams that publishing and personal streams need.
 """Per-stream bounded history: offsets, epochs, size and age bounds, resume reads."""
 
 from __future__ import annotations
@@ -213,15 +219,25 @@ class StreamHistory:
 
 
 class HistoryFull(Exception):
-    """A new stream's history was asked for while ``max_streams`` histories are held."""
+    """A new stream's history was asked for while its pool is full: ``max_streams`` streams
+    held, or (``subscribing``) ``max_subscribed`` topics that exist only by subscription."""
 
-    def __init__(self, stream: str, max_streams: int) -> None:
-        super().__init__(
-            f"cannot keep history for stream {stream!r}: "
-            f"already holding the maximum of {max_streams} streams"
-        )
+    def __init__(self, stream: str, max_streams: int, *, subscribing: bool = False) -> None:
+        if subscribing:
+            message = (
+                f"cannot create stream {stream!r} by subscribing: already {max_streams} "
+                "streams exist only because clients subscribed to them "
+                "(history.max_subscribed_streams)"
+            )
+        else:
+            message = (
+                f"cannot keep history for stream {stream!r}: "
+                f"already holding the maximum of {max_streams} streams"
+            )
+        super().__init__(message)
         self.stream = stream
         self.max_streams = max_streams
+        self.subscribing = subscribing
 
 
 @attrs.frozen
@@ -230,11 +246,14 @@ class HistoryStatistics:
 
     streams: int
     messages: int
+    subscribed_only: int = 0  # of ``streams``: topics with subscribers but no publish yet
 
 
 @attrs.define
 class HistoryStore:
-    """The histories of all streams, at most ``max_streams`` of them, created on demand.
+    """The histories of all streams, created on demand: at most ``max_streams`` published to
+    (or personal), and apart from them at most ``max_subscribed`` topics that only have
+    subscribers so far (``max_streams`` when not given).
 
     Empty histories are kept, not dropped: their epoch and last offset still let a resuming
     client learn that it missed nothing. Whoever knows a stream is unused calls ``remove``.
@@ -255,30 +274,57 @@ class HistoryStore:
     clock: Callable[[], float] = attrs.field(
         default=trio.current_time, on_setattr=attrs.setters.frozen
     )
+    max_subscribed: int = attrs.field(
+        validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)],
+        on_setattr=attrs.setters.frozen,
+        kw_only=True,
+    )
     _streams: dict[str, StreamHistory] = attrs.field(init=False, factory=dict)
     _idle_since: dict[str, float] = attrs.field(init=False, factory=dict)
+    _subscribed_only: set[str] = attrs.field(init=False, factory=set)
+
+    @max_subscribed.default
+    def _max_subscribed_default(self) -> int:
+        return self.max_streams
 
     def get(self, stream: str) -> StreamHistory | None:
         """Return the history of ``stream``, or None if there is none."""
         return self._streams.get(stream)
 
-    def get_or_create(self, stream: str) -> StreamHistory:
+    def get_or_create(self, stream: str, *, subscribing: bool = False) -> StreamHistory:
         """Return the history of ``stream``, creating an empty one in a new epoch if needed.
 
+        With ``subscribing`` a new stream is created in the pool of streams that exist only by
+        subscription; without it, a stream from that pool moves to the main one (the first
+        publish to a subscribed topic).
+
         Raises:
-            HistoryFull: the stream has no history and ``max_streams`` are already held.
+            HistoryFull: the stream would need room in a pool that is full.
         """
         history = self._streams.get(stream)
         if history is None:
-            if len(self._streams) >= self.max_streams:
+            if subscribing:
+                if len(self._subscribed_only) >= self.max_subscribed:
+                    raise HistoryFull(stream, self.max_subscribed, subscribing=True)
+                self._subscribed_only.add(stream)
+            elif self._held() >= self.max_streams:
                 raise HistoryFull(stream, self.max_streams)
             history = StreamHistory(stream, self.size, self.ttl, clock=self.clock)
             self._streams[stream] = history
+        elif not subscribing and stream in self._subscribed_only:
+            if self._held() >= self.max_streams:
+                raise HistoryFull(stream, self.max_streams)
+            self._subscribed_only.discard(stream)
         return history
+
+    def _held(self) -> int:
+        """Streams in the main pool."""
+        return len(self._streams) - len(self._subscribed_only)
 
     def remove(self, stream: str) -> StreamHistory | None:
         """Forget the history of ``stream`` (a later one gets a new epoch); return it if held."""
         self._idle_since.pop(stream, None)
+        self._subscribed_only.discard(stream)
         return self._streams.pop(stream, None)
 
     def trim_expired(self) -> int:
@@ -303,14 +349,16 @@ class HistoryStore:
             since = self._idle_since.setdefault(name, now)
             if now - since >= self.ttl:
                 del self._streams[name], self._idle_since[name]
+                self._subscribed_only.discard(name)
                 forgotten += 1
         return forgotten
 
     def statistics(self) -> HistoryStatistics:
-        """Count streams and messages held; O(streams)."""
+        """Count streams (both pools) and messages held; O(streams)."""
         return HistoryStatistics(
             streams=len(self._streams),
             messages=sum(len(history) for history in self._streams.values()),
+            subscribed_only=len(self._subscribed_only),
         )
 
     def __contains__(self, stream: object) -> bool:

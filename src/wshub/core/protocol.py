@@ -43,6 +43,7 @@ from wshub.core.events import (
 )
 
 __all__ = [  # the events are defined in wshub.events and re-exported here
+    "DEFAULT_MAX_DEPTH",
     "ERROR_CODES",
     "NO_REF",
     "SUBPROTOCOL",
@@ -84,7 +85,9 @@ __all__ = [  # the events are defined in wshub.events and re-exported here
     "encode_welcome",
     "is_valid_client_id",
     "join_batch",
+    "nests_deeper_than",
     "parse_client_frame",
+    "parse_publish_body",
     "parse_server_frame",
     "personal_stream",
     "split_batch",
@@ -92,6 +95,11 @@ __all__ = [  # the events are defined in wshub.events and re-exported here
 ]
 
 SUBPROTOCOL = "wshub.v1"
+
+#: How deep a client frame may nest arrays and objects (the frame object itself is level 1):
+#: the default of ``limits.max_depth``. orjson cannot encode past 254 levels, so an unbounded
+#: ``ref`` or ``data`` could not even be echoed or delivered.
+DEFAULT_MAX_DEPTH: Final = 32
 
 
 #: Every error code an ``error`` frame may carry.
@@ -104,6 +112,7 @@ ERROR_CODES: Final = frozenset(
         "unavailable",
         "too_large",
         "conflict",
+        "limit_exceeded",
     }
 )
 
@@ -113,7 +122,9 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  #: Normal close.
     GOING_AWAY = 1001  #: The server is shutting down; reconnect (to another node) and resume.
+    PROTOCOL_ERROR = 1002  #: A frame broke RFC 6455, e.g. its fragmentation rules.
     UNSUPPORTED_DATA = 1003  #: A binary frame was received.
+    INVALID_PAYLOAD = 1007  #: A text frame that is not valid UTF-8.
     POLICY_VIOLATION = 1008  #: Authentication failed, origin refused or client id not allowed.
     MESSAGE_TOO_BIG = 1009  #: A frame was larger than ``limits.max_message_bytes``.
     INTERNAL_ERROR = 1011  #: Internal server error.
@@ -291,14 +302,60 @@ _CLIENT_FRAMES: Final[Mapping[str, tuple[Callable[..., ClientEvent], _Spec]]] = 
 }
 
 
-def _load(text: str | bytes, frames: Mapping[str, tuple[Callable[..., Any], _Spec]]) -> Any:
-    """Decode one JSON object and build the event its ``type`` names; errors carry its ``ref``."""
+def nests_deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``max_depth`` levels deep.
+
+    ``value`` itself is level 1 when it is an array or an object (a scalar is level 0). The
+    walk visits containers only and stops at the first one past the limit.
+    """
+    level: list[tuple[Any, int]] = [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        level.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _decode(text: str | bytes, max_depth: int | None, what: str) -> _Object:
+    """Decode one JSON object (``what`` names it in errors) nesting at most ``max_depth`` levels
+    (None: as deep as orjson decodes, 1024).
+
+    Counting brackets costs a C-speed scan of the text and bounds the depth from above
+    (brackets inside strings only add to the count), so the walk over the decoded object
+    runs only for a text with more brackets than the limit.
+    """
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as error:
         raise ProtocolError("bad_request", f"invalid JSON: {error}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("bad_request", f"a frame must be a JSON object, got {_describe(obj)}")
+        raise ProtocolError("bad_request", f"{what} must be a JSON object, got {_describe(obj)}")
+    if max_depth is not None and _brackets(text) > max_depth and nests_deeper_than(obj, max_depth):
+        ref = obj.get("ref", NO_REF)
+        raise ProtocolError(
+            "bad_request",
+            f"{what} nests deeper than limits.max_depth ({max_depth} levels)",
+            # Echoed only when the error frame can carry it (it nests ref one level down).
+            NO_REF if nests_deeper_than(ref, max_depth - 1) else ref,
+        )
+    return obj
+
+
+def _brackets(text: str | bytes) -> int:
+    if isinstance(text, str):
+        return text.count("{") + text.count("[")
+    return text.count(b"{") + text.count(b"[")
+
+
+def _event(obj: _Object, frames: Mapping[str, tuple[Callable[..., Any], _Spec]]) -> Any:
+    """Build the event ``obj["type"]`` names; errors carry the object's ``ref``."""
     try:
         if "type" not in obj:
             raise ProtocolError("bad_request", "a frame must have a string field 'type'")
@@ -314,17 +371,27 @@ def _load(text: str | bytes, frames: Mapping[str, tuple[Callable[..., Any], _Spe
         raise
 
 
-def parse_client_frame(text: str | bytes) -> ClientEvent:
+def parse_client_frame(text: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientEvent:
     """Parse one client frame (a JSON object) into an event.
 
     ``hello.token``, ``hello.subscribe``, ``subscribe.position`` and ``publish.id`` may be absent
     or ``null``; a position's ``epoch`` may be absent only at offset 0 (``Position(0, None)``:
     everything history still holds); ``publish.data`` is required (``null`` is allowed).
-    Raises :class:`ProtocolError` with code ``bad_request`` (invalid JSON, not an object, missing
-    or ill-typed field, invalid name) or ``unknown_type``; its ``ref`` is the frame's ``ref``
-    when it had one.
+    Raises :class:`ProtocolError` with code ``bad_request`` (invalid JSON, not an object, nesting
+    deeper than ``max_depth``, missing or ill-typed field, invalid name) or ``unknown_type``; its
+    ``ref`` is the frame's ``ref`` when it had one (and it nests within the limit).
     """
-    event: ClientEvent = _load(text, _CLIENT_FRAMES)
+    event: ClientEvent = _event(_decode(text, max_depth, "a frame"), _CLIENT_FRAMES)
+    return event
+
+
+def parse_publish_body(body: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Publish:
+    """Parse the body of ``POST /api/publish`` (``stream``, ``data``, ``id``) by the rules of
+    the ``publish`` frame; raises :class:`ProtocolError` (``bad_request``) as
+    :func:`parse_client_frame` does."""
+    obj = _decode(body, max_depth, "the body")
+    obj["type"] = "publish"
+    event: Publish = _event(obj, _CLIENT_FRAMES)
     return event
 
 
@@ -513,4 +580,4 @@ def parse_server_frame(text: str) -> list[ServerEvent]:
 
     Raises :class:`ProtocolError` (``bad_request`` or ``unknown_type``) on malformed input.
     """
-    return [_load(line, _SERVER_FRAMES) for line in split_batch(text)]
+    return [_event(_decode(line, None, "a frame"), _SERVER_FRAMES) for line in split_batch(text)]

@@ -129,6 +129,9 @@ def _as_tuple(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Sections
 
+#: The largest ``limits.max_depth``: orjson encodes at most 254 levels.
+MAX_DEPTH_CEILING = 250
+
 
 @attrs.frozen
 class ServerConfig:
@@ -156,6 +159,7 @@ class LimitsConfig:
     max_message_bytes: int = attrs.field(default=65536, validator=_integer(64))
     max_connections: int = attrs.field(default=10_000, validator=_integer(1))
     max_queue: int = attrs.field(default=1000, validator=_integer(1))
+    max_queue_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_integer(1024))
     max_batch: int = attrs.field(default=64, validator=_integer(1))
     write_delay: float = attrs.field(default=0.003, validator=_number(0, exclusive=False))
     flush_pause_ratio: float = attrs.field(default=1.0, validator=_number(0, exclusive=False))
@@ -163,6 +167,17 @@ class LimitsConfig:
     rate: float = attrs.field(default=100.0, validator=_number(0))
     burst: int = attrs.field(default=200, validator=_integer(1))
     rate_limit_strikes: int = attrs.field(default=20, validator=_integer(1))
+    max_depth: int = attrs.field(default=32, validator=_integer(3))
+    max_subscriptions: int = attrs.field(default=100, validator=_integer(1))
+
+    def __attrs_post_init__(self) -> None:
+        # A hello with positions nests 3 levels; orjson encodes at most 254, and a frame the
+        # hub accepted must stay encodable when it is echoed or delivered.
+        if self.max_depth > MAX_DEPTH_CEILING:
+            raise ConfigError(
+                f"limits.max_depth must be an integer from 3 to {MAX_DEPTH_CEILING}, "
+                f"got {self.max_depth}"
+            )
 
 
 @attrs.frozen
@@ -173,6 +188,7 @@ class HistoryConfig:
     size: int = attrs.field(default=1000, validator=_integer(1))
     ttl: float = attrs.field(default=3600.0, validator=_number(0))
     max_streams: int = attrs.field(default=100_000, validator=_integer(1))
+    max_subscribed_streams: int = attrs.field(default=10_000, validator=_integer(1))
 
 
 @attrs.frozen

@@ -10,6 +10,13 @@ Theory of operation:
 - A full queue means a slow consumer: the connection is closed with 4002 at once and the
   client resumes from history. Replays may exceed ``limits.max_queue`` (they are bounded by
   the history); the limit applies to what arrives after them.
+- Bytes are bounded as well as items (``limits.max_queue_bytes``), without a cost on the
+  fan-out's hot path: every item counts as at least ``small_frame`` (``max_queue_bytes //
+  max_queue``) characters, so a queue of small frames meets the item bound first and needs no
+  counting; only a larger frame adds its excess to ``_bytes_over``. The fan-out appends a
+  frame it knows is small with ``enqueue_message``; every other item goes through
+  ``enqueue``, which measures it. ``_quiet_below`` folds both bounds into the one comparison
+  the fast path makes.
 - A connection ends by cancelling its scope after setting ``close_code``; the transport is
   closed with that code in ``finally``, shielded and bounded in time.
 - A credential's expiry is a cancel scope's deadline around the reader, not a task: when it
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -57,7 +65,7 @@ from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import AuthenticationError, HookUnavailable, Identity
 from wshub.hub.transport import RequestInfo, Transport
 
-__all__ = ["Connection", "ConnectionHost"]
+__all__ = ["Connection", "ConnectionHost", "small_frame"]
 
 logger = logging.getLogger("wshub.connection")
 
@@ -138,8 +146,12 @@ class Connection:
         self.stats: ClientStats | None = None
         self.subscriptions: set[str] = set()
         self.queue: list[QueueItem] = []
+        limits = config.limits
+        self.small_frame = small_frame(limits.max_queue_bytes, limits.max_queue)
+        self.bytes_limit = limits.max_queue_bytes  # for: len(queue) * small_frame + _bytes_over
+        self._bytes_over = 0  # characters of the queued frames beyond small_frame each
         self.queue_limit = self._quiet_below = 0
-        self._set_queue_limit(config.limits.max_queue)
+        self._set_queue_limit(limits.max_queue)
         self.dirty = False
         self._parked: trio.lowlevel.Task | None = None  # the writer, waiting for a wake-up
         self._woken = False  # a wake-up came while the writer was busy
@@ -157,37 +169,74 @@ class Connection:
 
     # ------------------------------------------------------------------ used by the hub
 
-    def enqueue(self, item: QueueItem) -> None:
-        """Append one frame for this client without awaiting; overflow closes with 4002."""
+    def enqueue_message(self, message: StoredMessage) -> None:
+        """Append a published message whose frame is at most ``small_frame`` characters (the
+        fan-out's hot path: the caller measured the frame once for every subscriber)."""
         queue = self.queue
         if len(queue) < self._quiet_below and self.dirty:
-            queue.append(item)  # the common case: scheduled already, far from any limit
+            queue.append(message)  # the common case: scheduled already, far from any limit
             return
-        if len(queue) >= self.queue_limit:
+        self._enqueue_slowly(message, 0)
+
+    def enqueue(self, item: QueueItem) -> None:
+        """Append one frame for this client without awaiting; overflow closes with 4002."""
+        size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
+        over = size - self.small_frame
+        if over <= 0 and len(self.queue) < self._quiet_below and self.dirty:
+            self.queue.append(item)
+            return
+        self._enqueue_slowly(item, max(over, 0))
+
+    def _enqueue_slowly(self, item: QueueItem, over: int) -> None:
+        queue = self.queue
+        count = len(queue) + 1
+        # One frame always fits an empty queue, however big: a client that reads is never cut.
+        too_many_bytes = count * self.small_frame + self._bytes_over + over > self.bytes_limit
+        if count > self.queue_limit or (too_many_bytes and queue):
             if self.scope.cancel_called:  # already being closed: count its overflow once
                 return
-            self.hub.record_overflow(len(queue) + 1)
+            self.hub.record_overflow(count)
             self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
             return
         queue.append(item)
+        if over:
+            self._bytes_over += over
+            self._set_queue_limit(self.queue_limit)
         if len(queue) == self._flush.high_water and self.flush_tick is None:
             self._flush.queues_high()
         if not self.dirty:
             self._mark_dirty()
 
-    def enqueue_replay(self, items: list[StoredMessage]) -> None:
-        """Append replayed messages; they are bounded by history, not by the queue limit."""
+    def enqueue_replay(self, messages: Sequence[StoredMessage]) -> None:
+        """Append replayed messages; they are bounded by history, not by the queue limits."""
+        self._extend_unbounded([Replayed(message.frame) for message in messages])
+
+    def enqueue_answer(self, frames: Sequence[str]) -> None:
+        """Append the errors answering a hello; they are bounded by the hello (at most
+        ``limits.max_subscriptions`` and one), not by the queue limits."""
+        self._extend_unbounded(frames)
+
+    def _extend_unbounded(self, items: Sequence[QueueItem]) -> None:
+        # The queue limits apply to what arrives after these items.
         if items:
-            self.queue.extend([Replayed(message.frame) for message in items])
-            self._set_queue_limit(len(self.queue) + self.hub.config.limits.max_queue)
+            small = self.small_frame
+            for item in items:
+                size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
+                self._bytes_over += max(size - small, 0)
+            self.queue.extend(items)
+            limits = self.hub.config.limits
+            self.bytes_limit = len(self.queue) * small + self._bytes_over + limits.max_queue_bytes
+            self._set_queue_limit(len(self.queue) + limits.max_queue)
             if not self.dirty:
                 self._mark_dirty()
 
     def _set_queue_limit(self, limit: int) -> None:
-        # Below ``_quiet_below`` an append into a dirty queue can neither overflow nor reach
-        # high water: ``enqueue`` then only appends (it runs once per subscriber per publish).
+        # Below ``_quiet_below`` an append of a small frame into a dirty queue can neither
+        # overflow (items or bytes) nor reach high water: ``enqueue_message`` then only
+        # appends (it runs once per subscriber per publish).
         self.queue_limit = limit
-        self._quiet_below = min(limit, self._flush.high_water - 1)
+        room = (self.bytes_limit - self._bytes_over) // self.small_frame
+        self._quiet_below = min(limit, room, self._flush.high_water - 1)
 
     def _mark_dirty(self) -> None:
         self.dirty = True
@@ -303,7 +352,7 @@ class Connection:
                 self.abort(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
                 return None
             try:
-                event = parse_client_frame(raw)
+                event = parse_client_frame(raw, max_depth=limits.max_depth)
             except ProtocolError as error:
                 self.abort(CloseCode.BAD_HELLO, f"bad hello: {error.message}")
                 return None
@@ -368,11 +417,12 @@ class Connection:
                     return
                 wait = self.bucket.retry_after()
                 message = f"rate limit exceeded; retry in {wait:.3f} s"
-                self.enqueue(encode_error("rate_limited", message, _ref_of(raw)))
+                ref = _ref_of(raw, limits.max_depth)
+                self.enqueue(encode_error("rate_limited", message, ref))
                 continue
             self.strikes = 0
             try:
-                event = parse_client_frame(raw)
+                event = parse_client_frame(raw, max_depth=limits.max_depth)
             except ProtocolError as error:
                 stats.errors += 1
                 self.enqueue(encode_error(error.code, error.message, error.ref))
@@ -446,6 +496,7 @@ class Connection:
         assert stats is not None
         items, self.queue = self.queue, []
         metrics.record_queue_depth(len(items))
+        self.bytes_limit, self._bytes_over = hub.config.limits.max_queue_bytes, 0
         self._set_queue_limit(max_queue)
         self.dirty = False
         step = max_batch if self.batching else 1
@@ -489,10 +540,16 @@ class Connection:
         return True
 
 
-def _ref_of(raw: str) -> Any:
+def small_frame(max_queue_bytes: int, max_queue: int) -> int:
+    """The frame size, in characters, up to which a queued item needs no counting: at this
+    size a full queue of ``max_queue`` items holds ``max_queue_bytes`` at most."""
+    return max(1, max_queue_bytes // max_queue)
+
+
+def _ref_of(raw: str, max_depth: int) -> Any:
     """The ``ref`` of a frame that will not be served, so the client can tell which one."""
     try:
-        event = parse_client_frame(raw)
+        event = parse_client_frame(raw, max_depth=max_depth)
     except ProtocolError as error:
         return error.ref
     return getattr(event, "ref", NO_REF)

@@ -29,6 +29,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -83,7 +84,7 @@ from wshub.hub.access import (
     verify_for,
 )
 from wshub.hub.auth import TokenVerifier
-from wshub.hub.connection import Connection, Request
+from wshub.hub.connection import Connection, Request, small_frame
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
@@ -154,6 +155,7 @@ class Hub:
         self._subscribers: dict[str, set[Connection]] = {}
         self._pending: dict[tuple[str, str, str], trio.Event] = {}
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
+        self._small_frame = small_frame(config.limits.max_queue_bytes, config.limits.max_queue)
         self._overflows_at_last_flush = 0
         #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
         #: ``top_streams`` count from there (reports.stream_rows).
@@ -265,8 +267,12 @@ class Hub:
         """Fan a message out to this node's subscribers (the brokers call this, in order)."""
         subscribers = self._subscribers.get(message.stream)
         if subscribers:
-            for connection in subscribers:
-                connection.enqueue(message)
+            if len(message.frame) <= self._small_frame:  # measured once, not per subscriber
+                for connection in subscribers:
+                    connection.enqueue_message(message)
+            else:
+                for connection in subscribers:
+                    connection.enqueue(message)
 
     def lose(self, stream: str) -> None:
         """The broker cannot keep ``stream`` contiguous here: its subscribers resume.
@@ -425,8 +431,13 @@ class Hub:
         """
         client_id = connection.client_id
         assert client_id is not None and connection.identity is not None
-        positions: dict[str, Position | None] = {personal_stream(client_id): None}
-        positions.update(hello.subscribe)
+        # The personal stream first, then at most max_subscriptions of the hello's streams:
+        # the hello's answer (welcome, one error per refused stream, replays) stays bounded.
+        requested = dict(hello.subscribe)
+        personal = personal_stream(client_id)
+        positions = {personal: requested.pop(personal, None)}
+        limit = self.config.limits.max_subscriptions
+        positions.update(itertools.islice(requested.items(), limit))
         errors: list[str] = []
         wanted: dict[str, Position | None] = {}
         for stream, position in positions.items():
@@ -435,6 +446,15 @@ class Hub:
                 wanted[stream] = position
             else:
                 errors.append(encode_error("forbidden", refusal))
+        if len(requested) > limit:
+            errors.append(
+                encode_error(
+                    "limit_exceeded",
+                    f"hello.subscribe lists {len(requested)} streams, more than "
+                    f"limits.max_subscriptions ({limit}): the last {len(requested) - limit} "
+                    "were not subscribed",
+                )
+            )
         try:
             replays = await self._join(connection, wanted, errors)
         except BrokerUnavailable:
@@ -448,8 +468,7 @@ class Hub:
         statuses = {stream: _status(replay) for stream, replay in replays.items()}
         interval = self.config.heartbeat.interval
         connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
-        for error in errors:
-            connection.enqueue(error)
+        connection.enqueue_answer(errors)
         for replay in replays.values():
             connection.enqueue_replay(replay.messages)
         if self.draining:
@@ -486,6 +505,14 @@ class Hub:
         refusal = subscribe_refusal(connection.identity, stream)
         if refusal is not None:
             connection.enqueue(encode_error("forbidden", refusal))
+            return
+        limit = self.config.limits.max_subscriptions
+        if stream not in connection.subscriptions and _topics(connection) >= limit:
+            message = (
+                f"already subscribed to {limit} streams, the most "
+                "limits.max_subscriptions allows on one connection"
+            )
+            connection.enqueue(encode_error("limit_exceeded", message))
             return
         errors: list[str] = []
         try:
@@ -641,6 +668,12 @@ class Hub:
 def _check_id(id: object) -> None:
     if id is not None and (not isinstance(id, str) or not 1 <= len(id) <= 200):
         raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
+
+
+def _topics(connection: Connection) -> int:
+    """How many streams ``connection`` is subscribed to besides its personal stream."""
+    subscribed = connection.subscriptions
+    return len(subscribed) - (personal_stream(connection.client_id or "") in subscribed)
 
 
 def _status(replay: Replay) -> StreamStatus:

@@ -15,7 +15,14 @@ import attrs
 
 from wshub.core.errors import TransportClosed
 
-__all__ = ["RequestInfo", "Transport", "TransportClosed"]
+__all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "RequestInfo", "Transport", "TransportClosed"]
+
+#: Most a transport reads (and drops) after sending its close frame, while it waits for the
+#: peer's close: enough for a client to finish writing an oversized frame and then read why it
+#: was closed, rather than have its kernel drop the close frame on a reset.
+DISCARD_BYTES = 64 * 1024 * 1024
+#: Most seconds a transport spends after its close frame waiting for the peer's close.
+CLOSE_SECONDS = 2.0
 
 
 @attrs.frozen
@@ -68,7 +75,9 @@ class Transport(Protocol):
         ...
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code`` (idempotent; never raises TransportClosed)."""
+        """Close with ``code`` (idempotent; never raises TransportClosed). After the close
+        frame the transport keeps reading, discarding up to DISCARD_BYTES, until the peer's
+        close frame, so that the peer can read the code; the caller bounds the time."""
         ...
 
     async def abort(self) -> None:

@@ -28,7 +28,7 @@ from wshub.core.errors import TransportClosed, translate_errors
 from wshub.core.protocol import SUBPROTOCOL, CloseCode
 from wshub.hub.hooks import AuthenticateHook, OnPublishHook
 from wshub.hub.hub import Hub, open_hub
-from wshub.hub.transport import RequestInfo
+from wshub.hub.transport import DISCARD_BYTES, RequestInfo
 from wshub.servers.endpoints import handle_http
 from wshub.servers.http_messages import Message, Receive, Scope, Send, error_response
 
@@ -41,7 +41,10 @@ class ASGITransport:
     """The ``Transport`` of one accepted ASGI WebSocket.
 
     Once it raises TransportClosed it counts as closed, so ``close()`` never sends a close
-    frame on a dead connection (nor a reserved code such as 1006 on the wire).
+    frame on a dead connection (nor a reserved code such as 1006 on the wire). After its own
+    close frame it keeps receiving (and discarding) until hypercorn reports the peer's close:
+    returning earlier would make hypercorn close the socket under a peer still sending, and
+    the reset would throw away the close frame before the peer read it.
     """
 
     can_ping = False
@@ -57,6 +60,7 @@ class ASGITransport:
         self._subprotocol = subprotocol
         self._limit = max_message_bytes
         self._closed_with: int | None = None
+        self._disconnected = False  # the server said websocket.disconnect, or a call failed
 
     @property
     def subprotocol(self) -> str | None:
@@ -64,6 +68,7 @@ class ASGITransport:
         return self._subprotocol
 
     def _closed(self, code: int, reason: str = "") -> TransportClosed:
+        self._disconnected = True
         if self._closed_with is None:
             self._closed_with = code
         return TransportClosed(code, reason)
@@ -83,7 +88,7 @@ class ASGITransport:
             data: str | bytes = text if text is not None else message.get("bytes") or b""
             if self._too_big(data):
                 reason = f"message larger than limits.max_message_bytes ({self._limit} bytes)"
-                await self.close(CloseCode.MESSAGE_TOO_BIG, reason)
+                await self._send_close(CloseCode.MESSAGE_TOO_BIG, reason)
                 raise TransportClosed(CloseCode.MESSAGE_TOO_BIG, reason)
             return data
         if kind == "websocket.disconnect":
@@ -111,14 +116,32 @@ class ASGITransport:
         raise NotImplementedError("ASGI has no WebSocket ping frames")
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code``; idempotent, never raises TransportClosed."""
+        """Close with ``code``, then discard what the peer still sends (up to DISCARD_BYTES)
+        until its close; idempotent, never raises TransportClosed. The caller bounds the
+        time."""
+        await self._send_close(code, reason)
+        if self._disconnected:
+            return
+        discarded = 0
+        with contextlib.suppress(TransportClosed), translate_errors():
+            while discarded <= DISCARD_BYTES:
+                message = await self._receive()
+                if message["type"] != "websocket.receive":
+                    break
+                discarded += len(message.get("text") or message.get("bytes") or b"")
+        self._disconnected = True
+
+    async def _send_close(self, code: int, reason: str) -> None:
         if self._closed_with is not None:
             return
         self._closed_with = code
         # The close reason is limited to 123 bytes on the wire.
         reason = reason.encode()[:123].decode("utf-8", "ignore")
-        with contextlib.suppress(TransportClosed), translate_errors():
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            with translate_errors():
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except TransportClosed:
+            self._disconnected = True
 
     async def abort(self) -> None:
         """Close with 1006's meaning: hypercorn never cuts a frame (its writes are shielded),

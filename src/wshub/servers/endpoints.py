@@ -14,14 +14,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
-import orjson
 import trio
 from prometheus_client.exposition import choose_encoder
 
 from wshub.brokers.base import BrokerUnavailable
 from wshub.core.dedup import IdConflict
 from wshub.core.history import HistoryFull
-from wshub.core.protocol import ProtocolError, Publish, parse_client_frame
+from wshub.core.protocol import ProtocolError, parse_publish_body
 from wshub.hub.auth import Credential
 from wshub.hub.hub import Hub
 from wshub.servers.http_auth import monitoring_refusal, request_caller
@@ -91,20 +90,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def _parse_publish(body: bytes) -> Publish:
-    """The body as a ``publish`` frame, checked by the protocol's own rules."""
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ProtocolError("bad_request", f"invalid JSON: {error}") from None
-    if not isinstance(fields, dict):
-        raise ProtocolError("bad_request", "the body must be a JSON object")
-    fields["type"] = "publish"
-    event = parse_client_frame(orjson.dumps(fields))
-    assert isinstance(event, Publish)
-    return event
-
-
 async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
     config = hub.config
     if config.admin.api_key is None and hub.tokens is None:
@@ -125,7 +110,7 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
     if body is None:
         return too_large
     try:
-        event = _parse_publish(body)
+        event = parse_publish_body(body, max_depth=config.limits.max_depth)
         if isinstance(caller, Credential):
             if not caller.rights.may_publish(event.stream):
                 return error_response(

@@ -1,41 +1,64 @@
-"""The embedded server: the hub served over trio-websocket."""
+"""The embedded server: the hub served over trio-websocket, on sockets it owns.
+
+Theory of operation:
+- Each accepted TCP stream is handed to trio-websocket with ``wrap_server_stream`` inside a
+  nursery of the connection's own, so that whatever trio-websocket's reader task raises ends
+  that connection only (a peer racing a closing handshake with an oversized frame makes
+  trio-websocket's reader raise wsproto's LocalProtocolError).
+- trio-websocket sees the socket through a ``ClosingStream`` (``closing.py``): once the
+  connection has ended, the handler writes the close frame trio-websocket did not write (1002,
+  1007) and closes the socket with a lingering close, so the peer reads the close code.
+- Connection tasks run in the hub's nursery, so they end no later than the hub.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 
+import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
-from trio_websocket import serve_websocket as _trio_serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from wshub.core.errors import TransportClosed, translate_errors
 from wshub.core.protocol import SUBPROTOCOL
 from wshub.hub.hub import Hub
 from wshub.hub.transport import RequestInfo
+from wshub.servers.closing import ClosingStream, close_frame
 
-__all__ = ["TrioWebSocketTransport", "serve_websocket"]
+__all__ = ["EmbeddedServer", "TrioWebSocketTransport", "serve_websocket"]
 
+#: How long a new TCP connection has to complete the WebSocket upgrade (trio-websocket's own
+#: default).
+UPGRADE_TIMEOUT = 60.0
 
 # What the direct write in ``TrioWebSocketTransport.send`` uses of trio-websocket's
 # internals (0.12). Without any of them, every frame goes through ``send_message``.
-_INTERNALS = ("_stream", "_stream_lock", "_wsproto", "_close_reason", "_abort_web_socket")
+_INTERNALS = ("_stream_lock", "_wsproto", "_close_reason", "_abort_web_socket")
 
 
 class TrioWebSocketTransport:
-    """The ``Transport`` of one trio-websocket connection."""
+    """The ``Transport`` of one trio-websocket connection over a ``ClosingStream``."""
 
     can_ping = True
     peer_close_codes = True
 
-    def __init__(self, websocket: WebSocketConnection) -> None:
+    def __init__(self, websocket: WebSocketConnection, stream: ClosingStream) -> None:
         self._websocket = websocket
-        stream = getattr(websocket, "_stream", None)
-        direct = isinstance(stream, trio.SocketStream) and all(
+        self._stream = stream
+        self._closed_with: tuple[int, str] | None = None
+        direct = isinstance(stream.stream, trio.SocketStream) and all(
             hasattr(websocket, name) for name in _INTERNALS
         )
         # Plain TCP (not TLS): frames can be written straight to the socket (see ``send``).
-        self.direct_socket = stream.socket if direct else None  # type: ignore[union-attr]
+        self.direct_socket = stream.stream.socket if direct else None
 
     @property
     def subprotocol(self) -> str | None:
@@ -82,7 +105,7 @@ class TrioWebSocketTransport:
         websocket = self._websocket
         with translate_errors():
             try:
-                await websocket._stream.send_all(rest)
+                await self._stream.stream.send_all(rest)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await websocket._abort_web_socket()
                 raise ConnectionClosed(websocket._close_reason) from None
@@ -93,21 +116,42 @@ class TrioWebSocketTransport:
             await self._websocket.ping()
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code``; idempotent."""
+        """Close with ``code``; idempotent. trio-websocket reads on until the peer's close
+        frame (the caller bounds the wait); the server's lingering close does the rest."""
+        if self._closed_with is None:
+            self._closed_with = (code, reason)
         if 1004 <= code <= 1006 or code == 1015:  # reserved: never sent on the wire
             code = 1000
         await self._websocket.aclose(code, reason[:120] or None)
 
     async def abort(self) -> None:
         """Close the TCP stream under the WebSocket, writing nothing more."""
-        # trio-websocket has no public way to drop a connection without the closing
-        # handshake; its own error path uses this method. Kept here, in the adapter.
-        await self._websocket._close_stream()
+        await self._stream.abort()
+
+    def unsent_close_frame(self) -> bytes | None:
+        """The close frame the hub closed with, for the server to write when trio-websocket
+        did not (after a frame wsproto could not parse, it closes without one)."""
+        if self._closed_with is None:
+            return None
+        return close_frame(*self._closed_with)
 
 
-def _remote(request: WebSocketRequest) -> str:
-    remote = request.remote  # getpeername(): raises OSError once the peer has reset
-    return remote if isinstance(remote, str) else f"{remote.address}:{remote.port}"
+@attrs.frozen
+class EmbeddedServer:
+    """What ``serve_websocket`` reports once it listens."""
+
+    listeners: tuple[trio.SocketListener, ...]
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after asking for port 0)."""
+        port: int = self.listeners[0].socket.getsockname()[1]
+        return port
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    host, port = stream.socket.getpeername()[:2]  # raises OSError once the peer has reset
+    return f"{host}:{port}"
 
 
 def _request_info(request: WebSocketRequest, remote: str) -> RequestInfo:
@@ -122,12 +166,53 @@ def _request_info(request: WebSocketRequest, remote: str) -> RequestInfo:
     )
 
 
+async def _serve_upgrade(hub: Hub, nursery: trio.Nursery, stream: ClosingStream) -> bytes | None:
+    """The upgrade, then the hub's connection; returns the close frame still to write."""
+    with trio.move_on_after(UPGRADE_TIMEOUT):
+        request = await wrap_server_stream(
+            nursery, stream, max_message_size=hub.config.limits.max_message_bytes
+        )
+        with translate_errors():
+            if request.path.split("?", 1)[0] != hub.config.server.path:
+                await request.reject(404, body=b"not found")
+                return None
+            offered = request.proposed_subprotocols
+            websocket = await request.accept(
+                subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
+            )
+        remote = _remote(stream.stream)
+        transport = TrioWebSocketTransport(websocket, stream)
+        # Built in the call, so that no local variable keeps the headers for the connection's
+        # lifetime: the connection drops them after the hello.
+        await hub.serve_connection(transport, _request_info(request, remote))
+        return transport.unsent_close_frame()
+    return None  # no upgrade in time
+
+
+async def _serve_stream(hub: Hub, socket_stream: trio.SocketStream) -> None:
+    # This runs in the hub's nursery: a peer must end only its own handler, never the hub.
+    stream = ClosingStream(socket_stream)
+    frame = None
+    try:
+        async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+            frame = await _serve_upgrade(hub, nursery, stream)
+            nursery.cancel_scope.cancel()
+    except* (TransportClosed, OSError):
+        pass  # reset mid-upgrade; getpeername() -> ENOTCONN
+    except* LocalProtocolError:
+        # trio-websocket's reader, closing, met an oversized frame and tried to send 1009
+        # in a state where wsproto allows no second close frame: the connection is over.
+        pass
+    finally:
+        await stream.close_lingering(frame)
+
+
 async def serve_websocket(
     hub: Hub,
     host: str | None,
     port: int,
     *,
-    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[EmbeddedServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``hub`` on ``host:port`` at ``hub.config.server.path`` until cancelled.
 
@@ -135,36 +220,14 @@ async def serve_websocket(
     is the bound port (useful with port 0). Connections run in the hub's nursery, so they end
     no later than the hub, and are drained by its shutdown. Other paths are refused with 404.
     """
-    path = hub.config.server.path
+    listeners = await trio.open_tcp_listeners(port, host=host)
 
-    async def handle(request: WebSocketRequest) -> None:
-        # This runs in the hub's nursery: a peer that leaves during the upgrade must end
-        # only its own handler, never the hub.
-        try:
-            with translate_errors():
-                if request.path.split("?", 1)[0] != path:
-                    await request.reject(404, body=b"not found")
-                    return
-                offered = request.proposed_subprotocols
-                websocket = await request.accept(
-                    subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
-                )
-                remote = _remote(request)
-        except (TransportClosed, OSError):  # reset mid-upgrade; getpeername() -> ENOTCONN
-            return
-        # Built in the call, so that no local variable keeps the headers for the connection's
-        # lifetime: the connection drops them after the hello.
-        await hub.serve_connection(
-            TrioWebSocketTransport(websocket), _request_info(request, remote)
+    async def handle(stream: trio.SocketStream) -> None:
+        await _serve_stream(hub, stream)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(trio.serve_listeners, handle, listeners, handler_nursery=hub.nursery)
         )
-
-    hub.served_by("trio-websocket")
-    await _trio_serve_websocket(
-        handle,
-        host,
-        port,
-        None,
-        handler_nursery=hub.nursery,
-        max_message_size=hub.config.limits.max_message_bytes,
-        task_status=task_status,
-    )
+        hub.served_by("trio-websocket")
+        task_status.started(EmbeddedServer(tuple(listeners)))

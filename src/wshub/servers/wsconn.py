@@ -33,15 +33,12 @@ from wsproto.utilities import LocalProtocolError
 
 from wshub.core.errors import TransportClosed
 from wshub.core.protocol import CloseCode
+from wshub.hub.transport import CLOSE_SECONDS, DISCARD_BYTES
 
 __all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "READ_SIZE", "FastWebSocket"]
 
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
-#: At most this many bytes are read and dropped while waiting for the peer's close frame.
-DISCARD_BYTES = 64 * 1024 * 1024
-#: At most this many seconds are spent waiting for the peer's close frame.
-CLOSE_SECONDS = 2.0
 
 _ABNORMAL = 1006
 
