@@ -7,13 +7,9 @@ Theory of operation:
 - The broker hands every message to ``deliver`` (this node's fan-out), per stream in offset
   order: the frame encoded once is appended to every subscriber's queue without awaiting. With
   the memory broker a publish is synchronous from de-duplication to fan-out.
-- Subscribing (in ``hello`` or ``subscribe``) prepares every stream with the broker (the I/O),
-  then joins them and queues the answer and the replays in one synchronous step, before any
-  live message: nothing is lost or repeated between replay and live.
-- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``; the
-  same id with other content is a conflict. A client publish that waits on the
-  ``on_publish`` hook is marked pending, so an identical publish arriving meanwhile waits for
-  it and gets the same answer.
+- Subscribing, and the fan-out itself, live in ``subscriptions.py``; a client's publish in
+  ``client_publishing.py``. Publishes are de-duplicated per (stream, publisher, message id)
+  within ``dedup.window``; the same id with other content is a conflict.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded server, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
@@ -44,13 +40,12 @@ import trio
 from wshub.brokers.base import (
     Broker,
     BrokerUnavailable,
-    publish_key,
 )
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
-from wshub.core.dedup import Deduplicator, IdConflict, message_id
+from wshub.core.dedup import Deduplicator, message_id
 from wshub.core.events import PublishResult
 from wshub.core.history import HistoryFull, HistoryStore
 from wshub.core.logcontext import log_context
@@ -61,9 +56,6 @@ from wshub.core.protocol import (
     Publish,
     Refresh,
     Subscribe,
-    encode_error,
-    encode_published,
-    encode_refreshed,
     encode_unsubscribed,
     encode_welcome,
     personal_stream,
@@ -72,22 +64,16 @@ from wshub.core.protocol import (
 from wshub.hub.access import (
     SYS_METRICS,
     authenticate,
-    identity_of,
-    publish_refusal,
-    subscribe_refusal,
-    verify_for,
+    refresh_credential,
 )
 from wshub.hub.auth import TokenVerifier
+from wshub.hub.client_publishing import ClientPublishing
 from wshub.hub.connection import Connection, Request
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
-    AuthenticationError,
-    HookUnavailable,
     Identity,
     OnPublishHook,
-    PublishRejected,
-    call_guarded,
 )
 from wshub.hub.lifetime import Lifetime, every
 from wshub.hub.reports import StatusLog, health_report, stats_report
@@ -147,10 +133,17 @@ class Hub:
         self._on_publish = on_publish
         self._connections = self.lifetime.connections
         self._registered = 0
+        self.client_publishing = ClientPublishing(
+            config,
+            broker=self.broker,
+            breakers=self.breakers,
+            metrics=self.metrics,
+            on_publish=on_publish,
+            count=self._count,
+        )
         self.subscriptions = Subscriptions(
             config, local=self.local, broker=self.broker, metrics=self.metrics
         )
-        self._pending: dict[tuple[str, str, str], trio.Event] = {}
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
         self._overflows_at_last_flush = 0
         #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
@@ -294,85 +287,11 @@ class Hub:
 
     async def publish_from_client(self, connection: Connection, event: Publish) -> str:
         """Publish for a client; returns the frame to answer with (published or error)."""
-        identity = connection.identity
-        assert identity is not None and connection.client_id is not None
-        refusal = publish_refusal(identity, event.stream, self.config)
-        if refusal is not None:
-            return encode_error("forbidden", refusal, event.ref)
-        client_id = connection.client_id
-        broker = self.broker
-        try:
-            key = publish_key(event.stream, event.data, event.id, content_ids=broker.content_ids)
-        except ValueError as error:
-            return encode_error("bad_request", f"publish.data cannot be hashed: {error}", event.ref)
-        pending_key = (event.stream, client_id, key.id)
-        while (pending := self._pending.get(pending_key)) is not None:
-            await pending.wait()  # an identical publish is being stored: share its answer
-        data = event.data
-        try:
-            if self._on_publish is not None:
-                # A repeat is answered before the hook runs again; a conflict is refused.
-                duplicate = await broker.find_duplicate(event.stream, publisher=client_id, key=key)
-                if duplicate is not None:
-                    self._count(duplicate)
-                    return encode_published(event.ref, event.stream, duplicate.offset, key.id, True)
-                done = self._pending[pending_key] = trio.Event()
-                try:
-                    with log_context(stream=event.stream):  # the hook's own records say which
-                        data = await call_guarded(
-                            "on_publish",
-                            self._on_publish,
-                            client_id,
-                            event.stream,
-                            data,
-                            breakers=self.breakers,
-                            config=self.config.breaker,
-                            metrics=self.metrics,
-                        )
-                finally:
-                    del self._pending[pending_key]
-                    done.set()
-            result = await broker.publish(
-                event.stream, data, publisher=client_id, id=event.id, key=key
-            )
-        except PublishRejected as error:
-            return encode_error("forbidden", str(error) or "publish rejected", event.ref)
-        except HookUnavailable:
-            return encode_error("unavailable", "publishing is unavailable; retry later", event.ref)
-        except IdConflict as error:
-            return encode_error("conflict", str(error), event.ref)
-        except (BrokerUnavailable, HistoryFull) as error:
-            return encode_error("unavailable", str(error), event.ref)
-        except ValueError as error:
-            return encode_error("bad_request", str(error), event.ref)
-        self._count(result)
-        return encode_published(event.ref, event.stream, result.offset, result.id, result.duplicate)
+        return await self.client_publishing.publish(connection, event)
 
     def refresh(self, connection: Connection, token: str) -> None:
-        """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008.
-
-        The new token must verify and carry the connection's client id; its rights replace the
-        old ones, and streams they no longer allow are left (``unsubscribed`` names each).
-        """
-        identity = connection.identity
-        assert identity is not None
-        if self.tokens is None or identity.deadline is None:
-            connection.enqueue(
-                encode_error("bad_request", "this connection's credential has no expiry to refresh")
-            )
-            return
-        try:
-            credential = verify_for(self.tokens, token, identity.client_id)
-        except AuthenticationError as error:
-            connection.abort(CloseCode.POLICY_VIOLATION, f"refresh refused: {error}")
-            return
-        renewed = identity_of(credential)
-        connection.renew(renewed)
-        for stream in sorted(connection.subscriptions):
-            if subscribe_refusal(renewed, stream) is not None:
-                self.subscriptions.unsubscribe(connection, stream)
-                connection.enqueue(encode_unsubscribed(stream))
-        connection.enqueue(encode_refreshed(credential.expires))
+        """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008."""
+        refresh_credential(connection, token, self.tokens, leave=self.subscriptions.unsubscribe)
 
     # ------------------------------------------------------------------ connections
 
