@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 from typing import Any
 
@@ -71,10 +72,23 @@ class RawWebSocket:
 
     @classmethod
     async def connect(
-        cls, port: int, path: str = "/ws", *, subprotocols: tuple[str, ...] = ("wshub.v1",)
+        cls,
+        port: int,
+        path: str = "/ws",
+        *,
+        subprotocols: tuple[str, ...] = ("wshub.v1",),
+        receive_buffer: int | None = None,
     ) -> RawWebSocket:
-        """Connect to 127.0.0.1:``port`` and complete the opening handshake."""
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        """Connect to 127.0.0.1:``port`` and complete the opening handshake.
+
+        ``receive_buffer`` sets SO_RCVBUF before connecting, so that the advertised window
+        stays small: a client that then stops reading fills it after a few kilobytes.
+        """
+        sock = trio.socket.socket()
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
         client = cls(stream)
         request = Request(host=f"127.0.0.1:{port}", target=path, subprotocols=list(subprotocols))
         await stream.send_all(client.ws.send(request))

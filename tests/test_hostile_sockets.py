@@ -84,9 +84,11 @@ async def port(served_by: str | Server) -> AsyncIterator[int]:
         yield bound
 
 
-async def welcomed(port: int, client_id: str) -> RawWebSocket:
+async def welcomed(
+    port: int, client_id: str, subscribe: dict[str, Any] | None = None
+) -> RawWebSocket:
     client = await RawWebSocket.connect(port)
-    await client.send_json({"type": "hello", "client_id": client_id})
+    await client.send_json({"type": "hello", "client_id": client_id, "subscribe": subscribe or {}})
     welcome = await client.receive()
     assert welcome is not None and welcome["type"] == "welcome", welcome
     return client
@@ -176,6 +178,100 @@ async def test_an_oversized_frame_during_the_closing_handshake_hurts_nobody(port
                 pass
         await client.aclose()
         await still_served(port)
+
+
+# --------------------------------------------------------------------------- frozen clients
+
+
+@pytest.mark.parametrize("kind", ["embedded", "fast"])
+async def test_a_frozen_client_is_cut_alone_while_ten_readers_keep_pace(kind: str) -> None:
+    # One client stops reading on a 4 KiB receive window while ten read: the hub publishes
+    # 400 messages of 4 KB at about 400 a second with queues of 60. A tick that waited on the
+    # frozen writer (0.25 s) would let 100 messages pile up for every reader.
+    cfg = HubConfig.development().merged(
+        {"limits": {"write_delay": 0.003, "max_queue": 60}, "metrics": {"log": False}}
+    )
+    serve_function = serve_fast if kind == "fast" else serve_websocket
+    count = 400
+    with trio.fail_after(60):
+        async with open_hub(cfg) as hub, trio.open_nursery() as nursery:
+            server = await nursery.start(serve_function, hub, "127.0.0.1", 0)
+            frozen = await RawWebSocket.connect(server.port, receive_buffer=4096)
+            hello = {"type": "hello", "client_id": "frozen", "subscribe": {"news": None}}
+            await frozen.send_json(hello)
+            assert (await frozen.receive() or {}).get("type") == "welcome"  # then no more reads
+            readers = []
+            for n in range(10):
+                reader = await RawWebSocket.connect(server.port)
+                hello = {"type": "hello", "client_id": f"r{n}", "subscribe": {"news": None}}
+                await reader.send_json(hello)
+                assert (await reader.receive() or {}).get("type") == "welcome"
+                readers.append(reader)
+
+            async def read(reader: RawWebSocket) -> None:
+                for expected in range(count):
+                    message = await reader.receive()
+                    assert message is not None, reader.close_code
+                    assert message["data"]["n"] == expected
+
+            async with trio.open_nursery() as reading:
+                for reader in readers:
+                    reading.start_soon(read, reader)
+                for n in range(count):
+                    await hub.publish("news", {"n": n, "pad": "x" * 4000})
+                    await trio.sleep(0.0025)
+            assert hub.metrics.queue_overflows == 1
+            assert hub.metrics.disconnects.get(4002) == 1
+            assert hub.connection_count == 10
+            for reader in readers:
+                await reader.aclose()
+            await frozen.aclose()
+            nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- drain on cancel
+
+
+@pytest.mark.parametrize("kind", ["embedded", "fast"])
+async def test_cancelling_around_open_hub_drains_fifty_real_clients(kind: str) -> None:
+    # 500 messages queued to each of 50 clients, then the scope around open_hub is cancelled:
+    # each client reads all 500, then 1001, answers it, and sees the server close TCP (EOF),
+    # not a reset.
+    cfg = HubConfig.development().merged(
+        {
+            "limits": {"write_delay": 0.003, "max_queue": 1000},
+            "shutdown": {"grace": 10.0},
+            "metrics": {"log": False},
+        }
+    )
+    serve_function = serve_fast if kind == "fast" else serve_websocket
+    outcomes: list[tuple[list[int], int, str, bytes]] = []
+
+    async def read(client: RawWebSocket) -> None:
+        numbers = []
+        while (message := await client.receive()) is not None:
+            numbers.append(message["data"])
+        with trio.move_on_after(5):  # after our answer to its close, the server closes TCP
+            rest = await client.stream.receive_some(65536)
+        outcomes.append((numbers, client.close_code or 0, client.close_reason, rest))
+        await client.aclose()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as readers:
+            with trio.CancelScope() as scope:
+                async with open_hub(cfg) as hub, trio.open_nursery() as nursery:
+                    server = await nursery.start(serve_function, hub, "127.0.0.1", 0)
+                    for n in range(50):
+                        client = await welcomed(server.port, f"c{n}", {"news": None})
+                        readers.start_soon(read, client)
+                    for n in range(500):
+                        await hub.publish("news", n)
+                    scope.cancel()
+                    await trio.sleep_forever()
+    assert len(outcomes) == 50
+    for numbers, code, reason, rest in outcomes:
+        assert numbers == list(range(500))
+        assert (code, reason, rest) == (1001, "the server is shutting down", b"")
 
 
 # --------------------------------------------------------------------------- deep nesting

@@ -9,7 +9,7 @@ runs on Trio's clock, so tests can use ``trio.testing.MockClock`` (pytest-trio's
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +43,7 @@ class MemoryTransport:
         self.subprotocol = subprotocol
         self.can_ping = can_ping  # False behaves like ASGI: no ping frames
         self.peer_close_codes = True
+        self.on_blocked: Callable[[], object] | None = None
 
     async def receive(self) -> str | bytes:
         """The client's next frame; raises TransportClosed once the client closed."""
@@ -53,8 +54,16 @@ class MemoryTransport:
 
     async def send(self, text: str) -> None:
         """Deliver one frame to the client (waits while its buffer is full)."""
+        channel = self._client._to_client_send
         try:
-            await self._client._to_client_send.send(text)
+            try:
+                channel.send_nowait(text)
+            except trio.WouldBlock:
+                if self.on_blocked is not None:
+                    self.on_blocked()  # the client is not reading: its buffer is full
+                await channel.send(text)
+            else:
+                await trio.lowlevel.checkpoint()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportClosed(self._client.close_code or 1006) from None
 

@@ -117,7 +117,7 @@ class ConnectionHost(Protocol):
         ...
 
     def unregister(self, connection: Connection) -> None:
-        """Forget a connection that has ended, and count how it ended."""
+        """Forget a connection that is ending (idempotent), and count how it ended."""
         ...
 
     async def handle_request(self, connection: Connection, request: Request) -> None:
@@ -164,6 +164,8 @@ class Connection:
         self.writer_alive = False
         self.flush_tick: int | None = None  # the hub tick this writer was released by
         self.cut = False  # a frame was interrupted: close without a close frame
+        self.unregistered = False  # the hub has forgotten this connection
+        transport.on_blocked = self._waiting_for_peer
         self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
         self.strikes = 0
 
@@ -315,6 +317,12 @@ class Connection:
                                 )
                     except Exception as error:
                         self._stop_for(error)
+                    finally:
+                        # The hub forgets the connection as soon as it is decided to end, not
+                        # when its writer is done: a writer stuck in a send nothing can cancel
+                        # (hypercorn shields its writes) must not keep its subscriptions, its
+                        # queue or its connection slot.
+                        hub.unregister(self)
         except BaseException:  # re-raised; only chooses the close code
             # ``abort`` cancels ``self.scope``, which catches it: what escapes stopped this
             # connection from outside, e.g. hypercorn's deadline when nobody drained the hub.
@@ -464,6 +472,14 @@ class Connection:
         finally:
             self.writer_alive = False
             self._flushed()
+
+    def _waiting_for_peer(self) -> None:
+        # The transport waits for the peer to read: the tick stops waiting for this writer,
+        # and no tick counts it until its flush is over (0 is no tick's number). A tick
+        # never waits on a socket that is not draining, whatever the number of writers.
+        tick, self.flush_tick = self.flush_tick, 0
+        if tick:
+            self._flush.writer_flushed(tick)
 
     def _flushed(self) -> None:
         # Tell the hub's tick this writer has sent what the tick released it for.

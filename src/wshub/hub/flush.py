@@ -4,9 +4,16 @@ Theory of operation:
 - A connection whose queue goes from empty to non-empty is marked dirty (``mark_dirty``). The
   tick takes every dirty connection at once and wakes its writer; each writer sends its whole
   queue, in frames of up to ``limits.max_batch`` messages.
-- The tick waits until all but 2% of the writers it released are done (``writer_flushed``),
-  so writers stuck on slow clients never hold the others up; a time limit backs that up for
-  small fan-outs, and a writer still busy from an earlier tick is not waited for again.
+- The tick waits until all but 2% of the writers it released are done (``writer_flushed``).
+  A writer whose transport has to wait for its peer (the socket is full: the client is not
+  reading) reports done at that moment, so no tick ever waits on a socket that is not
+  draining, whatever the number of writers; and a writer still busy from an earlier tick is
+  not counted again. Where a transport cannot tell (ASGI), the idle rule decides: once no
+  released writer has finished for ``idle`` seconds (ten times ``write_delay``, at least
+  50 ms: under hypercorn a healthy flush of a thousand writers has shorter gaps)
+  the rest are waiting on their peers, and the tick stops waiting. What the tick waits for
+  is the writers' own work, never a peer; the time limit (``max(0.25, 50 * write_delay)``)
+  only bounds that work.
 - Then the publishers run alone for ``write_delay``, or up to ``flush_pause_ratio`` times as
   long as the flush took if that is longer, while queues fill into bigger batches: under a
   heavy fan-out publishers and writers share the time, and batches grow with the load.
@@ -58,8 +65,13 @@ class FlushTick:
         self._dirty_event = trio.Event()
         self._tick = 0  # ticks so far
         self._flushing = 0  # writers released by this tick that have not finished
+        self._last_finished_at = 0.0  # when a released writer last reported (the idle rule)
+        #: No writer finishing for this long: the rest wait on their peers (the idle rule).
+        self.idle = max(0.05, 10 * limits.write_delay)
         self._stragglers = 0  # how many of them the tick does not wait for
         self._flushed = trio.Event()
+        self._finished = trio.Event()  # a released writer reported since the tick last looked
+        self._reported = 0  # writers released by this tick that have reported
         self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
 
     def mark_dirty(self, connection: Writer) -> None:
@@ -74,6 +86,9 @@ class FlushTick:
     def writer_flushed(self, tick: int) -> None:
         """A writer released by tick ``tick`` has sent its queue."""
         if tick == self._tick:
+            self._last_finished_at = trio.current_time()
+            self._reported += 1
+            self._finished.set()
             self._flushing -= 1
             if self._flushing <= self._stragglers:
                 self._flushed.set()
@@ -87,7 +102,7 @@ class FlushTick:
             self._dirty_event = trio.Event()
             dirty, self._dirty = self._dirty, []
             self._tick += 1
-            self._flushing = 0
+            self._flushing = self._reported = 0
             self._flushed = trio.Event()
             # Made before the flush, so a queue reaching high water during it counts too.
             self._queues_high = trio.Event()
@@ -98,16 +113,38 @@ class FlushTick:
                 connection.wake_writer()
             self._stragglers = self._flushing // 50
             started = trio.current_time()
+            flushed_at = started
             if self._flushing:
-                with trio.move_on_after(wait_limit):
-                    await self._flushed.wait()
+                flushed_at = await self._wait_for_writers(started, wait_limit)
             if delay:
-                flush_time = trio.current_time() - started
+                flush_time = flushed_at - started
                 with trio.move_on_after(delay):
                     await self._queues_high.wait()
                 longer = flush_time * self.pause_ratio - delay
                 if longer > 0 and not self._queues_high.is_set():
                     await self._pause(longer)
+
+    async def _wait_for_writers(self, started: float, limit: float) -> float:
+        # Until the flush is done, for at most ``limit``, and only while writers keep
+        # finishing: ``idle`` seconds since the last one finished means the rest wait on
+        # peers that do not read. Returns when the flush ended; after an idle gap, when the
+        # last writer finished (a wait on a peer is no work of the flush, so the pause after
+        # it must not grow with it).
+        # The idle rule starts only once a writer has finished: before that every released
+        # writer may still be at its own work (a flush of many writers that each yield before
+        # reporting takes longer than ``idle`` with no peer involved), and the limit bounds it.
+        with trio.move_on_at(started + limit):
+            while not self._flushed.is_set():
+                if not self._reported:
+                    self._finished = trio.Event()
+                    await self._finished.wait()
+                    continue
+                last = max(started, self._last_finished_at)
+                with trio.move_on_at(last + self.idle):
+                    await self._flushed.wait()
+                if self._last_finished_at <= last and not self._flushed.is_set():
+                    return last
+        return trio.current_time()
 
     async def _pause(self, seconds: float) -> None:
         # The publishers' pause past write_delay: it ends after ``seconds``, at the valve, or

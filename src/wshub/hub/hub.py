@@ -11,9 +11,9 @@ Theory of operation:
   ``client_publishing.py``. Publishes are de-duplicated per (stream, publisher, message id)
   within ``dedup.window``; the same id with other content is a conflict.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
-  for the embedded server, every connection. Leaving it drains connections (1001 after their
+  for the embedded servers, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
-  more, then cancels.
+  more, then cancels. The nursery sits behind a shield, so a cancelled caller drains too.
 - Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
   hub implements; the reports read it through ``ReportSource`` (``reports.py``).
 - With ``[auth]``, a hello's token is verified once (``auth.py``) and its expiry becomes the
@@ -346,7 +346,15 @@ class Hub:
         return True
 
     def unregister(self, connection: Connection) -> None:
-        """Forget a connection that has ended, and count how it ended."""
+        """Forget a connection that is ending, drop its queue, and count how it ended.
+
+        Idempotent: called once the connection is decided to end, and again when its task
+        is over.
+        """
+        if connection.unregistered:
+            return
+        connection.unregistered = True
+        connection.queue.clear()
         self._connections.discard(connection)
         self.subscriptions.leave_all(connection)
         stats = connection.stats
@@ -467,7 +475,8 @@ async def open_hub(
             await brokers.enter_async_context(hub.local.open(hub.subscriptions))
             if hub.broker is not hub.local:
                 await brokers.enter_async_context(hub.broker.open(hub.subscriptions))
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as outer:
+                nursery, shield = await outer.start(_shielded_nursery)
                 hub.lifetime.nursery = nursery
                 nursery.start_soon(hub.flush.run)
                 nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
@@ -477,4 +486,17 @@ async def open_hub(
                 finally:
                     with trio.CancelScope(shield=True):
                         await hub.drain()
-                    nursery.cancel_scope.cancel()
+                    shield.cancel()
+
+
+async def _shielded_nursery(
+    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]]
+) -> None:
+    """The hub's nursery, behind a shield: cancelling the caller's scope cancels the body of
+    ``open_hub`` (which then drains), not the connections, writers and flush tick the drain
+    needs to flush every queue and finish every closing handshake. ``open_hub`` cancels the
+    shield itself once the drain is over."""
+    with trio.CancelScope(shield=True) as shield:
+        async with trio.open_nursery() as nursery:
+            task_status.started((nursery, shield))
+            await trio.sleep_forever()

@@ -9,6 +9,7 @@ exception type.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -45,6 +46,12 @@ class RequestInfo:
 
 class Transport(Protocol):
     """One accepted WebSocket, as the hub's connection code uses it."""
+
+    on_blocked: Callable[[], object] | None
+    """Set by the connection; ``send`` calls it just before it waits for the peer to take
+    data (its socket or buffer is full), so that the hub's flush tick never waits for a peer
+    that is not reading. A transport that cannot tell (ASGI) never calls it: the tick's idle
+    rule then stops waiting for it after ``FlushTick.idle`` seconds."""
 
     @property
     def subprotocol(self) -> str | None:

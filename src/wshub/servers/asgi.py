@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 
 import sniffio
 
@@ -60,6 +61,9 @@ class ASGITransport:
         self._subprotocol = subprotocol
         self._limit = max_message_bytes
         self._closed_with: int | None = None
+        # Never called: ASGI cannot tell whether hypercorn's send waits on the peer. The flush
+        # tick's idle rule covers it (a writer that finishes nothing is not waited for).
+        self.on_blocked: Callable[[], object] | None = None
         self._disconnected = False  # the server said websocket.disconnect, or a call failed
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -54,6 +55,7 @@ class TrioWebSocketTransport:
         self._websocket = websocket
         self._stream = stream
         self._closed_with: tuple[int, str] | None = None
+        self.on_blocked: Callable[[], object] | None = None
         direct = isinstance(stream.stream, trio.SocketStream) and all(
             hasattr(websocket, name) for name in _INTERNALS
         )
@@ -96,6 +98,8 @@ class TrioWebSocketTransport:
             except OSError:  # full (BlockingIOError), broken or closed: send_all waits or raises
                 sent = 0
             if sent < len(data):
+                if self.on_blocked is not None:
+                    self.on_blocked()  # the socket is full: the rest waits for the peer
                 await self._send_rest(memoryview(data)[sent:])
         finally:
             lock.release()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+from collections.abc import Callable
 
 import trio
 from wsproto.connection import Connection, ConnectionState
@@ -76,6 +77,7 @@ class FastWebSocket:
         self._pings = 0
         self._pong = False
         self._closed: TransportClosed | None = None  # once set, receive/ping raise it
+        self.on_blocked: Callable[[], object] | None = None
         self._close_sent = False
         self._peer_closed = False
         self._torn = False  # a write stopped mid-frame: write nothing more
@@ -102,6 +104,9 @@ class FastWebSocket:
             raise TransportClosed(_ABNORMAL, "the connection was cut")
         lock = self._write_lock
         if lock.locked():
+            # Another frame is unfinished: the socket is full, this one waits for the peer.
+            if self.on_blocked is not None:
+                self.on_blocked()
             async with lock:
                 await self._write_locked(data)
             return
@@ -114,6 +119,8 @@ class FastWebSocket:
             self._torn = True
             raise TransportClosed(_ABNORMAL, str(error)) from None
         if sent < len(data):
+            if self.on_blocked is not None:
+                self.on_blocked()  # the socket is full: the rest waits for the peer
             # Taken without a checkpoint: part of the frame is on the wire already, so no
             # cancellation may come between that and the rest being sent under the lock.
             lock.acquire_nowait()
