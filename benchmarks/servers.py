@@ -255,7 +255,7 @@ async def _serve_wshub_hypercorn(lifetime: float) -> None:
     import trio
     from hypercorn.trio import serve
 
-    from wshub.cli import hypercorn_config
+    from wshub.cli_serve import hypercorn_config
     from wshub.servers.asgi import create_app
 
     config = _wshub_config()

@@ -1,9 +1,9 @@
 """A hub for the dashboard test whose ``authenticate`` hook fails on demand.
 
 Run as ``python tests/dashboard_server.py``: it serves ``wshub.asgi.create_app(config,
-authenticate=...)`` with hypercorn's trio worker through ``wshub.cli.serve`` (so it logs the same
-"wshub listening on ..." line as ``wshub serve``), configured from the ``WSHUB_*`` variables
-like ``wshub serve --preset development``.
+authenticate=...)`` with hypercorn's trio worker through ``wshub.cli_serve.serve`` (so it logs
+the same "wshub listening on ..." line as ``wshub serve``), configured from the ``WSHUB_*``
+variables like ``wshub serve --preset development``.
 
 The hook stands for an auth service: a hello whose token is ``UNREACHABLE_TOKEN`` makes it raise
 as a dead dependency would, which counts as a failure for the ``authenticate`` circuit breaker,
@@ -19,7 +19,7 @@ import sys
 
 import trio
 
-from wshub.cli import build_serve_config, hypercorn_config, serve
+from wshub.cli_serve import build_serve_config, hypercorn_config, serve
 from wshub.core.protocol import Hello
 from wshub.hub.hooks import Identity
 from wshub.hub.transport import RequestInfo

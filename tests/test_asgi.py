@@ -43,7 +43,7 @@ from serve_helpers import (
 from wshub.core.config import HubConfig
 from wshub.hub.hub import Hub, open_hub
 from wshub.servers.asgi import create_app
-from wshub.servers.endpoints import Message
+from wshub.servers.http_messages import Message
 
 KEY = "s3cret-key"
 AUTH = {"authorization": f"Bearer {KEY}"}

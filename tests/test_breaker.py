@@ -12,14 +12,14 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wshub.core.breaker import (
+from wshub.core.breaker import CircuitBreaker
+from wshub.core.breaker_registry import BreakerRegistry, BreakerRegistryFull
+from wshub.core.breaker_state import (
     BreakerPermit,
     BreakerState,
     BreakerStatistics,
-    CircuitBreaker,
     CircuitOpenError,
 )
-from wshub.core.breaker_registry import BreakerRegistry, BreakerRegistryFull
 from wshub.core.config import HubConfig
 from wshub.core.sections import BreakerConfig
 

@@ -23,7 +23,8 @@ from websockets.sync.client import connect as connect_sync
 
 import wshub.cli
 from serve_helpers import SUBPROTOCOL, Server, hello, objects, receive_objects, wshub_serve
-from wshub.cli import build_serve_config, main
+from wshub.cli import main
+from wshub.cli_serve import build_serve_config
 
 KEY = "cli-key"
 
@@ -389,7 +390,7 @@ def test_a_peer_that_stopped_reading_cannot_keep_serve_running(tmp_path: Path) -
         "WSHUB_ADMIN__API_KEY": KEY,
         "WSHUB_METRICS__LOG": "false",
     }
-    server = wshub_serve(tmp_path / "serve.log", env=env)
+    server = wshub_serve(tmp_path / "serve.log", "--server", "hypercorn", env=env)
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", server.port))

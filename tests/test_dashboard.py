@@ -398,7 +398,7 @@ def test_live_charts_follow_the_traffic(chromium_browser: Any, hub: Server) -> N
         wait_for_charts(page, strict=True)
         assert page.get_attribute("#banner", "data-status") == "healthy"
         assert page.eval_on_selector("#reasons", "list => list.children.length") == 0
-        assert page.text_content("#server") == "hypercorn"  # wshub serve's default server
+        assert page.text_content("#server") == "fast"  # wshub serve's default server
         before = {name: figure(page, name) for name in ("published", "delivered", "deduplicated")}
 
         traffic.subscriber("alice")

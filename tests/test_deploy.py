@@ -29,7 +29,8 @@ import pytest
 
 from conftest import require_tool
 from serve_helpers import WSHUB_SERVE_READY, Server
-from wshub.cli import FORCE_EXIT_MARGIN, HYPERCORN_GRACE, _parser, build_serve_config
+from wshub.cli import _parser
+from wshub.cli_serve import FORCE_EXIT_MARGIN, HYPERCORN_GRACE, build_serve_config
 from wshub.core.config import HubConfig
 from wshub.hub.connection import CLOSE_TIMEOUT
 

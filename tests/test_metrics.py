@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from wshub.core.metrics import LATENCY_BUCKETS, PEER_CLOSED, ClientStats, HubMetrics
+from wshub.core.client_stats import ClientStats
+from wshub.core.metrics import LATENCY_BUCKETS, PEER_CLOSED, HubMetrics
 
 
 class FakeClock:

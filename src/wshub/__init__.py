@@ -12,13 +12,9 @@ from wshub import (
     testing,
 )
 from wshub.brokers.base import BrokerUnavailable
-from wshub.core.breaker import (
-    BreakerState,
-    BreakerStatistics,
-    CircuitBreaker,
-    CircuitOpenError,
-)
+from wshub.core.breaker import CircuitBreaker
 from wshub.core.breaker_registry import BreakerRegistry
+from wshub.core.breaker_state import BreakerState, BreakerStatistics, CircuitOpenError
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id
 from wshub.core.errors import TransportClosed

@@ -29,7 +29,7 @@ from wshub.brokers.base import BrokerUnavailable, StaleRead, StreamSink
 from wshub.brokers.feed import Feed
 from wshub.brokers.redis_calls import BREAKER, HistoryRead, RedisCalls, describe, stored_at
 from wshub.core.backoff import Backoff
-from wshub.core.breaker import CircuitOpenError
+from wshub.core.breaker_state import CircuitOpenError
 from wshub.core.events import Position
 from wshub.core.history import Replay, StoredMessage, resume_plan
 

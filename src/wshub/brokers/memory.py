@@ -28,9 +28,10 @@ import trio
 from wshub.brokers.base import Prepared, PublishKey, StreamSink
 from wshub.core.config import HubConfig
 from wshub.core.dedup import Deduplicator, IdConflict, message_id, scoped_key
+from wshub.core.encoding import encode_message
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import HistoryStore, Replay, StoredMessage
-from wshub.core.protocol import encode_message, stream_kind
+from wshub.core.protocol import stream_kind
 
 __all__ = ["MemoryBroker"]
 

@@ -32,9 +32,9 @@ from wshub.brokers.redis_calls import BREAKER, HistoryRead, RedisCalls
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import IdConflict
+from wshub.core.encoding import encode_message_parts
 from wshub.core.events import Position, PublishResult
 from wshub.core.history import Replay, new_epoch
-from wshub.core.protocol import encode_message_parts
 
 __all__ = ["BREAKER", "RedisBroker"]
 

@@ -18,8 +18,8 @@ import trio
 
 from wshub.brokers.base import BrokerUnavailable
 from wshub.brokers.lua import DUPLICATE, PUBLISH, READ
-from wshub.core.breaker import CircuitOpenError
 from wshub.core.breaker_registry import BreakerRegistry
+from wshub.core.breaker_state import CircuitOpenError
 from wshub.core.events import Position
 from wshub.core.history import StoredMessage, new_epoch
 

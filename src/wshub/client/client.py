@@ -3,7 +3,7 @@
 Theory of operation:
 - ``open_client`` owns a nursery with one task, a ``Reconnector`` (``reconnect.py``), that keeps
   a connection and hands every event of it to the client's ``ClientState``
-  (``client_state.py``); the ``Client`` is the application's side. When it fails for good
+  (``state.py``); the ``Client`` is the application's side. When it fails for good
   (ClientRejected, ConnectFailed, a forbidden subscription) the error is raised into the
   nursery: the ``async with`` block is cancelled and the error comes out of it, as a crashed
   child task's would.
@@ -13,19 +13,14 @@ Theory of operation:
   ``hello`` resumes exactly after the last event the application will see. The position store
   is written when the application asks for the next event: it has finished with the last one.
 - Publishes, subscribes and unsubscribes are sent by the calling task on the current connection.
-  A publish is sent again, with the same id and ``ref``, on every new connection and after
-  ``request_timeout`` without an answer, until its ``published`` or ``error`` answer arrives.
-- A publish without an id gets the hub's content id, ``message_id(stream, data)``, computed
-  here (``content_ids``, the default, as the hub's ``dedup.content_ids``): identical data
-  published twice within ``dedup.window`` is one message, as through ``hub.publish`` and HTTP.
+  A publish is sent again, with the same id and ``ref``, until its ``published`` or ``error``
+  answer arrives; a publish without an id gets the hub's content id (``publishing.py``).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
@@ -34,6 +29,7 @@ import attrs
 import trio
 
 from wshub.client.credentials import Credentials, TokenProvider
+from wshub.client.publishing import Publisher
 from wshub.client.reconnect import (
     ClientError,
     ClientRejected,
@@ -42,18 +38,11 @@ from wshub.client.reconnect import (
     SessionOver,
 )
 from wshub.client.resume import Gap, MemoryPositionStore, Message, PositionStore
-from wshub.client.state import (
-    ClientEvent,
-    ClientState,
-    PendingPublish,
-    PublishError,
-    SubscribeError,
-)
+from wshub.client.state import ClientEvent, ClientState, PublishError, SubscribeError
 from wshub.client.transport import ClientTransport, Connector, websocket_connector
 from wshub.core import protocol
 from wshub.core.backoff import Backoff
 from wshub.core.breaker import CircuitBreaker
-from wshub.core.dedup import message_id as content_id
 from wshub.core.events import PublishResult
 from wshub.core.protocol import Position
 
@@ -115,10 +104,14 @@ class Client:
         content_ids: bool = True,
     ) -> None:
         self._state = state
-        self._content_ids = content_ids
-        self._retry_backoff = retry_backoff
         self._request_timeout = request_timeout
-        self._max_message_bytes = max_message_bytes
+        self._publisher = Publisher(
+            state,
+            retry_backoff=retry_backoff,
+            request_timeout=request_timeout,
+            max_message_bytes=max_message_bytes,
+            content_ids=content_ids,
+        )
         self._uncommitted: ClientEvent | None = None
 
     @property
@@ -208,41 +201,7 @@ class Client:
         ``max_message_bytes``); only ``unavailable`` and ``rate_limited`` are retried. Raises
         the client's error if it fails for good meanwhile.
         """
-        if protocol.stream_kind(stream) != "topic":
-            raise ValueError(f"clients can publish to topics only, not {stream!r}")
-        ref = next(self._state.refs)
-        try:
-            if id is not None:
-                message_id = id
-            elif self._content_ids:
-                message_id = content_id(stream, data)
-            else:
-                message_id = uuid.uuid4().hex
-            frame = protocol.encode_publish(stream, data, id=message_id, ref=ref)
-        except TypeError as error:
-            raise ValueError(f"data is not JSON-serialisable: {error}") from None
-        if len(frame.encode()) > self._max_message_bytes:
-            raise PublishError(stream, "too_large", f"frame exceeds {self._max_message_bytes} B")
-        pending = self._state.publishes[ref] = PendingPublish()
-        try:
-            for sends in itertools.count():
-                pending.wake = trio.Event()
-                session = await self._state.wait_for_session()
-                self._state.counts["publish_retries"] += sends > 0
-                await session.send(frame)
-                with trio.move_on_after(self._request_timeout):
-                    await pending.wake.wait()
-                answer, pending.answer = pending.answer, None
-                if isinstance(answer, protocol.Published):
-                    self._state.counts["published"] += 1
-                    return PublishResult(answer.stream, answer.offset, answer.id, answer.duplicate)
-                if answer is not None:
-                    if answer.code not in ("unavailable", "rate_limited"):
-                        raise PublishError(stream, answer.code, answer.message)
-                    await trio.sleep(self._retry_backoff.delay(min(sends, 10)))
-            raise AssertionError("unreachable")
-        finally:
-            del self._state.publishes[ref]
+        return await self._publisher.publish(stream, data, id=id)
 
     async def wait_connected(self) -> None:
         """Return once a welcomed connection is up; raises the client's error if it fails."""

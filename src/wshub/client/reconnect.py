@@ -28,7 +28,8 @@ import trio
 from wshub.client.transport import ClientTransport, Connector
 from wshub.core import protocol
 from wshub.core.backoff import Backoff
-from wshub.core.breaker import BreakerPermit, CircuitBreaker, CircuitOpenError
+from wshub.core.breaker import CircuitBreaker
+from wshub.core.breaker_state import BreakerPermit, CircuitOpenError
 from wshub.core.errors import TransportClosed
 from wshub.core.protocol import SUBPROTOCOL, CloseCode
 

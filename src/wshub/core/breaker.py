@@ -1,4 +1,8 @@
-"""Circuit breakers: fail fast around a dependency that keeps failing, and probe its recovery."""
+"""Circuit breakers: fail fast around a dependency that keeps failing, and probe its recovery.
+
+The values a breaker hands out (``BreakerState``, ``BreakerPermit``, ``BreakerStatistics``,
+``CircuitOpenError``) are defined in ``wshub.core.breaker_state`` and exported here too.
+"""
 
 # Theory of operation: a state machine, CLOSED -> OPEN -> HALF_OPEN -> CLOSED (or OPEN again),
 # driven by the outcomes callers report and by the injected clock; no sleeping, no I/O.
@@ -13,7 +17,6 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,6 +26,12 @@ from typing import TypeVar, TypeVarTuple
 import attrs
 import trio
 
+from wshub.core.breaker_state import (
+    BreakerPermit,
+    BreakerState,
+    BreakerStatistics,
+    CircuitOpenError,
+)
 from wshub.core.sections import BreakerConfig
 
 __all__ = [
@@ -42,79 +51,11 @@ Ts = TypeVarTuple("Ts")
 # The generation of permits handed out while disabled: it never matches a real generation.
 _UNRECORDED = -1
 
-
-class BreakerState(enum.Enum):
-    """Where a breaker is in its cycle; read it from ``CircuitBreaker.state``."""
-
-    #: Calls flow; failures are counted, and enough of them trip the breaker OPEN.
-    CLOSED = "closed"
-    #: Every call is rejected with CircuitOpenError until the current open timeout has passed.
-    OPEN = "open"
-    #: Up to half_open_max_calls probes are admitted; their outcomes close or reopen the breaker.
-    HALF_OPEN = "half_open"
-
-
 # Module-level aliases: member lookup on an Enum class is slow on Python 3.11's hot path.
 _CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 #: A transition listener: called as ``listener(breaker, old_state, new_state)``.
 TransitionListener = Callable[["CircuitBreaker", BreakerState, BreakerState], None]
-
-
-class CircuitOpenError(Exception):
-    """A call was rejected because the breaker called ``name`` is not admitting it.
-
-    ``retry_after`` is the number of seconds until a call would be admitted (see
-    ``CircuitBreaker.retry_after``), or None when the breaker was forced open.
-    """
-
-    def __init__(self, name: str, retry_after: float | None) -> None:
-        super().__init__(name, retry_after)
-        self.name = name
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        if self.retry_after is None:
-            return f"circuit {self.name!r} is forced open"
-        return f"circuit {self.name!r} is open; retry after {self.retry_after:.3f}s"
-
-
-@attrs.define(eq=False)
-class BreakerPermit:
-    """One admitted call, from ``CircuitBreaker.acquire_nowait`` to ``CircuitBreaker.release``.
-
-    Made by the breaker only; ``released`` turns true when it is handed back.
-    """
-
-    generation: int
-    released: bool = attrs.field(default=False, init=False)
-    # The permit this task already held on the same breaker (nested ``async with``).
-    _outer: BreakerPermit | None = attrs.field(default=None, init=False, repr=False)
-
-
-@attrs.frozen
-class BreakerStatistics:
-    """A snapshot of one breaker. Totals count since creation; ``reset()`` does not clear them.
-
-    ``calls`` counts admitted calls while not disabled; ``successes`` and ``failures`` count the
-    outcomes that were recorded (a timed-out probe is a failure; neutral and stale outcomes are
-    in neither); ``rejections`` counts CircuitOpenErrors raised.
-    """
-
-    name: str
-    state: BreakerState
-    consecutive_failures: int
-    calls: int
-    successes: int
-    failures: int
-    rejections: int
-    open_timeout: float
-    opened_count: int
-    last_transition_time: float | None
-    forced_open: bool
-    disabled: bool
-    active_calls: int
-    active_probes: int
 
 
 # Validate at construction only: attrs' validate-on-assignment hook would put a Python-level

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 import attrs
 import trio
 
-from wshub.core.breaker import BreakerStatistics, CircuitBreaker, TransitionListener
+from wshub.core.breaker import CircuitBreaker, TransitionListener
+from wshub.core.breaker_state import BreakerStatistics
 from wshub.core.sections import BreakerConfig
 
 __all__ = ["BreakerRegistry", "BreakerRegistryFull"]

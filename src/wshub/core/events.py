@@ -1,10 +1,12 @@
 """The events of the wshub wire protocol: what frames mean, as frozen attrs values.
 
 Theory of operation: one class per frame type, both directions, plus the values they carry
-(``Position``, ``StreamStatus``) and :data:`NO_REF`, the marker of an absent ``ref``. They
-compare by value; those holding a dict (``Hello.subscribe``, ``Welcome.streams``, JSON data)
-are not hashable. ``wshub.protocol`` turns text into these events and back (and re-exports
-them); nothing here parses, encodes or does I/O, as in wsproto's ``events`` module.
+(``Position``, ``StreamStatus``), :data:`NO_REF` (the marker of an absent ``ref``) and
+:data:`ERROR_CODES` (what an ``error`` frame's code may be). They compare by value; those
+holding a dict (``Hello.subscribe``, ``Welcome.streams``, JSON data) are not hashable.
+``wshub.core.protocol`` parses text into these events, ``wshub.core.encoding`` encodes them,
+and the protocol module re-exports them all; nothing here parses, encodes or does I/O, as in
+wsproto's ``events`` module.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 
 __all__ = [
+    "ERROR_CODES",
     "NO_REF",
     "ClientEvent",
     "Error",
@@ -171,6 +174,21 @@ class Published:
 @attrs.frozen
 class Pong:
     """``pong``: answers ``ping``."""
+
+
+#: Every error code an ``error`` frame may carry.
+ERROR_CODES: Final = frozenset(
+    {
+        "bad_request",
+        "unknown_type",
+        "forbidden",
+        "rate_limited",
+        "unavailable",
+        "too_large",
+        "conflict",
+        "limit_exceeded",
+    }
+)
 
 
 @attrs.frozen

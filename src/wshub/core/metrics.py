@@ -1,4 +1,4 @@
-"""Counters, gauges, a latency histogram and per-client stats, exported only when asked.
+"""Counters, gauges and a latency histogram for one hub, exported only when asked.
 
 Theory of operation:
 - The hot path (publish, fan-out, writers) bumps plain ints and floats on one ``HubMetrics``
@@ -7,22 +7,20 @@ Theory of operation:
 - Nothing is converted until someone reads: a ``HubCollector`` (``wshub.core.exposition``)
   registered in the instance's *own* ``CollectorRegistry`` builds Prometheus families at scrape
   time, and ``snapshot()`` builds JSON-ready dicts. Two hubs in one process never share a figure.
-- Per-client figures never become Prometheus labels (unbounded cardinality). They live in
-  ``ClientStats`` objects, reach the JSON export only, and expire ``client_ttl`` seconds after
-  their last activity once the client has no open connection.
+- Per-client figures never become Prometheus labels (unbounded cardinality): they live in a
+  ``ClientTable`` (``wshub.core.client_stats``), reach the JSON export only, and expire
+  ``client_ttl`` seconds after their last activity once the client has no open connection.
 - Time is read only through the injected ``clock`` (``trio.current_time`` by default), so a
   ``MockClock`` drives expiry exactly.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from itertools import accumulate
-from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -30,6 +28,7 @@ import attrs
 import trio
 from prometheus_client.registry import CollectorRegistry
 
+from wshub.core.client_stats import ClientStats, ClientTable, client_rows
 from wshub.core.exposition import BREAKER_STATE_VALUES, BrokerFigures, HubCollector, render
 
 __all__ = ["LATENCY_BUCKETS", "PEER_CLOSED", "ClientStats", "HubMetrics"]
@@ -53,30 +52,6 @@ class _NamedBreaker(Protocol):
 class _BreakerStateLike(Protocol):
     @property
     def value(self) -> str: ...
-
-
-@attrs.define(slots=True, eq=False)
-class ClientStats:
-    """Figures for one client id, across all its connections.
-
-    ``last_activity`` and ``first_seen`` are ``clock()`` values. The hub updates the counters
-    and ``last_activity`` directly; ``connections`` counts the connections open right now.
-    """
-
-    client_id: str
-    first_seen: float
-    last_activity: float
-    connections: int = 0
-    connects: int = 0
-    disconnects: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    errors: int = 0
-
-
-_CLIENT_FIGURES = frozenset(f.name for f in attrs.fields(ClientStats) if f.name != "client_id")
 
 
 def _fraction(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -129,8 +104,6 @@ class HubMetrics:
     cleanup_runs: int = attrs.field(init=False, default=0)
     cleanup_removed: dict[str, int] = attrs.field(init=False, factory=dict)
     latency_sum: float = attrs.field(init=False, default=0.0)
-    #: ClientStats entries looked at by expire_clients() so far (the sweep's total work).
-    client_entries_examined: int = attrs.field(init=False, default=0)
     registry: CollectorRegistry = attrs.field(init=False, repr=False)
 
     _latency_counts: list[int] = attrs.field(
@@ -143,13 +116,7 @@ class HubMetrics:
     _breaker_transitions: dict[str, dict[str, int]] = attrs.field(
         init=False, repr=False, factory=dict
     )
-    _clients: dict[str, ClientStats] = attrs.field(init=False, repr=False, factory=dict)
-    # Idle timers in one-second buckets: bucket k holds (bound, client_id) with
-    # floor(bound) == k, where bound is a lower bound of the client's last activity.
-    _idle_buckets: dict[int, list[tuple[float, str]]] = attrs.field(
-        init=False, repr=False, factory=dict
-    )
-    _next_bucket: int | None = attrs.field(init=False, repr=False, default=None)
+    _client_table: ClientTable = attrs.field(init=False, repr=False, factory=ClientTable)
 
     def __attrs_post_init__(self) -> None:
         rate = Fraction(self._sample_rate).limit_denominator(1_000_000)
@@ -291,18 +258,16 @@ class HubMetrics:
     @property
     def clients(self) -> Mapping[str, ClientStats]:
         """Read-only view of the tracked clients by id."""
-        return MappingProxyType(self._clients)
+        return self._client_table.clients
+
+    @property
+    def client_entries_examined(self) -> int:
+        """ClientStats entries looked at by ``expire_clients()`` so far (the sweep's total work)."""
+        return self._client_table.entries_examined
 
     def client(self, client_id: str) -> ClientStats:
         """Return ``client_id``'s stats, creating them if needed, and mark it active now."""
-        now = self.clock()
-        stats = self._clients.get(client_id)
-        if stats is None:
-            stats = self._clients[client_id] = ClientStats(client_id, now, now)
-            self._schedule_idle_check(now, client_id)
-        else:
-            stats.last_activity = now
-        return stats
+        return self._client_table.touch(client_id, self.clock())
 
     def connection_opened(self, client_id: str) -> ClientStats:
         """Count a connection opened by ``client_id``, hub-wide and per client; return its stats."""
@@ -325,64 +290,19 @@ class HubMetrics:
         """Forget clients with no open connection idle for ``client_ttl``; return how many.
 
         A client expires when ``clock() >= last_activity + client_ttl``: exactly at its
-        deadline. Touches cost nothing on the hot path; the sweep keeps lower bounds of
-        last_activity in one-second buckets, takes whole buckets that are due, checks the one
-        partly due bucket entry by entry, and re-keys a touched entry to its last_activity and
-        a connected one to now. Cost per sweep: O(removed + touched + seconds since the last
-        sweep), each O(1); untouched live entries are never visited. Close through
-        ``connection_closed()`` (it touches); lowering ``connections`` by hand counts the ttl
-        from the sweep that last saw the connection open.
+        deadline. Touches cost nothing on the hot path, and a sweep visits only the entries
+        that may be due (``ClientTable.expire``). Close through ``connection_closed()`` (it
+        touches); lowering ``connections`` by hand counts the ttl from the sweep that last saw
+        the connection open.
         """
-        now, ttl, buckets = self.clock(), self.client_ttl, self._idle_buckets
-        if self._next_bucket is None:
-            return 0
-        limit = math.floor(now - ttl)  # buckets below it are due whole; it is partly due
-        again: list[tuple[float, str]] = []
-        removed = 0
-        index = self._next_bucket
-        if index > limit:
-            return 0
-        while index <= limit:
-            entries = buckets.pop(index, None)
-            if entries:
-                for entry in entries:
-                    if entry[0] + ttl > now:  # only possible in the partly due bucket
-                        again.append(entry)
-                    elif self._expire_or_rekey(entry[1], now, again):
-                        removed += 1
-            index += 1
-        # The partly due bucket may still hold and receive entries: start there next time.
-        self._next_bucket = limit if buckets or again else None
-        for bound, client_id in again:
-            self._schedule_idle_check(bound, client_id)
-        return removed
-
-    def _expire_or_rekey(self, client_id: str, now: float, again: list[tuple[float, str]]) -> bool:
-        stats = self._clients[client_id]
-        self.client_entries_examined += 1
-        if stats.connections > 0:
-            again.append((now, client_id))
-        elif stats.last_activity + self.client_ttl > now:
-            again.append((stats.last_activity, client_id))
-        else:
-            del self._clients[client_id]
-            return True
-        return False
-
-    def _schedule_idle_check(self, bound: float, client_id: str) -> None:
-        index = math.floor(bound)
-        self._idle_buckets.setdefault(index, []).append((bound, client_id))
-        if self._next_bucket is None or index < self._next_bucket:
-            self._next_bucket = index
+        return self._client_table.expire(self.clock(), self.client_ttl)
 
     def top_clients(self, n: int = 20, key: str = "messages_out") -> list[dict[str, Any]]:
         """The ``n`` clients with the largest ``key`` figure, as ``client_snapshot`` rows.
 
         Raises ``ValueError`` if ``key`` is not a numeric ClientStats field.
         """
-        if key not in _CLIENT_FIGURES:
-            raise ValueError(f"key must be a ClientStats figure, got {key!r}")
-        return self._client_rows(heapq.nlargest(n, self._clients.values(), key=attrgetter(key)))
+        return client_rows(self._client_table.top(n, key), self.clock())
 
     def client_snapshot(self, n: int = 20) -> list[dict[str, Any]]:
         """The ``n`` busiest clients (most messages in + out), busiest first.
@@ -390,14 +310,7 @@ class HubMetrics:
         Each row holds every ClientStats field (``first_seen`` and ``last_activity`` as clock
         values) plus ``idle_seconds``: seconds since ``last_activity``.
         """
-        busiest = heapq.nlargest(
-            n, self._clients.values(), key=lambda s: s.messages_in + s.messages_out
-        )
-        return self._client_rows(busiest)
-
-    def _client_rows(self, stats: Iterable[ClientStats]) -> list[dict[str, Any]]:
-        now = self.clock()
-        return [attrs.asdict(s) | {"idle_seconds": now - s.last_activity} for s in stats]
+        return client_rows(self._client_table.busiest(n), self.clock())
 
     @property
     def retry_success_ratio(self) -> float | None:
@@ -453,7 +366,7 @@ class HubMetrics:
                 "p50": self.latency_percentile(0.5),
                 "p99": self.latency_percentile(0.99),
             },
-            "clients": {"tracked": len(self._clients)},
+            "clients": {"tracked": len(self._client_table.clients)},
         }
 
     def exposition(self, openmetrics: bool = False) -> tuple[bytes, str]:

@@ -12,12 +12,22 @@ publishes when its identity or ``server.client_publish`` allows.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
 from wshub.core.metrics import HubMetrics
-from wshub.core.protocol import Hello, personal_stream, stream_kind
+from wshub.core.protocol import (
+    CloseCode,
+    Hello,
+    encode_error,
+    encode_refreshed,
+    encode_unsubscribed,
+    personal_stream,
+    stream_kind,
+)
 from wshub.hub.auth import Credential, TokenRejected, TokenVerifier
+from wshub.hub.connection import Connection
 from wshub.hub.hooks import AuthenticateHook, AuthenticationError, Identity, call_guarded
 from wshub.hub.transport import RequestInfo
 
@@ -28,6 +38,7 @@ __all__ = [
     "is_admin_key",
     "monitoring_is_open",
     "publish_refusal",
+    "refresh_credential",
     "subscribe_refusal",
     "verify_for",
 ]
@@ -142,3 +153,37 @@ def publish_refusal(identity: Identity, stream: str, config: HubConfig) -> str |
     if not allowed:
         return "this client may not publish"
     return None
+
+
+def refresh_credential(
+    connection: Connection,
+    token: str,
+    tokens: TokenVerifier | None,
+    *,
+    leave: Callable[[Connection, str], object],
+) -> None:
+    """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008.
+
+    The new token must verify and carry the connection's client id; its rights replace the
+    old ones, and streams they no longer allow are left (``leave``; ``unsubscribed`` names
+    each).
+    """
+    identity = connection.identity
+    assert identity is not None
+    if tokens is None or identity.deadline is None:
+        connection.enqueue(
+            encode_error("bad_request", "this connection's credential has no expiry to refresh")
+        )
+        return
+    try:
+        credential = verify_for(tokens, token, identity.client_id)
+    except AuthenticationError as error:
+        connection.abort(CloseCode.POLICY_VIOLATION, f"refresh refused: {error}")
+        return
+    renewed = identity_of(credential)
+    connection.renew(renewed)
+    for stream in sorted(connection.subscriptions):
+        if subscribe_refusal(renewed, stream) is not None:
+            leave(connection, stream)
+            connection.enqueue(encode_unsubscribed(stream))
+    connection.enqueue(encode_refreshed(credential.expires))

@@ -70,6 +70,8 @@ class FlushTick:
         self.idle = max(0.05, 10 * limits.write_delay)
         self._stragglers = 0  # how many of them the tick does not wait for
         self._flushed = trio.Event()
+        self._finished = trio.Event()  # a released writer reported since the tick last looked
+        self._reported = 0  # writers released by this tick that have reported
         self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
 
     def mark_dirty(self, connection: Writer) -> None:
@@ -85,6 +87,8 @@ class FlushTick:
         """A writer released by tick ``tick`` has sent its queue."""
         if tick == self._tick:
             self._last_finished_at = trio.current_time()
+            self._reported += 1
+            self._finished.set()
             self._flushing -= 1
             if self._flushing <= self._stragglers:
                 self._flushed.set()
@@ -98,7 +102,7 @@ class FlushTick:
             self._dirty_event = trio.Event()
             dirty, self._dirty = self._dirty, []
             self._tick += 1
-            self._flushing = 0
+            self._flushing = self._reported = 0
             self._flushed = trio.Event()
             # Made before the flush, so a queue reaching high water during it counts too.
             self._queues_high = trio.Event()
@@ -126,8 +130,15 @@ class FlushTick:
         # peers that do not read. Returns when the flush ended; after an idle gap, when the
         # last writer finished (a wait on a peer is no work of the flush, so the pause after
         # it must not grow with it).
+        # The idle rule starts only once a writer has finished: before that every released
+        # writer may still be at its own work (a flush of many writers that each yield before
+        # reporting takes longer than ``idle`` with no peer involved), and the limit bounds it.
         with trio.move_on_at(started + limit):
             while not self._flushed.is_set():
+                if not self._reported:
+                    self._finished = trio.Event()
+                    await self._finished.wait()
+                    continue
                 last = max(started, self._last_finished_at)
                 with trio.move_on_at(last + self.idle):
                     await self._flushed.wait()

@@ -7,13 +7,9 @@ Theory of operation:
 - The broker hands every message to ``deliver`` (this node's fan-out), per stream in offset
   order: the frame encoded once is appended to every subscriber's queue without awaiting. With
   the memory broker a publish is synchronous from de-duplication to fan-out.
-- Subscribing (in ``hello`` or ``subscribe``) prepares every stream with the broker (the I/O),
-  then joins them and queues the answer and the replays in one synchronous step, before any
-  live message: nothing is lost or repeated between replay and live.
-- Publishes are de-duplicated per (stream, publisher, message id) within ``dedup.window``; the
-  same id with other content is a conflict. A client publish that waits on the
-  ``on_publish`` hook is marked pending, so an identical publish arriving meanwhile waits for
-  it and gets the same answer.
+- Subscribing, and the fan-out itself, live in ``subscriptions.py``; a client's publish in
+  ``client_publishing.py``. Publishes are de-duplicated per (stream, publisher, message id)
+  within ``dedup.window``; the same id with other content is a conflict.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded servers, every connection. Leaving it drains connections (1001 after their
   queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
@@ -29,7 +25,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import secrets
@@ -45,31 +40,22 @@ import trio
 from wshub.brokers.base import (
     Broker,
     BrokerUnavailable,
-    Prepared,
-    StaleRead,
-    publish_key,
 )
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
-from wshub.core.dedup import Deduplicator, IdConflict, message_id
+from wshub.core.dedup import Deduplicator, message_id
 from wshub.core.events import PublishResult
-from wshub.core.history import HistoryFull, HistoryStore, Replay, StoredMessage
+from wshub.core.history import HistoryFull, HistoryStore
 from wshub.core.logcontext import log_context
 from wshub.core.metrics import PEER_CLOSED, HubMetrics
 from wshub.core.protocol import (
     CloseCode,
     Hello,
-    Position,
     Publish,
     Refresh,
-    StreamStatus,
     Subscribe,
-    encode_error,
-    encode_published,
-    encode_refreshed,
-    encode_subscribed,
     encode_unsubscribed,
     encode_welcome,
     personal_stream,
@@ -78,25 +64,20 @@ from wshub.core.protocol import (
 from wshub.hub.access import (
     SYS_METRICS,
     authenticate,
-    identity_of,
-    publish_refusal,
-    subscribe_refusal,
-    verify_for,
+    refresh_credential,
 )
 from wshub.hub.auth import TokenVerifier
-from wshub.hub.connection import Connection, Request, small_frame
+from wshub.hub.client_publishing import ClientPublishing
+from wshub.hub.connection import Connection, Request
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import (
     AuthenticateHook,
-    AuthenticationError,
-    HookUnavailable,
     Identity,
     OnPublishHook,
-    PublishRejected,
-    call_guarded,
 )
 from wshub.hub.lifetime import Lifetime, every
 from wshub.hub.reports import StatusLog, health_report, stats_report
+from wshub.hub.subscriptions import Subscriptions, status_of
 from wshub.hub.transport import RequestInfo, Transport
 
 __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
@@ -152,10 +133,18 @@ class Hub:
         self._on_publish = on_publish
         self._connections = self.lifetime.connections
         self._registered = 0
-        self._subscribers: dict[str, set[Connection]] = {}
-        self._pending: dict[tuple[str, str, str], trio.Event] = {}
+        self.client_publishing = ClientPublishing(
+            config,
+            broker=self.broker,
+            breakers=self.breakers,
+            metrics=self.metrics,
+            on_publish=on_publish,
+            count=self._count,
+        )
+        self.subscriptions = Subscriptions(
+            config, local=self.local, broker=self.broker, metrics=self.metrics
+        )
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
-        self._small_frame = small_frame(config.limits.max_queue_bytes, config.limits.max_queue)
         self._overflows_at_last_flush = 0
         #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
         #: ``top_streams`` count from there (reports.stream_rows).
@@ -263,27 +252,6 @@ class Hub:
         else:
             self.metrics.published += 1
 
-    def deliver(self, message: StoredMessage) -> None:
-        """Fan a message out to this node's subscribers (the brokers call this, in order)."""
-        subscribers = self._subscribers.get(message.stream)
-        if subscribers:
-            if len(message.frame) <= self._small_frame:  # measured once, not per subscriber
-                for connection in subscribers:
-                    connection.enqueue_message(message)
-            else:
-                for connection in subscribers:
-                    connection.enqueue(message)
-
-    def lose(self, stream: str) -> None:
-        """The broker cannot keep ``stream`` contiguous here: its subscribers resume.
-
-        Each gets what it was already sent, then a close with 1001, and resumes (on any
-        node) with ``recovered: false`` and its exact gap, as PROTOCOL.md promises.
-        """
-        for connection in self._subscribers.pop(stream, ()):
-            connection.subscriptions.discard(stream)
-            connection.start_closing(CloseCode.GOING_AWAY, f"stream {stream!r} must be resumed")
-
     async def publish_for(
         self, client_id: str, stream: str, data: Any, *, id: str | None = None
     ) -> PublishResult:
@@ -310,94 +278,20 @@ class Hub:
         if isinstance(request, Publish):
             connection.enqueue(await self.publish_from_client(connection, request))
         elif isinstance(request, Subscribe):
-            await self.subscribe(connection, request.stream, request.position)
+            await self.subscriptions.subscribe(connection, request.stream, request.position)
         elif isinstance(request, Refresh):
             self.refresh(connection, request.token)
         else:
-            refusal = self.unsubscribe(connection, request.stream)
+            refusal = self.subscriptions.unsubscribe(connection, request.stream)
             connection.enqueue(refusal or encode_unsubscribed(request.stream))
 
     async def publish_from_client(self, connection: Connection, event: Publish) -> str:
         """Publish for a client; returns the frame to answer with (published or error)."""
-        identity = connection.identity
-        assert identity is not None and connection.client_id is not None
-        refusal = publish_refusal(identity, event.stream, self.config)
-        if refusal is not None:
-            return encode_error("forbidden", refusal, event.ref)
-        client_id = connection.client_id
-        broker = self.broker
-        try:
-            key = publish_key(event.stream, event.data, event.id, content_ids=broker.content_ids)
-        except ValueError as error:
-            return encode_error("bad_request", f"publish.data cannot be hashed: {error}", event.ref)
-        pending_key = (event.stream, client_id, key.id)
-        while (pending := self._pending.get(pending_key)) is not None:
-            await pending.wait()  # an identical publish is being stored: share its answer
-        data = event.data
-        try:
-            if self._on_publish is not None:
-                # A repeat is answered before the hook runs again; a conflict is refused.
-                duplicate = await broker.find_duplicate(event.stream, publisher=client_id, key=key)
-                if duplicate is not None:
-                    self._count(duplicate)
-                    return encode_published(event.ref, event.stream, duplicate.offset, key.id, True)
-                done = self._pending[pending_key] = trio.Event()
-                try:
-                    with log_context(stream=event.stream):  # the hook's own records say which
-                        data = await call_guarded(
-                            "on_publish",
-                            self._on_publish,
-                            client_id,
-                            event.stream,
-                            data,
-                            breakers=self.breakers,
-                            config=self.config.breaker,
-                            metrics=self.metrics,
-                        )
-                finally:
-                    del self._pending[pending_key]
-                    done.set()
-            result = await broker.publish(
-                event.stream, data, publisher=client_id, id=event.id, key=key
-            )
-        except PublishRejected as error:
-            return encode_error("forbidden", str(error) or "publish rejected", event.ref)
-        except HookUnavailable:
-            return encode_error("unavailable", "publishing is unavailable; retry later", event.ref)
-        except IdConflict as error:
-            return encode_error("conflict", str(error), event.ref)
-        except (BrokerUnavailable, HistoryFull) as error:
-            return encode_error("unavailable", str(error), event.ref)
-        except ValueError as error:
-            return encode_error("bad_request", str(error), event.ref)
-        self._count(result)
-        return encode_published(event.ref, event.stream, result.offset, result.id, result.duplicate)
+        return await self.client_publishing.publish(connection, event)
 
     def refresh(self, connection: Connection, token: str) -> None:
-        """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008.
-
-        The new token must verify and carry the connection's client id; its rights replace the
-        old ones, and streams they no longer allow are left (``unsubscribed`` names each).
-        """
-        identity = connection.identity
-        assert identity is not None
-        if self.tokens is None or identity.deadline is None:
-            connection.enqueue(
-                encode_error("bad_request", "this connection's credential has no expiry to refresh")
-            )
-            return
-        try:
-            credential = verify_for(self.tokens, token, identity.client_id)
-        except AuthenticationError as error:
-            connection.abort(CloseCode.POLICY_VIOLATION, f"refresh refused: {error}")
-            return
-        renewed = identity_of(credential)
-        connection.renew(renewed)
-        for stream in sorted(connection.subscriptions):
-            if subscribe_refusal(renewed, stream) is not None:
-                self.unsubscribe(connection, stream)
-                connection.enqueue(encode_unsubscribed(stream))
-        connection.enqueue(encode_refreshed(credential.expires))
+        """Answer a ``refresh``: ``refreshed`` with the new expiry, an error, or close 1008."""
+        refresh_credential(connection, token, self.tokens, leave=self.subscriptions.unsubscribe)
 
     # ------------------------------------------------------------------ connections
 
@@ -430,33 +324,9 @@ class Hub:
         Returns False after closing the connection with 1013 when the broker is unavailable.
         """
         client_id = connection.client_id
-        assert client_id is not None and connection.identity is not None
-        # The personal stream first, then at most max_subscriptions of the hello's streams:
-        # the hello's answer (welcome, one error per refused stream, replays) stays bounded.
-        requested = dict(hello.subscribe)
-        personal = personal_stream(client_id)
-        positions = {personal: requested.pop(personal, None)}
-        limit = self.config.limits.max_subscriptions
-        positions.update(itertools.islice(requested.items(), limit))
-        errors: list[str] = []
-        wanted: dict[str, Position | None] = {}
-        for stream, position in positions.items():
-            refusal = subscribe_refusal(connection.identity, stream)
-            if refusal is None:
-                wanted[stream] = position
-            else:
-                errors.append(encode_error("forbidden", refusal))
-        if len(requested) > limit:
-            errors.append(
-                encode_error(
-                    "limit_exceeded",
-                    f"hello.subscribe lists {len(requested)} streams, more than "
-                    f"limits.max_subscriptions ({limit}): the last {len(requested) - limit} "
-                    "were not subscribed",
-                )
-            )
+        assert client_id is not None
         try:
-            replays = await self._join(connection, wanted, errors)
+            replays, errors = await self.subscriptions.join_hello(connection, hello)
         except BrokerUnavailable:
             connection.abort(CloseCode.TRY_AGAIN_LATER, "the broker is unavailable; retry later")
             return False
@@ -465,7 +335,7 @@ class Hub:
         if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
             metrics.reconnections += 1
         self._registered += 1
-        statuses = {stream: _status(replay) for stream, replay in replays.items()}
+        statuses = {stream: status_of(replay) for stream, replay in replays.items()}
         interval = self.config.heartbeat.interval
         connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
         connection.enqueue_answer(errors)
@@ -486,9 +356,7 @@ class Hub:
         connection.unregistered = True
         connection.queue.clear()
         self._connections.discard(connection)
-        for stream in connection.subscriptions:
-            self._detach(connection, stream)
-        connection.subscriptions.clear()
+        self.subscriptions.leave_all(connection)
         stats = connection.stats
         if stats is None:
             self.metrics.connections_failed += 1
@@ -504,105 +372,6 @@ class Hub:
             if getattr(connection.transport, "peer_close_codes", True):
                 code = connection.peer_close_code
         self.metrics.connection_closed(stats.client_id, code)
-
-    async def subscribe(
-        self, connection: Connection, stream: str, position: Position | None
-    ) -> None:
-        """Answer a ``subscribe``: ``subscribed`` and the replay, or an error."""
-        assert connection.identity is not None
-        refusal = subscribe_refusal(connection.identity, stream)
-        if refusal is not None:
-            connection.enqueue(encode_error("forbidden", refusal))
-            return
-        limit = self.config.limits.max_subscriptions
-        if stream not in connection.subscriptions and _topics(connection) >= limit:
-            message = (
-                f"already subscribed to {limit} streams, the most "
-                "limits.max_subscriptions allows on one connection"
-            )
-            connection.enqueue(encode_error("limit_exceeded", message))
-            return
-        errors: list[str] = []
-        try:
-            replays = await self._join(connection, {stream: position}, errors)
-        except BrokerUnavailable as error:
-            connection.enqueue(encode_error("unavailable", str(error)))
-            return
-        if errors:
-            connection.enqueue(errors[0])
-            return
-        connection.enqueue(encode_subscribed(stream, _status(replays[stream])))
-        connection.enqueue_replay(replays[stream].messages)
-
-    def unsubscribe(self, connection: Connection, stream: str) -> str | None:
-        """Leave a stream; returns an error frame when that is not allowed."""
-        if stream == personal_stream(connection.client_id or ""):
-            return encode_error("forbidden", "the personal stream is always subscribed")
-        if stream in connection.subscriptions:
-            connection.subscriptions.discard(stream)
-            self._detach(connection, stream)
-        return None
-
-    def _broker_for(self, stream: str) -> Broker:
-        return self.local if stream.startswith("$") else self.broker
-
-    async def _join(
-        self, connection: Connection, positions: dict[str, Position | None], errors: list[str]
-    ) -> dict[str, Replay]:
-        """Prepare every stream (the I/O), then join them all in one synchronous step.
-
-        Streams that cannot be joined get an error frame in ``errors``; raises
-        BrokerUnavailable (after giving back what was prepared) when the broker is down.
-        """
-        for _attempt in range(3):
-            prepared: list[Prepared] = []
-            try:
-                for stream, position in positions.items():
-                    prepared.append(await self._broker_for(stream).prepare(stream, position))
-            except BaseException:
-                for done in prepared:
-                    self._broker_for(done.stream).abandon(done)
-                raise
-            # From here to the end: no checkpoint, so the replays meet live delivery.
-            replays: dict[str, Replay] = {}
-            stale = False
-            for done in prepared:
-                stream = done.stream
-                broker = self._broker_for(stream)
-                if stale:
-                    broker.abandon(done)
-                    continue
-                try:
-                    replay = broker.join_nowait(done)
-                except HistoryFull as error:
-                    errors.append(encode_error("unavailable", str(error)))
-                    continue
-                except StaleRead:
-                    stale = True  # read again, all of them: the others are given back
-                    for stream_joined in replays:
-                        self._broker_for(stream_joined).leave(stream_joined)
-                    continue
-                replays[stream] = replay
-            if stale:
-                continue
-            for stream, replay in replays.items():
-                if stream in connection.subscriptions:  # subscribed again: one membership
-                    self._broker_for(stream).leave(stream)
-                self._subscribers.setdefault(stream, set()).add(connection)
-                connection.subscriptions.add(stream)
-                if positions[stream] is not None:
-                    self.metrics.record_resume(replay.recovered)
-                    self.metrics.replayed += len(replay.messages)
-            return replays
-        raise BrokerUnavailable("the broker kept moving ahead of this node's reads; retry later")
-
-    def _detach(self, connection: Connection, stream: str) -> None:
-        subscribers = self._subscribers.get(stream)
-        if subscribers is not None and connection in subscribers:
-            subscribers.discard(connection)
-            if not subscribers:
-                del self._subscribers[stream]
-            self._broker_for(stream).leave(stream)
 
     # ------------------------------------------------------------------ writers and queues
 
@@ -621,7 +390,7 @@ class Hub:
 
     def subscriber_counts(self) -> dict[str, int]:
         """Subscribed connections per stream, for the streams that have any."""
-        return {stream: len(connections) for stream, connections in self._subscribers.items()}
+        return self.subscriptions.counts()
 
     def queued_by_client(self) -> dict[str, int]:
         """Messages waiting in outbound queues, summed per client id (over its tabs)."""
@@ -678,16 +447,6 @@ def _check_id(id: object) -> None:
         raise ValueError(f"id must be a string of 1 to 200 characters, got {id!r}")
 
 
-def _topics(connection: Connection) -> int:
-    """How many streams ``connection`` is subscribed to besides its personal stream."""
-    subscribed = connection.subscriptions
-    return len(subscribed) - (personal_stream(connection.client_id or "") in subscribed)
-
-
-def _status(replay: Replay) -> StreamStatus:
-    return StreamStatus(replay.epoch, replay.offset, replay.first, replay.recovered)
-
-
 @asynccontextmanager
 async def open_hub(
     config: HubConfig | None = None,
@@ -713,9 +472,9 @@ async def open_hub(
     # The hub's own tasks (and the caller's block) log with its id.
     with log_context(hub=hub.id):
         async with AsyncExitStack() as brokers:
-            await brokers.enter_async_context(hub.local.open(hub))
+            await brokers.enter_async_context(hub.local.open(hub.subscriptions))
             if hub.broker is not hub.local:
-                await brokers.enter_async_context(hub.broker.open(hub))
+                await brokers.enter_async_context(hub.broker.open(hub.subscriptions))
             async with trio.open_nursery() as outer:
                 nursery, shield = await outer.start(_shielded_nursery)
                 hub.lifetime.nursery = nursery

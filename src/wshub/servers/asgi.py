@@ -30,7 +30,8 @@ from wshub.core.protocol import SUBPROTOCOL, CloseCode
 from wshub.hub.hooks import AuthenticateHook, OnPublishHook
 from wshub.hub.hub import Hub, open_hub
 from wshub.hub.transport import DISCARD_BYTES, RequestInfo
-from wshub.servers.endpoints import Message, Receive, Scope, Send, error_response, handle_http
+from wshub.servers.endpoints import handle_http
+from wshub.servers.http_messages import Message, Receive, Scope, Send, error_response
 
 __all__ = ["ASGITransport", "HubApp", "app", "create_app"]
 

@@ -1,30 +1,19 @@
-"""The HTTP endpoints of the ASGI app: health, metrics, stats, publish, and the static files.
+"""The HTTP endpoints of both servers: health, metrics, stats, publish, and the static files.
 
-Each endpoint is a small function from a parsed ``Request`` to a ``Response``; ``handle_http``
-routes by path, answers 404 / 405 / CORS preflight, applies the API-key rules, and sends the
-answer. Every JSON body goes through orjson; every error is ``{"error": "..."}``.
-
-The credential rules: ``POST /api/publish`` needs a Bearer credential: ``admin.api_key``
-(publishing in the server API's de-duplication scope) or, with ``[auth]``, a JWT whose rights
-allow that topic (publishing in its ``sub``'s scope, as that client's WebSocket publishes do);
-it answers 503 while neither is configured. With ``admin.protect_monitoring`` the monitoring
-endpoints (``/metrics``, ``/api/stats``) need the key or a token with the admin right, as a
-Bearer header or an ``api_key`` query parameter. ``/dashboard`` is a page without figures,
-served to anyone: its login form sends the credential with every request for them. A
-credential that is neither the key nor a valid token is 401 (the reason names the failed
-check, never the key); a valid token without the right is 403. The health endpoints stay open.
+Each endpoint is a small function from a parsed ``Request`` to a ``Response``
+(``servers/http_messages.py``); ``handle_http`` routes by path, answers 404 / 405 / CORS
+preflight, applies the credential rules (``servers/http_auth.py``), and sends the answer.
+Every JSON body goes through orjson; every error is ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import math
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Final, TypeAlias
-from urllib.parse import parse_qs
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, TypeAlias
 
 import attrs
-import orjson
 import trio
 from prometheus_client.exposition import choose_encoder
 
@@ -32,162 +21,29 @@ from wshub.brokers.base import BrokerUnavailable
 from wshub.core.dedup import IdConflict
 from wshub.core.history import HistoryFull
 from wshub.core.protocol import ProtocolError, parse_publish_body
-from wshub.hub.access import is_admin_key, monitoring_is_open
-from wshub.hub.auth import Credential, TokenRejected
+from wshub.hub.auth import Credential
 from wshub.hub.hub import Hub
+from wshub.servers.http_auth import monitoring_refusal, request_caller
+from wshub.servers.http_messages import (
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    error_response,
+    json_response,
+    upgrade_required,
+)
 
-__all__ = [
-    "Message",
-    "Receive",
-    "Request",
-    "Response",
-    "Scope",
-    "Send",
-    "handle_http",
-    "upgrade_required",
-]
+__all__ = ["handle_http"]
 
-#: An ASGI scope or event (a plain dict at run time).
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-
-JSON: Final = "application/json"
 _GET: Final = frozenset({"GET", "HEAD"})
 _POST: Final = frozenset({"POST"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 
 
-@attrs.frozen
-class Request:
-    """What an endpoint needs from an HTTP request (the body is read by the endpoint)."""
-
-    method: str
-    path: str
-    query: Mapping[str, list[str]]
-    headers: tuple[tuple[str, str], ...]  # lower-case names, in request order
-
-    @classmethod
-    def from_scope(cls, scope: Scope) -> Request:
-        """Parse an ASGI ``http`` scope."""
-        query = scope.get("query_string", b"").decode("latin-1")
-        return cls(
-            method=scope["method"],
-            path=scope["path"],
-            query=parse_qs(query),
-            headers=tuple(
-                (name.decode("latin-1").lower(), value.decode("latin-1"))
-                for name, value in scope.get("headers", ())
-            ),
-        )
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (lower case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def param(self, name: str) -> str | None:
-        """The first value of query parameter ``name``, or None."""
-        values = self.query.get(name)
-        return values[0] if values else None
-
-
-@attrs.frozen
-class Response:
-    """A whole HTTP answer."""
-
-    status: int
-    body: bytes = b""
-    content_type: str | None = JSON
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def json_response(status: int, payload: Any, *headers: tuple[str, str]) -> Response:
-    """``payload`` as a JSON answer."""
-    return Response(status, orjson.dumps(payload), JSON, headers)
-
-
-def error_response(
-    status: int, message: str, /, *headers: tuple[str, str], **extra: Any
-) -> Response:
-    """``{"error": message, **extra}`` with ``status``."""
-    return json_response(status, {"error": message, **extra}, *headers)
-
-
-def upgrade_required(path: str) -> Response:
-    """426 for the WebSocket endpoint asked for without an upgrade: says how to ask (RFC 9110)."""
-    return error_response(
-        426,
-        f"{path} is the WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)",
-        ("upgrade", "websocket"),
-        path=path,
-    )
-
-
 class _ClientGone(Exception):
     """The client disconnected before its request body was read: nobody to answer."""
-
-
-# --------------------------------------------------------------------------- the API key
-
-
-def _bearer(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
-_CHALLENGE: Final = ("www-authenticate", 'Bearer realm="wshub"')
-
-
-@attrs.frozen
-class _Admin:
-    """The credential was ``admin.api_key``."""
-
-
-_Caller: TypeAlias = _Admin | Credential
-
-
-def _caller(hub: Hub, request: Request, *, allow_query: bool) -> _Caller | Response:
-    """Who sent ``request``: the admin key, a verified token, or the 401/403 to answer."""
-    given = _bearer(request.header("authorization"))
-    if given is None and allow_query:
-        given = request.param("api_key")
-    tokens = hub.tokens
-    if given is None:
-        where = "admin.api_key" + (" or a token" if tokens is not None else "")
-        how = f"Authorization: Bearer <{where}>"
-        return error_response(401, f"missing credential: send {how}", _CHALLENGE)
-    if is_admin_key(hub.config, given):
-        return _Admin()
-    if tokens is None:
-        return error_response(403, "invalid API key")
-    try:
-        return tokens.verify(given)
-    except TokenRejected as rejected:
-        return error_response(
-            401,
-            f"invalid credential: {rejected.reason}",
-            ("www-authenticate", 'Bearer realm="wshub", error="invalid_token"'),
-        )
-
-
-def _monitoring_refusal(hub: Hub, request: Request) -> Response | None:
-    """None when ``request`` may read the monitoring figures, else the answer."""
-    if monitoring_is_open(hub.config):
-        return None
-    caller = _caller(hub, request, allow_query=True)
-    if isinstance(caller, Response):
-        return caller
-    if isinstance(caller, Credential) and not caller.admin:
-        return error_response(403, "this token has no admin right")
-    return None
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -240,7 +96,7 @@ async def _publish(hub: Hub, request: Request, receive: Receive) -> Response:
         return error_response(
             503, "publishing over HTTP is disabled: neither admin.api_key nor [auth] is configured"
         )
-    caller = _caller(hub, request, allow_query=False)
+    caller = request_caller(hub, request, allow_query=False)
     if isinstance(caller, Response):
         return caller
     if hub.draining:
@@ -372,7 +228,7 @@ async def _respond(hub: Hub | None, request: Request, receive: Receive) -> Respo
     if hub is None:
         return error_response(503, "the hub is not running", status="not_running")
     if route.monitoring:
-        refusal = _monitoring_refusal(hub, request)
+        refusal = monitoring_refusal(hub, request)
         if refusal is not None:
             return refusal
     return await route.handler(hub, request, receive)

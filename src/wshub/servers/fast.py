@@ -31,8 +31,8 @@ from wsproto.utilities import RemoteProtocolError
 from wshub.core.protocol import SUBPROTOCOL
 from wshub.hub.hub import Hub
 from wshub.hub.transport import RequestInfo
-from wshub.servers.endpoints import error_response, upgrade_required
 from wshub.servers.http import ClientGone, HTTPConnection
+from wshub.servers.http_messages import error_response, upgrade_required
 from wshub.servers.wsconn import FastWebSocket
 
 __all__ = ["FastServer", "accept_websocket", "serve_fast"]

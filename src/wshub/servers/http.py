@@ -18,7 +18,8 @@ import h11
 import trio
 
 from wshub.hub.hub import Hub
-from wshub.servers.endpoints import Message, Response, error_response, handle_http
+from wshub.servers.endpoints import handle_http
+from wshub.servers.http_messages import Message, Response, error_response
 
 __all__ = ["DISCARD_BODY_BYTES", "HEAD_SECONDS", "ClientGone", "HTTPConnection"]
 
