@@ -367,10 +367,8 @@ class Hub:
         # code where the server reports it truly, PEER_CLOSED where it cannot (hypercorn).
         code: int | str = connection.close_code
         if connection.peer_close_code is not None:
-            code = PEER_CLOSED
-            # (A transport that does not say is taken at its word, as before the attribute.)
-            if getattr(connection.transport, "peer_close_codes", True):
-                code = connection.peer_close_code
+            truthful = connection.transport.peer_close_codes
+            code = connection.peer_close_code if truthful else PEER_CLOSED
         self.metrics.connection_closed(stats.client_id, code)
 
     # ------------------------------------------------------------------ writers and queues
