@@ -87,6 +87,8 @@ class Link:
 
 class _HubEnd:
     can_ping = True
+    peer_close_codes = True
+    on_blocked = None
 
     def __init__(self, link: Link) -> None:
         self.link = link
