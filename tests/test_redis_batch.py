@@ -206,3 +206,19 @@ async def test_a_lost_history_met_inside_a_batch_starts_one_new_epoch(redis: Red
         assert after.epoch != before.epoch and after.offset == 4
         replay = await join(broker, "news", Position(0, after.epoch))
         assert replay.recovered and [m.offset for m in replay.messages] == [1, 2, 3, 4]
+
+
+async def test_a_batch_over_several_streams_loads_a_script_redis_forgot(
+    redis: RedisServer,
+) -> None:
+    broker = redis_broker(redis, "a")
+    async with running(broker):
+        await load_scripts(broker)
+        redis.command("SCRIPT", "FLUSH")  # as after a restart: EVALSHA answers NOSCRIPT
+        submitted, answers = await publish_together(
+            broker, [(stream, n, None) for n in range(3) for stream in ("s1", "s2")]
+        )
+        for stream in ("s1", "s2"):
+            mine = [a for (s, _, _), a in zip(submitted, answers, strict=True) if s == stream]
+            assert offsets(mine) == [1, 2, 3]
+        assert ("publish", "error") not in broker.calls
