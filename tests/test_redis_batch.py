@@ -192,6 +192,25 @@ async def test_every_caller_of_a_failing_batch_gets_broker_unavailable(
         assert broker.calls[("publish", "error")] == 2
 
 
+async def test_a_publish_the_script_refuses_fails_alone_and_takes_no_offset(
+    redis: RedisServer,
+) -> None:
+    broker = redis_broker(redis, "a")
+    async with running(broker) as sink:
+        await join(broker, "news", None)
+        redis.command("SET", "test:{news}:d:1:p:bad", "not-a-hash")  # its dedup record
+        submitted, answers = await publish_together(
+            broker, [("news", n, "bad" if n == 2 else f"id{n}") for n in range(5)]
+        )
+        refused = [a for (_, _, id), a in zip(submitted, answers, strict=True) if id == "bad"]
+        assert len(refused) == 1 and isinstance(refused[0], BrokerUnavailable)
+        assert "WRONGTYPE" in str(refused[0])
+        stored = [a for a in answers if a is not refused[0]]
+        assert offsets(stored) == [1, 2, 3, 4]
+        await sink.wait_for(lambda: len(sink.delivered) == 4)
+        assert sink.offsets() == [1, 2, 3, 4]
+
+
 async def test_a_lost_history_met_inside_a_batch_starts_one_new_epoch(redis: RedisServer) -> None:
     """Pins the single script's rule for history ahead of the offset, mid-batch."""
     broker = redis_broker(redis, "a")

@@ -17,7 +17,8 @@ touches keys of its stream's hash tag, so Redis Cluster never sees a call span s
 
 A failed batch fails each of its callers with the same ``BrokerUnavailable`` (some of its
 calls may have been applied, as with any timeout: a caller that retries with its id gets the
-original offset); a batch the broker's shutdown interrupts does too.
+original offset); a batch the broker's shutdown interrupts does too. A publish the script
+refuses on its own (its de-duplication key holds something else) fails only its caller.
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ class PublishBatcher:
             replies = await redis.call("publish", pipeline)
         for group, reply in zip(groups, replies, strict=True):
             for pending, answer in zip(group, reply, strict=True):
-                pending.reply = answer
+                if answer[0] == b"error":  # the script refused this one publish alone
+                    message = answer[2].decode(errors="replace")
+                    pending.error = BrokerUnavailable(f"redis failed on publish: {message}")
+                else:
+                    pending.reply = answer
 
     def _call(self, group: list[_Pending]) -> tuple[list[str], list[Any]]:
         """The keys and arguments of one script call for ``group`` (publishes to one stream)."""

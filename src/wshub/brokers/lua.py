@@ -67,11 +67,14 @@ end
 # KEYS: meta, history, then one de-duplication key per publish.
 # ARGV: channel, history size, history ttl ms, meta ttl ms, new epoch, then five per publish:
 # frame head, frame middle, dedup window ms (0: no de-duplication), content id, message id.
-# Returns, per publish in order: {'ok' | 'duplicate' | 'conflict', offset, epoch}.
-# Each publish is applied as if it ran alone, in order (an id repeated within one call is a
-# duplicate of, or a conflict with, the earlier one); the meta key's offset, the history's
-# trim and expiry are written once per call, which nothing can tell apart from once per
-# publish because the call is atomic.
+# Returns, per publish in order: {'ok' | 'duplicate' | 'conflict', offset, epoch}, or
+# {'error', 0, message} for a publish whose de-duplication key is not a hash (only that one
+# fails). Each publish is applied as if it ran alone, in order (an id repeated within one call
+# is a duplicate of, or a conflict with, the earlier one); the meta key's offset, the
+# history's trim and expiry are written once per call, which nothing can tell apart from once
+# per publish because the call is atomic. After the first write nothing can fail (the meta
+# and history keys have proved their type; the de-duplication keys go through pcall), so a
+# call never stops half-way with messages published but the offset not stored.
 PUBLISH = (
     _TRIM
     + """
@@ -87,9 +90,11 @@ for i = 1, #KEYS - 2 do
   local content, id = ARGV[at + 4], ARGV[at + 5]
   local seen = {}
   if window > 0 and epoch then
-    seen = redis.call('HMGET', dedup, 'o', 'c', 'e')
+    seen = redis.pcall('HMGET', dedup, 'o', 'c', 'e')
   end
-  if seen[1] and seen[3] == epoch then
+  if seen.err then
+    replies[i] = {'error', 0, seen.err}
+  elseif seen[1] and seen[3] == epoch then
     replies[i] = {seen[2] == content and 'duplicate' or 'conflict', tonumber(seen[1]), epoch}
   else
     if not epoch then  -- a new stream, or Redis lost it: its stale history goes too
@@ -114,8 +119,8 @@ for i = 1, #KEYS - 2 do
     end
     redis.call('PUBLISH', channel, offset_text .. ' ' .. epoch .. ' ' .. ts_text .. ' '
                .. string.len(id) .. '\\n' .. id .. frame)
-    if window > 0 then
-      redis.call('HSET', dedup, 'o', top, 'c', content, 'e', epoch)
+    if window > 0 and type(redis.pcall('HSET', dedup, 'o', top, 'c', content, 'e', epoch))
+                      == 'number' then
       redis.call('PEXPIRE', dedup, window)
     end
     replies[i] = {'ok', top, epoch}
