@@ -2,7 +2,8 @@
 
 Run ``python benchmarks/redis_broker.py`` (Debian's ``redis-server`` must be installed; the run
 starts its own on a free port of 127.0.0.1, without persistence). ``--json PATH`` keeps the
-numbers. What it measures, on this machine, all on 127.0.0.1:
+numbers; ``--only publish`` runs part 2 alone (``--only fanout``, ``--only resume`` the
+others). What it measures, on this machine, all on 127.0.0.1:
 
 1. Fan-out: deliveries per second to 1000 subscribers of one stream, published as fast as one
    publisher task can (``hub.publish`` in a loop), with the server processes of
@@ -14,7 +15,8 @@ numbers. What it measures, on this machine, all on 127.0.0.1:
    Also the server processes' CPU seconds per million deliveries (user + system, from
    ``/proc``), which is what decides how N cores scale.
 2. Publish rate through Redis from one process: one task publishing in a loop (each publish is
-   one round trip), and 32 tasks publishing at once (coredis pipelines their scripts).
+   one round trip), and 32 tasks publishing at once, to one stream and spread over 8 streams
+   (publishes that wait together share one script call per stream and one pipeline).
 3. Resume: from ``hello`` to the last of 1,000 messages replayed from Redis, on a fresh
    in-memory connection (median of 5).
 """
@@ -108,10 +110,12 @@ def fanout(kind: str, workers: int, publishers: int = 1) -> dict[str, float]:
             server.close()
 
 
-async def publish_and_resume(redis_url: str) -> dict[str, float]:
+PARTS = ("fanout", "publish", "resume")
+
+
+async def publish_and_resume(redis_url: str, parts: tuple[str, ...] = PARTS) -> dict[str, float]:
     """Publish rates through Redis (1 and 32 tasks), and a 1000-message resume from Redis."""
-    from wshub import HubConfig, Position, open_hub
-    from wshub.testing import connect_memory
+    from wshub import HubConfig, open_hub
 
     config = HubConfig.production().merged(
         {
@@ -123,57 +127,80 @@ async def publish_and_resume(redis_url: str) -> dict[str, float]:
     )
     results: dict[str, float] = {}
     async with open_hub(config) as hub:
-        count = 3000
-        started = trio.current_time()
-        for n in range(count):
-            await hub.publish("rate.one", {"n": n})
-        results["publishes_per_s_one_task"] = count / (trio.current_time() - started)
+        if "publish" in parts:
+            results.update(await publish_rates(hub))
+        if "resume" in parts:
+            results["resume_1000_ms_median"] = await resume_time(hub)
+    return results
 
-        tasks, each = 32, 500
+
+async def publish_rates(hub: Any) -> dict[str, float]:
+    """Publishes/s through Redis: one task awaiting each, then 32 tasks at once."""
+    results: dict[str, float] = {}
+    count = 3000
+    started = trio.current_time()
+    for n in range(count):
+        await hub.publish("rate.one", {"n": n})
+    results["publishes_per_s_one_task"] = count / (trio.current_time() - started)
+
+    tasks, each = 32, 500
+    for streams, name in (
+        (1, "publishes_per_s_32_tasks"),
+        (8, "publishes_per_s_32_tasks_8_streams"),
+    ):
         started = trio.current_time()
 
-        async def publisher(task: int) -> None:
+        async def publisher(task: int, stream: str) -> None:
             for n in range(each):
-                await hub.publish("rate.many", {"task": task, "n": n})
+                await hub.publish(stream, {"task": task, "n": n})
 
         async with trio.open_nursery() as nursery:
             for task in range(tasks):
-                nursery.start_soon(publisher, task)
-        results["publishes_per_s_32_tasks"] = tasks * each / (trio.current_time() - started)
-
-        for n in range(1000):
-            await hub.publish("resume", {"n": n, "text": "x" * 60})
-        times = []
-        for attempt in range(5):
-            started = trio.current_time()
-            client = await connect_memory(
-                hub, f"r{attempt}", subscribe={"resume": Position(0, None)}
-            )
-            await client.receive()  # welcome
-            for _ in range(1000):
-                await client.receive()
-            times.append(trio.current_time() - started)
-            await client.aclose()
-        results["resume_1000_ms_median"] = statistics.median(times) * 1000
+                nursery.start_soon(publisher, task, f"rate.many.{streams}.{task % streams}")
+        results[name] = tasks * each / (trio.current_time() - started)
     return results
+
+
+async def resume_time(hub: Any) -> float:
+    """Median ms from ``hello`` to the last of 1000 messages replayed from Redis (5 runs)."""
+    from wshub import Position
+    from wshub.testing import connect_memory
+
+    for n in range(1000):
+        await hub.publish("resume", {"n": n, "text": "x" * 60})
+    times = []
+    for attempt in range(5):
+        started = trio.current_time()
+        client = await connect_memory(hub, f"r{attempt}", subscribe={"resume": Position(0, None)})
+        await client.receive()  # welcome
+        for _ in range(1000):
+            await client.receive()
+        times.append(trio.current_time() - started)
+        await client.aclose()
+    return statistics.median(times) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run everything once; print a table; ``--json`` writes the numbers too."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    parser.add_argument(
+        "--only", choices=PARTS, action="append", help="run this part only (repeatable)"
+    )
     args = parser.parse_args(argv)
+    parts = tuple(args.only or PARTS)
     with tempfile.TemporaryDirectory() as directory:
         redis, url = start_redis(directory)
         os.environ["WSHUB_BENCH_REDIS_URL"] = url  # the servers inherit it
         try:
-            results: dict[str, Any] = {
-                "memory, 1 process": fanout("wshub-fast", 1),
-                "redis, 1 worker": fanout("wshub-redis", 1),
-                "redis, 1 worker, 16 publishers": fanout("wshub-redis", 1, 16),
-                "redis, 2 workers, 16 publishers": fanout("wshub-redis", 2, 16),
-            }
-            results["publish and resume"] = trio.run(publish_and_resume, url)
+            results: dict[str, Any] = {}
+            if "fanout" in parts:
+                results["memory, 1 process"] = fanout("wshub-fast", 1)
+                results["redis, 1 worker"] = fanout("wshub-redis", 1)
+                results["redis, 1 worker, 16 publishers"] = fanout("wshub-redis", 1, 16)
+                results["redis, 2 workers, 16 publishers"] = fanout("wshub-redis", 2, 16)
+            if "publish" in parts or "resume" in parts:
+                results["publish and resume"] = trio.run(publish_and_resume, url, parts)
         finally:
             redis.kill()
             redis.wait()

@@ -10,6 +10,13 @@ Keys of one stream share the hash tag ``{stream}``, so Redis Cluster keeps them 
   ``publisher:id`` splits one way only)
 - channel ``<prefix>:{<stream>}``: ``"<offset> <epoch> <ts> <len(id)>\\n" + id + frame``
 
+PUBLISH takes a list of publishes to one stream and applies them in order, each exactly as if
+it ran alone: ``batch.py`` sends the publishes that wait at the same time as one call per
+stream (a lone publish is a list of one), so Redis runs one script, not one per publish. All
+keys of one call share the stream's hash tag, so a call never spans Redis Cluster slots. Each
+stored publish is its own PUBLISH on the channel, in offset order, so nodes see exactly what
+one script per publish would send them.
+
 The epoch is created by whichever script first finds the meta key missing (a new stream, or
 Redis lost it): the history is deleted with it, so offsets restart at 1 in the new epoch. A
 history already holding the next offset (state lost in part) starts a new epoch the same way.
@@ -57,50 +64,75 @@ local function ensure_epoch(meta, history, new_epoch)
 end
 """
 
-# KEYS: meta, history, dedup.  ARGV: frame head, frame middle, channel, history size,
-# history ttl ms, meta ttl ms, dedup window ms (0: no de-duplication), content id,
-# new epoch, message id.
-# Returns {'ok', offset, epoch} | {'duplicate', offset, epoch} | {'conflict', offset, epoch}.
+# KEYS: meta, history, then one de-duplication key per publish.
+# ARGV: channel, history size, history ttl ms, meta ttl ms, new epoch, then five per publish:
+# frame head, frame middle, dedup window ms (0: no de-duplication), content id, message id.
+# Returns, per publish in order: {'ok' | 'duplicate' | 'conflict', offset, epoch}, or
+# {'error', 0, message} for a publish whose de-duplication key is not a hash (only that one
+# fails). Each publish is applied as if it ran alone, in order (an id repeated within one call
+# is a duplicate of, or a conflict with, the earlier one); the meta key's offset, the
+# history's trim and expiry are written once per call, which nothing can tell apart from once
+# per publish because the call is atomic. After the first write nothing can fail (the meta
+# and history keys have proved their type; the de-duplication keys go through pcall), so a
+# call never stops half-way with messages published but the offset not stored.
 PUBLISH = (
     _TRIM
     + """
-local meta, history, dedup = KEYS[1], KEYS[2], KEYS[3]
-local window = tonumber(ARGV[7])
-local epoch = redis.call('HGET', meta, 'e')
-if window > 0 and epoch then
-  local seen = redis.call('HMGET', dedup, 'o', 'c', 'e')
-  if seen[1] and seen[3] == epoch then
-    if seen[2] ~= ARGV[8] then return {'conflict', tonumber(seen[1]), epoch} end
-    return {'duplicate', tonumber(seen[1]), epoch}
+local meta, history = KEYS[1], KEYS[2]
+local channel, size, new_epoch = ARGV[1], ARGV[2], ARGV[5]
+local state = redis.call('HMGET', meta, 'e', 's')
+local epoch, top = state[1], tonumber(state[2]) or 0
+local ts, ts_text = nil, nil  -- read once, at the first publish stored
+local replies = {}
+for i = 1, #KEYS - 2 do
+  local dedup, at = KEYS[i + 2], 5 * i
+  local head, middle, window = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+  local content, id = ARGV[at + 4], ARGV[at + 5]
+  local seen = {}
+  if window > 0 and epoch then
+    seen = redis.pcall('HMGET', dedup, 'o', 'c', 'e')
+  end
+  if seen.err then
+    replies[i] = {'error', 0, seen.err}
+  elseif seen[1] and seen[3] == epoch then
+    replies[i] = {seen[2] == content and 'duplicate' or 'conflict', tonumber(seen[1]), epoch}
+  else
+    if not epoch then  -- a new stream, or Redis lost it: its stale history goes too
+      redis.call('DEL', history)
+      epoch, top = new_epoch, 0
+    end
+    if not ts then
+      ts = now_ms()
+      ts_text = string.format('%d', ts)
+    end
+    top = top + 1
+    local offset_text = string.format('%d', top)
+    local frame = head .. offset_text .. middle .. ts_text .. '}'
+    local added = redis.pcall('XADD', history, 'MAXLEN', size, offset_text .. '-0',
+                              't', ts_text, 'f', frame, 'i', id)
+    if type(added) == 'table' and added.err then
+      -- The history is ahead of the meta key (partly lost state): start a new epoch.
+      epoch, top, offset_text = new_epoch, 1, '1'
+      redis.call('DEL', history)
+      frame = head .. offset_text .. middle .. ts_text .. '}'
+      redis.call('XADD', history, 'MAXLEN', size, '1-0', 't', ts_text, 'f', frame, 'i', id)
+    end
+    redis.call('PUBLISH', channel, offset_text .. ' ' .. epoch .. ' ' .. ts_text .. ' '
+               .. string.len(id) .. '\\n' .. id .. frame)
+    if window > 0 and type(redis.pcall('HSET', dedup, 'o', top, 'c', content, 'e', epoch))
+                      == 'number' then
+      redis.call('PEXPIRE', dedup, window)
+    end
+    replies[i] = {'ok', top, epoch}
   end
 end
-epoch = ensure_epoch(meta, history, ARGV[9])
-local offset = redis.call('HINCRBY', meta, 's', 1)
-local ts = now_ms()
-local ts_text = string.format('%d', ts)
-local offset_text = string.format('%d', offset)
-local frame = ARGV[1] .. offset_text .. ARGV[2] .. ts_text .. '}'
-local added = redis.pcall('XADD', history, 'MAXLEN', ARGV[4], offset_text .. '-0',
-                          't', ts_text, 'f', frame, 'i', ARGV[10])
-if type(added) == 'table' and added.err then
-  -- The history is ahead of the meta key (partly lost state): start a new epoch.
-  epoch = ARGV[9]
-  redis.call('DEL', history)
-  redis.call('HSET', meta, 'e', epoch, 's', 1)
-  offset, offset_text = 1, '1'
-  frame = ARGV[1] .. offset_text .. ARGV[2] .. ts_text .. '}'
-  redis.call('XADD', history, 'MAXLEN', ARGV[4], '1-0', 't', ts_text, 'f', frame, 'i', ARGV[10])
+if ts then  -- something was stored
+  redis.call('HSET', meta, 'e', epoch, 's', top)
+  trim_expired(history, ts - tonumber(ARGV[3]))
+  redis.call('PEXPIRE', history, ARGV[3])
+  redis.call('PEXPIRE', meta, ARGV[4])
 end
-trim_expired(history, ts - tonumber(ARGV[5]))
-redis.call('PEXPIRE', history, ARGV[5])
-redis.call('PEXPIRE', meta, ARGV[6])
-redis.call('PUBLISH', ARGV[3], offset_text .. ' ' .. epoch .. ' ' .. ts_text .. ' '
-           .. string.len(ARGV[10]) .. '\\n' .. ARGV[10] .. frame)
-if window > 0 then
-  redis.call('HSET', dedup, 'o', offset, 'c', ARGV[8], 'e', epoch)
-  redis.call('PEXPIRE', dedup, window)
-end
-return {'ok', offset, epoch}
+return replies
 """
 )
 

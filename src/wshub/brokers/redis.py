@@ -1,8 +1,9 @@
 """The Redis broker: many nodes, one history, restarts without loss.
 
 Theory of operation:
-- Redis holds each stream's epoch, offsets, history and de-duplication records; one Lua script
-  per publish stores, publishes and records atomically (``lua.py``). A node never assigns an
+- Redis holds each stream's epoch, offsets, history and de-duplication records; the publish
+  script stores, publishes and records atomically (``lua.py``), one call for all the
+  publishes to one stream that wait at the same time. A node never assigns an
   offset, so every node, restarted or not, agrees on every stream.
 - A node delivers only what its pub/sub connection brings, through a ``Feed`` per stream that
   keeps offsets in order and fills skipped ones from history (``follower.py``).
@@ -11,7 +12,7 @@ Theory of operation:
   feed delivered since the read, so the replay meets delivery exactly.
 - Every call has ``broker.timeout`` and runs under the hub's ``broker`` circuit breaker; all
   failures become ``BrokerUnavailable`` (``redis_calls.py``). Publishes that wait at once share
-  one pipeline per round trip (``batch.py``).
+  one round trip and one script call per stream (``batch.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import IdConflict
 from wshub.core.encoding import encode_message_parts
 from wshub.core.events import Position, PublishResult
-from wshub.core.history import Replay, new_epoch
+from wshub.core.history import Replay
 
 __all__ = ["BREAKER", "RedisBroker"]
 
@@ -172,25 +173,10 @@ class RedisBroker:
             head, middle = encode_message_parts(stream, mid, data)
         except TypeError as error:
             raise ValueError(f"data is not JSON-serialisable: {error}") from None
-        redis = self.redis
-        keys = [
-            redis.key(stream, "m"),
-            redis.key(stream, "h"),
-            redis.dedup_key(stream, publisher, mid),
-        ]
-        args = [
-            head,
-            middle,
-            redis.channel(stream),
-            redis.history_size,
-            redis.history_ttl_ms,
-            redis.meta_ttl_ms,
-            self._window_ms if deduplicate else 0,
-            content,
-            new_epoch(),
-            mid,
-        ]
-        kind, offset, _epoch = await self.batcher.submit(keys, args)
+        window = self._window_ms if deduplicate else 0
+        dedup_key = self.redis.dedup_key(stream, publisher, mid)
+        entry = [head, middle, window, content, mid]
+        kind, offset, _epoch = await self.batcher.submit(stream, dedup_key, entry)
         if kind == b"conflict":
             raise IdConflict(stream, mid, int(offset))
         return PublishResult(stream, int(offset), mid, kind == b"duplicate")
