@@ -299,26 +299,45 @@ def fanout(run: Run, kind: str, profile: bool) -> None:
         server.close()
 
 
-def measure_latency(run: Run, kind: str, server: Child, clients: list[Child], rate: float) -> None:
-    """Publish at ``rate`` per second and keep the latencies of the measured window."""
-    s = run.settings
+def publish_timed(
+    server: Child, clients: list[Child], rate: float, seconds: float, sample_every: int
+) -> dict[str, Any]:
+    """Publish at ``rate`` per second for ``seconds``, one connection in ``sample_every``
+    timing every message it receives; returns the server's ``published`` answer."""
     for client in clients:
-        client.send(f"sample {SAMPLE_EVERY}")
-    server.send(f"publish {rate:.3f} {s.warmup + s.latency_window}")
-    timed = server.expect("published", s.warmup + s.latency_window + 60)
-    time.sleep(0.3)
+        client.send(f"sample {sample_every}")
+    server.send(f"publish {rate:.3f} {seconds}")
+    return server.expect("published", seconds + 60)
+
+
+def collect(clients: list[Child]) -> list[dict[str, Any]]:
+    """Stop timing messages; the load generators' results so far."""
     for client in clients:
         client.send("sample 0")
         client.send("report")
-    results = [client.expect("result", 60) for client in clients]
-    first_ns = int((timed["start"] + s.warmup) * 1e9)
-    last_ns = int(timed["end"] * 1e9)
+    return [client.expect("result", 60) for client in clients]
+
+
+def window_latencies(results: list[dict[str, Any]], start: float, end: float) -> list[float]:
+    """The latencies (ms) of the timed messages published within ``[start, end]`` (Unix s)."""
+    first_ns, last_ns = int(start * 1e9), int(end * 1e9)
+    return [
+        latency / 1e6
+        for result in results
+        for published, latency in zip(result["published_at"], result["latencies"], strict=True)
+        if first_ns <= published <= last_ns
+    ]
+
+
+def measure_latency(run: Run, kind: str, server: Child, clients: list[Child], rate: float) -> None:
+    """Publish at ``rate`` per second and keep the latencies of the measured window."""
+    s = run.settings
+    timed = publish_timed(server, clients, rate, s.warmup + s.latency_window, SAMPLE_EVERY)
+    time.sleep(0.3)
+    results = collect(clients)
     entry = run.latency.setdefault(kind, {"rates": [], "ms": []})
     entry["rates"].append(rate)
-    for result in results:
-        for published, latency in zip(result["published_at"], result["latencies"], strict=True):
-            if first_ns <= published <= last_ns:
-                entry["ms"].append(latency / 1e6)
+    entry["ms"].extend(window_latencies(results, timed["start"] + s.warmup, timed["end"]))
 
 
 def profile_server(server: Child, seconds: float) -> dict[str, Any]:
