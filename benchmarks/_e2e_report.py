@@ -181,6 +181,14 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = top["wshub"] / top["websockets"]
         text = f"{ratio:.2f}x"
         found.append(_target("wshub >= 3x websockets broadcast, 1000 subs", ratio, 3, text, True))
+    if {"wshub-fast", "websockets-batched"} <= top.keys():
+        ratio = top["wshub-fast"] / top["websockets-batched"]
+        name = "wshub fast server >= 0.8x the batched websockets peer, 1000 subs"
+        found.append(_target(name, ratio, 0.8, f"{ratio:.2f}x", True))
+    if {"wshub-fast", "wshub-serve"} <= top.keys():
+        ratio = top["wshub-serve"] / top["wshub-fast"]
+        name = "wshub serve >= 90% of the embedded fast server, 1000 subs"
+        found.append(_target(name, ratio, 0.9, f"{ratio:.0%}", True))
     if {"wshub", "trio-websocket"} <= top.keys():
         ratio = top["wshub"] / top["trio-websocket"]
         name = "wshub >= 50% of the raw trio-websocket ceiling, 1000 subs"

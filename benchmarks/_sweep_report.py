@@ -48,7 +48,7 @@ def point_text(point: dict[str, Any]) -> str:
     if "error" in point:
         return f"FAILED: {point['error'][:200]}"
     if point["p50"] is None:
-        return f"no timed message; delivered {point['delivered']:.0%}"
+        return f"no message due in the window arrived; delivered {point['delivered']:.0%}"
     text = f"p50 {point['p50']:.2f} ms, p99 {point['p99']:.2f} ms, delivered "
     text += f"{point['delivered']:.0%} ({point['samples']:,} timed)"
     return text + (f", closed {point['closed']}" if point["closed"] else "")
@@ -198,8 +198,8 @@ def _rate(rate: float | None) -> str:
 def _cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
-    if entry["p50"] is None:
-        return "no data"
+    if entry["p50"] is None:  # a server that could not even publish them is saturated
+        return "late *"
     text = f"{entry['p50']:.1f} / {entry['p99']:.1f}"
     return text + (" *" if entry["saturated"] else "")
 
@@ -233,7 +233,7 @@ def _tables(out: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
     return [
         (
             f"Publish-to-receive latency, p50 / p99 (ms), {subs} subscribers, {spread} "
-            "(* saturated)",
+            "(* saturated; late: no message due within the window arrived by the report)",
             ["Server", *(f"{rate:g}/s" for rate in rates), "Saturates at"],
             latency,
         ),

@@ -1,7 +1,7 @@
 """End-to-end benchmarks: wshub against its references, every server in its own process.
 
 Run ``python benchmarks/e2e.py`` (or ``nox -s bench``); ``--quick`` for one short round (about
-1.5 minutes), ``--markdown`` to print the tables pasted into docs/benchmarks.md, ``--json PATH``
+2 minutes), ``--markdown`` to print the tables pasted into docs/benchmarks.md, ``--json PATH``
 to choose where the results go (default ``benchmarks/results/e2e-MODE.json``), ``--charts DIR``
 for the PNG charts (default ``docs/img`` in full mode, ``benchmarks/results/img`` with
 ``--quick``), ``--check`` to exit 1 when a target fails, ``--no-profile`` to skip py-spy.
@@ -50,10 +50,12 @@ SUBSCRIBERS = (1, 100, 1000)
 SERVERS = (
     "wshub",
     "wshub-fast",
+    "wshub-serve",
     "wshub-hypercorn",
     "trio-websocket",
     "hypercorn",
     "websockets",
+    "websockets-batched",
     "raw-socket",
 )
 LATENCY_SERVERS = ("wshub", "wshub-fast", "wshub-hypercorn", "websockets")  # at half their maximum
