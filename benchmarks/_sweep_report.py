@@ -129,10 +129,15 @@ def _entry(out: dict[str, Any], kind: str, subs: int, rate: float) -> dict[str, 
     return entry
 
 
-def _verdict(name: str, measured: float | None, limit: float, text: str) -> dict[str, Any]:
+def _verdict(
+    name: str, measured: float | None, limit: float, text: str, entry: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Met when ``measured <= limit`` at a point that is not saturated (``entry``'s)."""
     if measured is None:
         return {"name": name, "text": "no data", "verdict": "not met"}
-    verdict = "met" if measured <= limit else "not met"
+    saturated = entry is None or entry["saturated"]
+    verdict = "met" if measured <= limit and not saturated else "not met"
+    text += ", saturated" if saturated else ""
     return {"name": name, "measured": measured, "text": text, "verdict": verdict}
 
 
@@ -151,7 +156,8 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
             entry = _entry(out, kind, subs, rate)
             p50 = entry["p50"] if entry else None
             name = f"{kind}: p50 <= {P50_TARGET_MS:g} ms, {subs} subs at {rate:g}/s"
-            found.append(_verdict(name, p50, P50_TARGET_MS, f"{p50:.2f} ms" if p50 else ""))
+            text = f"{p50:.2f} ms" if p50 is not None else ""
+            found.append(_verdict(name, p50, P50_TARGET_MS, text, entry))
         for rate in swept:
             entry, floor = _entry(out, kind, subs, rate), _entry(out, "raw-socket", subs, rate)
             if floor is None:
@@ -160,11 +166,12 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = p99 / floor_p99 if p99 is not None and floor_p99 else None
             name = f"{kind}: p99 <= {FLOOR_FACTOR:g}x raw-socket's p99, {subs} subs at {rate:g}/s"
             text = f"{ratio:.2f}x ({p99:.2f} vs {floor_p99:.2f} ms)" if ratio else ""
-            found.append(_verdict(name, ratio, FLOOR_FACTOR, text))
+            found.append(_verdict(name, ratio, FLOOR_FACTOR, text, entry))
         entry = _entry(out, kind, small_subs, small_rate)
         p99 = entry["p99"] if entry else None
         name = f"{kind}: p99 <= {SMALL_P99_TARGET_MS:g} ms, {small_subs} subs at {small_rate:g}/s"
-        found.append(_verdict(name, p99, SMALL_P99_TARGET_MS, f"{p99:.2f} ms" if p99 else ""))
+        text = f"{p99:.2f} ms" if p99 is not None else ""
+        found.append(_verdict(name, p99, SMALL_P99_TARGET_MS, text, entry))
     if set(WSHUB) <= out["summary"].keys():
         figures = [(subs, rate, q) for rate in swept for q in ("p50", "p99")]
         figures.append((small_subs, small_rate, "p99"))
@@ -174,7 +181,7 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = ours / theirs if ours is not None and theirs else None
             name = f"wshub-serve {q} within 10% of wshub-fast, {n} subs at {rate:g}/s"
             text = f"{ratio:.2f}x ({ours:.2f} vs {theirs:.2f} ms)" if ratio else ""
-            found.append(_verdict(name, ratio, SERVE_MARGIN, text))
+            found.append(_verdict(name, ratio, SERVE_MARGIN, text, serve))
         serve_at, fast_at = out["saturation"]["wshub-serve"], out["saturation"]["wshub-fast"]
         never = float("inf")
         met = (serve_at or never) >= (fast_at or never)
@@ -198,6 +205,8 @@ def _rate(rate: float | None) -> str:
 def _cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
+    if entry["failed_rounds"] == entry["rounds"]:
+        return "failed *"
     if entry["p50"] is None:  # a server that could not even publish them is saturated
         return "late *"
     text = f"{entry['p50']:.1f} / {entry['p99']:.1f}"

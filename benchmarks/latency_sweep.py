@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report:
         results = orjson.loads(args.report.read_bytes())
+        results["targets"] = report.targets(results)  # judged by the targets of this version
         return report_results(results, args, quick=results["mode"] != "full")
     settings, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     if args.window or args.rounds:  # a shrunken run, to check the code: never the docs' numbers
