@@ -25,7 +25,8 @@ KIND is one of:
 - ``wshub-serve``: the ``wshub serve`` command itself (its default fast server, memory broker),
   run in this process by ``wshub.cli.main(["serve", "--config", FILE, "--host", "127.0.0.1",
   "--port", "0"])``: the command's own argument parsing, configuration layers, logging and
-  signal handling. FILE holds the settings of the other wshub kinds. The only addition is the
+  signal handling. FILE holds the settings of the other wshub kinds (and no ``WSHUB_*``
+  variable reaches the command, so FILE alone configures it). The only addition is the
   publisher: ``wshub.cli_serve.open_hub`` is wrapped so that, once the command's hub is open,
   the same publisher task as ``wshub-fast`` runs in the hub's nursery (the same Trio loop,
   the same ``hub.publish`` calls); the port comes from the command's start-up log line;
@@ -321,6 +322,8 @@ def _serve_wshub_serve(lifetime: float) -> None:
             hub.nursery.start_soon(control, hub)
             yield hub
 
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        del os.environ[name]  # FILE alone configures it, as the other kinds' code does
     logging.getLogger("wshub.cli").addHandler(PortFromLog())
     wshub.cli_serve.open_hub = open_hub_with_publisher  # type: ignore[attr-defined]
     with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="wshub-bench-") as file:
