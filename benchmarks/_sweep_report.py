@@ -51,6 +51,7 @@ def point_text(point: dict[str, Any]) -> str:
         return f"no message due in the window arrived; delivered {point['delivered']:.0%}"
     text = f"p50 {point['p50']:.2f} ms, p99 {point['p99']:.2f} ms, delivered "
     text += f"{point['delivered']:.0%} ({point['samples']:,} timed)"
+    text += "" if point["drained"] else ", backlog still arriving at the drain's end"
     return text + (f", closed {point['closed']}" if point["closed"] else "")
 
 
@@ -65,8 +66,10 @@ def _summary(points: list[dict[str, Any]]) -> dict[str, Any]:
     p50 = _median([point["p50"] for point in measured])
     delivered = _median([point["delivered"] for point in measured])
     cut = any(point.get("closed") for point in measured) or len(measured) < len(points)
+    backlog = not all(point.get("drained", True) for point in measured)
     saturated = (
         cut
+        or backlog
         or delivered is None
         or delivered < SATURATED_DELIVERED
         or p50 is None
@@ -81,6 +84,7 @@ def _summary(points: list[dict[str, Any]]) -> dict[str, Any]:
         "rounds": len(points),
         "failed_rounds": len(points) - len(measured),
         "cut": cut,
+        "backlog": backlog,
         "saturated": saturated,
     }
 
@@ -112,8 +116,9 @@ def results(sweep: Any, info: dict[str, str]) -> dict[str, Any]:
         "small": list(sweep.small),
         "definition": (
             f"saturated: delivered < {SATURATED_DELIVERED:.0%} of rate x subscribers within "
-            f"the window, or p50 > {SATURATED_P50_MS:g} ms, or a client cut; a server "
-            "saturates at the lowest swept rate whose point is saturated"
+            f"the window, or p50 > {SATURATED_P50_MS:g} ms, or a client cut, or a backlog "
+            "still arriving when the drain ended; a server saturates at the lowest swept rate "
+            "whose point is saturated"
         ),
         "summary": summary,
         "saturation": saturation,

@@ -27,8 +27,10 @@ What it measures, on 127.0.0.1, with the servers of ``servers.py`` and the load 
   server that cut any client gets a fresh set of clients before its next point.
 
 A point is *saturated* when fewer than 95% of the offered deliveries arrived within the
-window, or its p50 is above 100 ms, or the server cut a client; a server *saturates* at the
-lowest swept rate whose point is saturated.
+window, or its p50 is above 100 ms, or the server cut a client, or its backlog was still
+arriving ``drain`` seconds after the window (its clients are then replaced, so the backlog
+does not run on into the next point); a server *saturates* at the lowest swept rate whose
+point is saturated.
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ def measure(sweep: Sweep, served: Served, subscribers: int, rate: float) -> dict
         every = sample_every(rate, subscribers)
         seconds = s.warmup + s.window
         timed = e2e.publish_timed(served.server, served.clients, rate, seconds, every)
+        began = time.monotonic()
         e2e.wait_quiet(served.clients, timeout=s.drain)
+        drained = time.monotonic() - began < s.drain
         results = e2e.collect(served.clients)
     except ChildFailed as error:
         point["error"] = str(error)[:500]
@@ -156,12 +160,14 @@ def measure(sweep: Sweep, served: Served, subscribers: int, rate: float) -> dict
         p99=report.percentile(ms, 0.99) if ms else None,
         max=ms[-1] if ms else None,
         closed=e2e.closes(results),
+        drained=drained,
     )
     if point["closed"]:
         sweep.disconnects.append(
             f"{served.kind} at {rate:g}/s, {subscribers} subs: closed {point['closed']}"
         )
-        served.drop_clients()  # a fresh set of clients for the next point
+    if point["closed"] or not drained:  # fresh clients: nothing of it runs on into the next
+        served.drop_clients()
     sweep.points.append(point)
     return point
 
