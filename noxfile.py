@@ -34,13 +34,19 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Micro-benchmarks of the pure core, then the end-to-end suite (docs/benchmarks.md).
+    """Micro-benchmarks of the pure core, the end-to-end suite, then the latency sweep
+    (docs/benchmarks.md).
 
-    ``nox -s bench -- --quick`` takes about two minutes. ``--quick`` and ``--markdown`` go to
-    both; every other argument (``--check``, ``--json PATH``, ``--charts DIR``,
-    ``--no-profile``) to the end-to-end suite only.
+    ``nox -s bench -- --quick`` takes about five minutes. ``--quick`` and ``--markdown`` go to
+    all three; ``--check`` and ``--charts DIR`` to the end-to-end suite and the sweep; every
+    other argument (``--json PATH``, ``--no-profile``) to the end-to-end suite only.
     """
     session.install("-e", ".", "websockets>=13", "matplotlib", "py-spy")
     shared = [arg for arg in session.posargs if arg in ("--quick", "--markdown")]
     session.run("python", "benchmarks/micro.py", *shared)
     session.run("python", "benchmarks/e2e.py", *session.posargs)
+    sweep = [*shared, *(arg for arg in session.posargs if arg == "--check")]
+    if "--charts" in session.posargs:
+        where = session.posargs.index("--charts")
+        sweep += session.posargs[where : where + 2]
+    session.run("python", "benchmarks/latency_sweep.py", *sweep)

@@ -15,10 +15,12 @@ from _harness import machine as base_machine
 LABELS = {
     "wshub": "wshub, embedded (trio-websocket)",
     "wshub-fast": "wshub, fast server (wsproto + h11, sockets the hub owns)",
+    "wshub-serve": "wshub serve (the command, fast server, memory broker)",
     "wshub-hypercorn": "wshub under hypercorn (ASGI)",
     "trio-websocket": "raw trio-websocket, pre-batched (ceiling)",
     "hypercorn": "raw hypercorn ASGI, pre-batched (ceiling)",
     "websockets": "websockets asyncio, broadcast() per message",
+    "websockets-batched": "websockets asyncio, batched like wshub (fair peer)",
     "raw-socket": "raw sockets, one send() per client, pre-batched (ceiling)",
 }
 FLOORS = {  # the raw stacks in the latency table: one frame per message, at a low rate
@@ -111,7 +113,8 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- results
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of the sorted ``ordered``: the sample at ``q * len``."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -144,14 +147,14 @@ def results(run: Any, info: dict[str, str]) -> dict[str, Any]:
             "rate": statistics.median(entry["rates"]),
             "samples": len(ordered),
             **{
-                name: _percentile(ordered, q)
+                name: percentile(ordered, q)
                 for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
             },
             "max": ordered[-1],
         }
     resume = _spread(run.resume_ms) if run.resume_ms else {}
     if run.resume_ms:
-        resume["p90"] = _percentile(sorted(run.resume_ms), 0.9)
+        resume["p90"] = percentile(sorted(run.resume_ms), 0.9)
         resume["repeats"] = len(run.resume_ms)
     out: dict[str, Any] = {
         "mode": run.mode,
@@ -178,6 +181,14 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = top["wshub"] / top["websockets"]
         text = f"{ratio:.2f}x"
         found.append(_target("wshub >= 3x websockets broadcast, 1000 subs", ratio, 3, text, True))
+    if {"wshub-fast", "websockets-batched"} <= top.keys():
+        ratio = top["wshub-fast"] / top["websockets-batched"]
+        name = "wshub fast server >= 0.8x the batched websockets peer, 1000 subs"
+        found.append(_target(name, ratio, 0.8, f"{ratio:.2f}x", True))
+    if {"wshub-fast", "wshub-serve"} <= top.keys():
+        ratio = top["wshub-serve"] / top["wshub-fast"]
+        name = "wshub serve >= 90% of the embedded fast server, 1000 subs"
+        found.append(_target(name, ratio, 0.9, f"{ratio:.0%}", True))
     if {"wshub", "trio-websocket"} <= top.keys():
         ratio = top["wshub"] / top["trio-websocket"]
         name = "wshub >= 50% of the raw trio-websocket ceiling, 1000 subs"

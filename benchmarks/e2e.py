@@ -1,7 +1,7 @@
 """End-to-end benchmarks: wshub against its references, every server in its own process.
 
 Run ``python benchmarks/e2e.py`` (or ``nox -s bench``); ``--quick`` for one short round (about
-1.5 minutes), ``--markdown`` to print the tables pasted into docs/benchmarks.md, ``--json PATH``
+2 minutes), ``--markdown`` to print the tables pasted into docs/benchmarks.md, ``--json PATH``
 to choose where the results go (default ``benchmarks/results/e2e-MODE.json``), ``--charts DIR``
 for the PNG charts (default ``docs/img`` in full mode, ``benchmarks/results/img`` with
 ``--quick``), ``--check`` to exit 1 when a target fails, ``--no-profile`` to skip py-spy.
@@ -50,10 +50,12 @@ SUBSCRIBERS = (1, 100, 1000)
 SERVERS = (
     "wshub",
     "wshub-fast",
+    "wshub-serve",
     "wshub-hypercorn",
     "trio-websocket",
     "hypercorn",
     "websockets",
+    "websockets-batched",
     "raw-socket",
 )
 LATENCY_SERVERS = ("wshub", "wshub-fast", "wshub-hypercorn", "websockets")  # at half their maximum
@@ -299,26 +301,45 @@ def fanout(run: Run, kind: str, profile: bool) -> None:
         server.close()
 
 
-def measure_latency(run: Run, kind: str, server: Child, clients: list[Child], rate: float) -> None:
-    """Publish at ``rate`` per second and keep the latencies of the measured window."""
-    s = run.settings
+def publish_timed(
+    server: Child, clients: list[Child], rate: float, seconds: float, sample_every: int
+) -> dict[str, Any]:
+    """Publish at ``rate`` per second for ``seconds``, one connection in ``sample_every``
+    timing every message it receives; returns the server's ``published`` answer."""
     for client in clients:
-        client.send(f"sample {SAMPLE_EVERY}")
-    server.send(f"publish {rate:.3f} {s.warmup + s.latency_window}")
-    timed = server.expect("published", s.warmup + s.latency_window + 60)
-    time.sleep(0.3)
+        client.send(f"sample {sample_every}")
+    server.send(f"publish {rate:.3f} {seconds}")
+    return server.expect("published", seconds + 60)
+
+
+def collect(clients: list[Child]) -> list[dict[str, Any]]:
+    """Stop timing messages; the load generators' results so far."""
     for client in clients:
         client.send("sample 0")
         client.send("report")
-    results = [client.expect("result", 60) for client in clients]
-    first_ns = int((timed["start"] + s.warmup) * 1e9)
-    last_ns = int(timed["end"] * 1e9)
+    return [client.expect("result", 60) for client in clients]
+
+
+def window_latencies(results: list[dict[str, Any]], start: float, end: float) -> list[float]:
+    """The latencies (ms) of the timed messages published within ``[start, end]`` (Unix s)."""
+    first_ns, last_ns = int(start * 1e9), int(end * 1e9)
+    return [
+        latency / 1e6
+        for result in results
+        for published, latency in zip(result["published_at"], result["latencies"], strict=True)
+        if first_ns <= published <= last_ns
+    ]
+
+
+def measure_latency(run: Run, kind: str, server: Child, clients: list[Child], rate: float) -> None:
+    """Publish at ``rate`` per second and keep the latencies of the measured window."""
+    s = run.settings
+    timed = publish_timed(server, clients, rate, s.warmup + s.latency_window, SAMPLE_EVERY)
+    time.sleep(0.3)
+    results = collect(clients)
     entry = run.latency.setdefault(kind, {"rates": [], "ms": []})
     entry["rates"].append(rate)
-    for result in results:
-        for published, latency in zip(result["published_at"], result["latencies"], strict=True):
-            if first_ns <= published <= last_ns:
-                entry["ms"].append(latency / 1e6)
+    entry["ms"].extend(window_latencies(results, timed["start"] + s.warmup, timed["end"]))
 
 
 def profile_server(server: Child, seconds: float) -> dict[str, Any]:

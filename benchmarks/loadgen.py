@@ -13,6 +13,8 @@ line, and the welcome is not counted. Commands on standard input, one a line:
   socket, so the latency is the server's, not the load generator's;
 - ``report``: print ``{"event": "result", "buckets", "latencies", "closed", ...}``, the counts
   so far;
+- ``clear``: forget the counts, latencies and closes so far (a sweep's next point starts from
+  nothing, and its reports do not carry every earlier point along);
 - ``stop`` (or end of input, or ``--lifetime`` seconds after start): the same, then exit.
 
 ``python benchmarks/loadgen.py PORT 1 --resume STREAM --repeats K`` instead measures resuming:
@@ -81,6 +83,13 @@ class Counters:
     def close(self, code: int) -> None:
         """Count a connection closed with ``code``."""
         self.closed[code] = self.closed.get(code, 0) + 1
+
+    def clear(self) -> None:
+        """Forget everything counted so far (``sample_every`` stays)."""
+        self.buckets.clear()
+        del self.published_at[:]
+        del self.latencies[:]
+        self.closed.clear()
 
 
 class Client:
@@ -313,6 +322,8 @@ def hold(args: argparse.Namespace) -> None:
                     counters.sample_every = int(rest[0])
                 elif command == "report":
                     _report(counters, len(clients))
+                elif command == "clear":
+                    counters.clear()
                 else:
                     running = False
         if delivered:

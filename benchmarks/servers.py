@@ -22,6 +22,14 @@ KIND is one of:
   of them on one Redis are the workers of one service (``benchmarks/redis_broker.py``). With
   ``$WSHUB_BENCH_PUBLISHERS`` = N, as fast as it can means N publisher tasks at once (a lone
   publisher waits one Redis round trip per message);
+- ``wshub-serve``: the ``wshub serve`` command itself (its default fast server, memory broker),
+  run in this process by ``wshub.cli.main(["serve", "--config", FILE, "--host", "127.0.0.1",
+  "--port", "0"])``: the command's own argument parsing, configuration layers, logging and
+  signal handling. FILE holds the settings of the other wshub kinds (and no ``WSHUB_*``
+  variable reaches the command, so FILE alone configures it). The only addition is the
+  publisher: ``wshub.cli_serve.open_hub`` is wrapped so that, once the command's hub is open,
+  the same publisher task as ``wshub-fast`` runs in the hub's nursery (the same Trio loop,
+  the same ``hub.publish`` calls); the port comes from the command's start-up log line;
 - ``wshub-hypercorn``: ``wshub.asgi.create_app`` under ``hypercorn.trio.serve``, configured
   as ``wshub serve`` does; the publisher runs in the same Trio loop through ``app.hub``;
 - ``trio-websocket``: the ceiling of the embedded stack. Every connection has a task that
@@ -29,6 +37,12 @@ KIND is one of:
 - ``hypercorn``: the same for a raw ASGI app under hypercorn's Trio worker;
 - ``websockets``: the ``websockets`` library's asyncio server, one ``websockets.broadcast()``
   per message from a publisher that yields (``asyncio.sleep(0)``) after each;
+- ``websockets-batched``: the fair peer, the same server given wshub's batching. Publishing
+  appends the message to one pending list; a flush task sends what is pending in frames of up
+  to ``BATCH`` messages joined with newlines, one ``websockets.broadcast()`` per frame (each
+  frame built once for every client), then lets the publisher run alone for ``WRITE_DELAY``
+  before it flushes again. Like wshub's flush tick, the first message after a quiet spell goes
+  out at once, and under load the batches grow with what came in during the pause;
 - ``raw-socket``: the physical floor of a fan-out in Python, no framework at all: a
   ``selectors`` loop with a hand-written handshake, then every message framed once and written
   with one non-blocking ``socket.send()`` per client from a single loop (a client whose socket
@@ -63,6 +77,7 @@ import orjson
 
 PAYLOAD_BYTES = 100  # the JSON of ``data``
 BATCH = 64  # messages per pre-built frame of the ceilings; wshub's limits.max_batch default
+WRITE_DELAY = 0.003  # the batched websockets peer's pause; wshub's limits.write_delay default
 STREAM = "bench"
 WELCOME = '{"type":"welcome"}'
 _PAD = "x" * (PAYLOAD_BYTES - len(orjson.dumps({"t": time.time_ns(), "seq": 100000, "pad": ""})))
@@ -165,16 +180,30 @@ async def _paced(rate: float, seconds: float, step: Callable[[int, int], Awaitab
     return count
 
 
+# What every wshub kind runs with, over the production preset (``wshub-serve`` as a TOML file).
+WSHUB_SETTINGS: dict[str, dict[str, Any]] = {
+    "server": {"allow_anonymous": True},
+    "limits": {"max_queue": 10_000, "max_connections": 20_000},
+    "heartbeat": {"interval": 3600.0, "timeout": 60.0},
+}
+
+
 def _wshub_config() -> Any:
     from wshub import HubConfig
 
-    return HubConfig.production().merged(
-        {
-            "server": {"allow_anonymous": True},
-            "limits": {"max_queue": 10_000, "max_connections": 20_000},
-            "heartbeat": {"interval": 3600.0, "timeout": 60.0},
-        }
-    )
+    return HubConfig.production().merged(WSHUB_SETTINGS)
+
+
+def wshub_toml() -> str:
+    """``WSHUB_SETTINGS`` over the production preset, as a ``wshub serve --config`` file."""
+
+    def value(item: Any) -> str:
+        return ("true" if item else "false") if isinstance(item, bool) else repr(item)
+
+    lines = ['preset = "production"']
+    for section, keys in WSHUB_SETTINGS.items():
+        lines += ["", f"[{section}]", *(f"{key} = {value(v)}" for key, v in keys.items())]
+    return "\n".join(lines) + "\n"
 
 
 async def _control_wshub(hub: Any, port: int, publishers: int = 1) -> None:
@@ -248,6 +277,60 @@ async def _serve_wshub_redis(lifetime: float) -> None:
         async with open_hub(config) as hub, trio.open_nursery() as nursery:
             server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
             await _control_wshub(hub, server.port, publishers)
+    quit_now()
+
+
+def _serve_wshub_serve(lifetime: float) -> None:
+    """``wshub serve`` itself in this process, with the publisher of the other wshub kinds."""
+    import logging
+    import re
+    import tempfile
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    import trio
+
+    import wshub.cli_serve
+    from wshub import HubConfig
+    from wshub.cli import main as wshub_main
+    from wshub.hub.hub import Hub, open_hub  # what ``wshub.cli_serve`` calls
+
+    listening = re.compile(r"wshub listening on http://\S+:(\d+): ")
+    port: list[int] = []
+    bound = trio.Event()
+
+    class PortFromLog(logging.Handler):
+        """Reads the bound port from the command's start-up line (docs/operations.md)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            match = listening.search(record.getMessage())
+            if match and not port:
+                port.append(int(match[1]))
+                bound.set()  # logged from the Trio thread, inside the command's trio.run
+
+    async def control(hub: Hub) -> None:
+        with trio.move_on_after(lifetime):
+            await bound.wait()
+            await _control_wshub(hub, port[0])
+        quit_now()
+
+    @asynccontextmanager
+    async def open_hub_with_publisher(
+        config: HubConfig | None = None, **hooks: Any
+    ) -> AsyncIterator[Hub]:
+        async with open_hub(config, **hooks) as hub:
+            hub.nursery.start_soon(control, hub)
+            yield hub
+
+    for name in [name for name in os.environ if name.startswith("WSHUB_")]:
+        del os.environ[name]  # FILE alone configures it, as the other kinds' code does
+    logging.getLogger("wshub.cli").addHandler(PortFromLog())
+    wshub.cli_serve.open_hub = open_hub_with_publisher  # type: ignore[attr-defined]
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="wshub-bench-") as file:
+        file.write(wshub_toml())
+        file.flush()
+        code = wshub_main(["serve", "--config", file.name, "--host", "127.0.0.1", "--port", "0"])
+    say("exited", code=code)  # only when the command failed before serving (control exits)
     quit_now()
 
 
@@ -401,10 +484,31 @@ async def _serve_hypercorn(lifetime: float) -> None:
 # ---------------------------------------------------------------------------------- asyncio
 
 
-async def _serve_websockets(lifetime: float) -> None:
+async def _serve_websockets(lifetime: float, *, batched: bool = False) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
 
     clients: set[ServerConnection] = set()
+    pending: list[str] = []  # batched: published, not yet flushed
+    wake = asyncio.Event()  # batched: set by a publish that found nothing pending
+
+    def send(text: str) -> None:
+        if not batched:
+            broadcast(clients, text)
+            return
+        if not pending:
+            wake.set()
+        pending.append(text)
+
+    async def flush() -> None:
+        """The batched peer's flush task: wshub's flush tick on ``websockets.broadcast``."""
+        while True:
+            await wake.wait()
+            wake.clear()
+            while pending:
+                for first in range(0, len(pending), BATCH):
+                    broadcast(clients, "\n".join(pending[first : first + BATCH]))
+                pending.clear()
+                await asyncio.sleep(WRITE_DELAY)  # the publisher runs alone; batches grow
 
     async def handle(websocket: ServerConnection) -> None:
         clients.add(websocket)
@@ -422,7 +526,7 @@ async def _serve_websockets(lifetime: float) -> None:
         count = 0
         while loop.time() < deadline:
             count += 1
-            broadcast(clients, envelope(count, wall + int(due * 1e9) if interval else 0))
+            send(envelope(count, wall + int(due * 1e9) if interval else 0))
             if interval:
                 due += interval
                 await asyncio.sleep(max(0.0, due - loop.time()))
@@ -437,6 +541,7 @@ async def _serve_websockets(lifetime: float) -> None:
         asyncio.timeout(lifetime),
         serve(handle, "127.0.0.1", 0, ping_interval=None, compression=None, backlog=4096) as server,
     ):
+        flusher = asyncio.create_task(flush())  # waits for the first message (when batched)
         say("ready", port=server.sockets[0].getsockname()[1])
         while line := await reader.readline():
             command, *args = line.decode().split()
@@ -448,6 +553,7 @@ async def _serve_websockets(lifetime: float) -> None:
                 say("connections", count=len(clients))
             else:
                 break
+        flusher.cancel()
     quit_now()
 
 
@@ -634,10 +740,12 @@ KINDS = (
     "wshub",
     "wshub-fast",
     "wshub-redis",
+    "wshub-serve",
     "wshub-hypercorn",
     "trio-websocket",
     "hypercorn",
     "websockets",
+    "websockets-batched",
     "raw-socket",
 )
 
@@ -652,11 +760,14 @@ def main() -> None:
     if args.kind == "raw-socket":
         _RawServer(args.lifetime).serve()
         return
-    if args.kind == "websockets":
+    if args.kind in ("websockets", "websockets-batched"):
         try:
-            asyncio.run(_serve_websockets(args.lifetime))
+            asyncio.run(_serve_websockets(args.lifetime, batched=args.kind == "websockets-batched"))
         except TimeoutError:
             quit_now()
+        return
+    if args.kind == "wshub-serve":
+        _serve_wshub_serve(args.lifetime)
         return
     import trio
 
