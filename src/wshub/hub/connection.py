@@ -63,7 +63,7 @@ from wshub.core.protocol import (
 from wshub.core.ratelimit import TokenBucket
 from wshub.hub.flush import FlushTick
 from wshub.hub.hooks import AuthenticationError, HookUnavailable, Identity
-from wshub.hub.transport import RequestInfo, Transport
+from wshub.hub.transport import DirectWrite, RequestInfo, Transport
 
 __all__ = ["Connection", "ConnectionHost", "small_frame"]
 
@@ -166,6 +166,8 @@ class Connection:
         self.cut = False  # a frame was interrupted: close without a close frame
         self.unregistered = False  # the hub has forgotten this connection
         transport.on_blocked = self._waiting_for_peer
+        self._direct = transport if isinstance(transport, DirectWrite) else None
+        self._step = limits.max_batch if self.batching else 1
         self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
         self.strikes = 0
 
@@ -461,7 +463,7 @@ class Connection:
                 # Wait for the hub's flush tick (or a close request), never for one message:
                 # between ticks the publishers run alone and the queue fills into bigger frames.
                 await self._wait_for_wake()
-                if self.queue and not await self._send_queued():
+                if (self.queue or self._rest_pending()) and not await self._send_queued():
                     return
                 self._flushed()
                 if not self.queue and self.closing is not None:
@@ -472,6 +474,9 @@ class Connection:
         finally:
             self.writer_alive = False
             self._flushed()
+
+    def _rest_pending(self) -> bool:
+        return self._direct is not None and self._direct.blocked
 
     def _waiting_for_peer(self) -> None:
         # The transport waits for the peer to read: the tick stops waiting for this writer,
@@ -501,21 +506,84 @@ class Connection:
         self._parked = None
         return trio.lowlevel.Abort.SUCCEEDED
 
+    def write_now(self) -> bool:
+        """Send the queue from the flush tick itself, with no task woken, where the transport
+        allows (``DirectWrite``) and the writer is parked. True when the tick has nothing to
+        wait for: all was written, or the socket filled and the writer (woken now) waits on
+        the peer for the rest. False: release the writer as usual."""
+        direct = self._direct
+        if (
+            direct is None
+            or self._parked is None
+            or self.closing is not None
+            or self.scope.cancel_called
+            or direct.blocked
+        ):
+            return False
+        items = self.queue
+        if not items:
+            return True
+        step = self._step
+        sent = 0
+        try:
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
+                text, delivered = _frame_of(chunk)
+                if not direct.send_nowait(text):
+                    break
+                sent = start + len(chunk)
+                self._count_sent(chunk, text, delivered)
+                if direct.blocked:
+                    break
+        except TransportClosed as error:
+            self._stop_for(error)
+            return True
+        metrics = self.hub.metrics
+        metrics.record_queue_depth(len(items))
+        if sent == len(items):
+            self._take_queue()
+        else:  # the socket is full: the writer sends the rest once the peer reads
+            small = self.small_frame
+            for item in items[:sent]:
+                size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
+                self._bytes_over -= max(size - small, 0)
+            del items[:sent]
+            self._set_queue_limit(self.queue_limit)
+            self.wake_writer()
+        if self.stats is not None:
+            self.stats.last_activity = trio.current_time()
+        return True
+
+    def _take_queue(self) -> list[QueueItem]:
+        # The queue is being sent: empty it and reset its bounds.
+        items, self.queue = self.queue, []
+        self.bytes_limit, self._bytes_over = self.hub.config.limits.max_queue_bytes, 0
+        self._set_queue_limit(self.hub.config.limits.max_queue)
+        self.dirty = False
+        return items
+
+    def _count_sent(self, chunk: list[QueueItem], text: str, delivered: int) -> None:
+        stats = self.stats
+        assert stats is not None
+        metrics = self.hub.metrics
+        stats.messages_out += delivered
+        stats.bytes_out += len(text)
+        metrics.delivered += delivered
+        if delivered and metrics.should_sample():
+            now = trio.current_time()
+            for item in chunk:
+                if item.__class__ is StoredMessage:  # live: not a str, not Replayed
+                    metrics.observe_latency(now - item.stored_at)
+
     async def _send_queued(self) -> bool:
         """Send everything queued, batched; False once the connection is aborted or cut."""
         send = self.transport.send
-        hub = self.hub
-        metrics = hub.metrics
-        max_batch = hub.config.limits.max_batch
-        max_queue = hub.config.limits.max_queue
+        direct = self._direct
         stats = self.stats
         assert stats is not None
-        items, self.queue = self.queue, []
-        metrics.record_queue_depth(len(items))
-        self.bytes_limit, self._bytes_over = hub.config.limits.max_queue_bytes, 0
-        self._set_queue_limit(max_queue)
-        self.dirty = False
-        step = max_batch if self.batching else 1
+        self.hub.metrics.record_queue_depth(len(self.queue))
+        items = self._take_queue()
+        step = self._step
         aborted = False
         # A frame is sent whole or the connection is cut: cancelling a send part-way would
         # leave half a frame on the wire with the close frame inside it. One shielded scope
@@ -523,29 +591,16 @@ class Connection:
         # and no frame starts once the connection is aborted.
         with trio.CancelScope(shield=True) as guard:
             self.send_guard = guard
+            if direct is not None and direct.blocked:
+                await direct.finish_frame()  # what the flush tick's write left unfinished
             for start in range(0, len(items), step):
                 if self.scope.cancel_called:
                     aborted = True
                     break
                 chunk = items[start : start + step]
-                frames: list[str] = []
-                delivered = 0
-                for item in chunk:
-                    if item.__class__ is str:
-                        frames.append(item)
-                    else:
-                        frames.append(item.frame)  # type: ignore[union-attr]
-                        delivered += 1
-                text = frames[0] if len(frames) == 1 else "\n".join(frames)
+                text, delivered = _frame_of(chunk)
                 await send(text)
-                stats.messages_out += delivered
-                stats.bytes_out += len(text)
-                metrics.delivered += delivered
-                if delivered and metrics.should_sample():
-                    now = trio.current_time()
-                    for item in chunk:
-                        if item.__class__ is StoredMessage:  # live: not a str, not Replayed
-                            metrics.observe_latency(now - item.stored_at)
+                self._count_sent(chunk, text, delivered)
         self.send_guard = None
         if guard.cancelled_caught:
             self.cut = True
@@ -554,6 +609,19 @@ class Connection:
             return False
         stats.last_activity = trio.current_time()
         return True
+
+
+def _frame_of(chunk: list[QueueItem]) -> tuple[str, int]:
+    """One frame's text for ``chunk`` (newline-joined), and how many messages it delivers."""
+    frames: list[str] = []
+    delivered = 0
+    for item in chunk:
+        if item.__class__ is str:
+            frames.append(item)
+        else:
+            frames.append(item.frame)  # type: ignore[union-attr]
+            delivered += 1
+    return (frames[0] if len(frames) == 1 else "\n".join(frames)), delivered
 
 
 def small_frame(max_queue_bytes: int, max_queue: int) -> int:
