@@ -167,6 +167,7 @@ class Connection:
         self.unregistered = False  # the hub has forgotten this connection
         transport.on_blocked = self._waiting_for_peer
         self._direct = transport if isinstance(transport, DirectWrite) else None
+        self._nursery: trio.Nursery | None = None  # where a writer starts (direct transports)
         self._step = limits.max_batch if self.batching else 1
         self.bucket = TokenBucket(rate=config.limits.rate, burst=config.limits.burst)
         self.strikes = 0
@@ -251,6 +252,8 @@ class Connection:
         task = self._parked
         if task is None:
             self._woken = True
+            if not self.writer_alive and self._direct is not None and self._nursery is not None:
+                self._start_writer()  # no task until there is work the tick cannot do
         else:
             self._parked = None
             trio.lowlevel.reschedule(task)
@@ -304,7 +307,9 @@ class Connection:
                     return
                 deadline = self.identity.deadline if self.identity is not None else None
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
+                    self._nursery = nursery
+                    if self._direct is None or self._woken:
+                        self._start_writer()  # else the tick writes, and starts one if needed
                     try:  # the reader runs in this task: one coroutine frame less per client
                         if deadline is None:
                             await self._reader()
@@ -325,6 +330,7 @@ class Connection:
                         # (hypercorn shields its writes) must not keep its subscriptions, its
                         # queue or its connection slot.
                         hub.unregister(self)
+                        self._nursery = None  # ending: no writer starts any more
         except BaseException:  # re-raised; only chooses the close code
             # ``abort`` cancels ``self.scope``, which catches it: what escapes stopped this
             # connection from outside, e.g. hypercorn's deadline when nobody drained the hub.
@@ -456,8 +462,16 @@ class Connection:
             return True
         return False
 
-    async def _writer(self) -> None:
+    def _start_writer(self) -> None:
+        # ``writer_alive`` from here, not from the task's first step: one writer at a time.
         self.writer_alive = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
+        # Where the tick writes itself (``_direct``), this task exists only while there is
+        # something the tick cannot do: a full socket to wait on, or a close to make.
+        direct = self._direct
         try:
             while True:
                 # Wait for the hub's flush tick (or a close request), never for one message:
@@ -469,6 +483,8 @@ class Connection:
                 if not self.queue and self.closing is not None:
                     self.abort(self.closing, self.close_reason)
                     return
+                if direct is not None and not self._woken and not direct.blocked:
+                    return  # nothing the tick cannot write: no task for an idle client
         except Exception as error:
             self._stop_for(error)
         finally:
@@ -514,15 +530,16 @@ class Connection:
         direct = self._direct
         if (
             direct is None
-            or self._parked is None
+            or self.writer_alive
             or self.closing is not None
             or self.scope.cancel_called
             or direct.blocked
         ):
             return False
         items = self.queue
-        if not items:
-            return True
+        stats = self.stats
+        if not items or stats is None:
+            return not items
         step = self._step
         sent = 0
         try:
@@ -532,7 +549,7 @@ class Connection:
                 if not direct.send_nowait(text):
                     break
                 sent = start + len(chunk)
-                self._count_sent(chunk, text, delivered)
+                self._count_sent(stats, chunk, text, delivered)
                 if direct.blocked:
                     break
         except TransportClosed as error:
@@ -550,8 +567,7 @@ class Connection:
             del items[:sent]
             self._set_queue_limit(self.queue_limit)
             self.wake_writer()
-        if self.stats is not None:
-            self.stats.last_activity = trio.current_time()
+        stats.last_activity = trio.current_time()
         return True
 
     def _take_queue(self) -> list[QueueItem]:
@@ -562,9 +578,10 @@ class Connection:
         self.dirty = False
         return items
 
-    def _count_sent(self, chunk: list[QueueItem], text: str, delivered: int) -> None:
-        stats = self.stats
-        assert stats is not None
+    def _count_sent(
+        self, stats: ClientStats, chunk: list[QueueItem], text: str, delivered: int
+    ) -> None:
+        # ``stats`` as the sender took it: the hub may forget a connection mid-send.
         metrics = self.hub.metrics
         stats.messages_out += delivered
         stats.bytes_out += len(text)
@@ -600,7 +617,7 @@ class Connection:
                 chunk = items[start : start + step]
                 text, delivered = _frame_of(chunk)
                 await send(text)
-                self._count_sent(chunk, text, delivered)
+                self._count_sent(stats, chunk, text, delivered)
         self.send_guard = None
         if guard.cancelled_caught:
             self.cut = True
