@@ -27,7 +27,9 @@ Theory of operation:
   ``heartbeat.timeout`` for the pong; without ping frames it waits ``interval + timeout`` for
   the client's own frames.
   An idle connection costs two tasks (reader and writer) and no Event: the writer parks itself
-  until the hub's flush tick reschedules it.
+  until the hub's flush tick reschedules it. On a ``DirectWrite`` transport (the fast server)
+  it costs one: the tick writes the queue itself (``write_now``), and a writer task is started
+  only for what the tick cannot do (a full socket to wait on, a close), ending after.
 """
 
 from __future__ import annotations
