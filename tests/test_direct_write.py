@@ -30,7 +30,7 @@ class WriterSteps(trio.abc.Instrument):
         self.steps = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name.endswith("Connection._writer"):
+        if task.name.startswith("wshub.hub.") and task.name.endswith("._writer"):
             self.steps += 1
 
 
