@@ -27,6 +27,9 @@ class FakeWriter:
         self.flush_tick: int | None = None
         self.woken_at: list[float] = []
 
+    def write_now(self) -> bool:
+        return False  # a transport the tick cannot write to: the writer is woken
+
     def wake_writer(self) -> None:
         self.woken_at.append(trio.current_time())
 

@@ -2,8 +2,12 @@
 
 Theory of operation:
 - A connection whose queue goes from empty to non-empty is marked dirty (``mark_dirty``). The
-  tick takes every dirty connection at once and wakes its writer; each writer sends its whole
-  queue, in frames of up to ``limits.max_batch`` messages.
+  tick takes every dirty connection at once. Where the transport allows (the fast server's
+  sockets), the tick writes the connection's queue itself, in frames of up to
+  ``limits.max_batch`` messages, each with one non-blocking write, and no task is woken
+  (``write_now``); a socket that fills hands the rest to the connection's writer, which waits
+  for the peer, and the tick does not wait for it. Elsewhere the tick wakes the writer, which
+  sends the whole queue.
 - The tick waits until all but 2% of the writers it released are done (``writer_flushed``).
   A writer whose transport has to wait for its peer (the socket is full: the client is not
   reading) reports done at that moment, so no tick ever waits on a socket that is not
@@ -47,6 +51,11 @@ class Writer(Protocol):
     """Whether the writer task runs (a released dead writer would never report back)."""
     flush_tick: int | None
     """The tick this writer was released by and has not yet reported to, if any."""
+
+    def write_now(self) -> bool:
+        """Send what is queued from the tick itself if the transport can without waiting;
+        True when there is nothing to wait for, False to wake the writer instead."""
+        ...
 
     def wake_writer(self) -> None:
         """Let the writer send what is queued, then call ``writer_flushed``."""
@@ -106,13 +115,15 @@ class FlushTick:
             self._flushed = trio.Event()
             # Made before the flush, so a queue reaching high water during it counts too.
             self._queues_high = trio.Event()
+            started = trio.current_time()  # the tick's own writes are part of the flush
             for connection in dirty:
+                if connection.write_now():
+                    continue
                 if delay and connection.writer_alive and connection.flush_tick is None:
                     connection.flush_tick = self._tick
                     self._flushing += 1
                 connection.wake_writer()
             self._stragglers = self._flushing // 50
-            started = trio.current_time()
             flushed_at = started
             if self._flushing:
                 flushed_at = await self._wait_for_writers(started, wait_limit)

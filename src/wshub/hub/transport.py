@@ -10,13 +10,20 @@ exception type.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
 from wshub.core.errors import TransportClosed
 
-__all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "RequestInfo", "Transport", "TransportClosed"]
+__all__ = [
+    "CLOSE_SECONDS",
+    "DISCARD_BYTES",
+    "DirectWrite",
+    "RequestInfo",
+    "Transport",
+    "TransportClosed",
+]
 
 #: Most a transport reads (and drops) after sending its close frame, while it waits for the
 #: peer's close: enough for a client to finish writing an oversized frame and then read why it
@@ -90,4 +97,33 @@ class Transport(Protocol):
     async def abort(self) -> None:
         """Cut the connection without a close frame: a send was interrupted mid-frame, so
         anything more written to the stream would land inside that frame (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class DirectWrite(Protocol):
+    """A transport the hub's flush tick can write to itself, with no task woken per client.
+
+    The fast server's sockets are one: a frame goes out with one non-blocking ``write(2)``.
+    The tick calls ``send_nowait`` for each frame of a dirty connection's queue while its
+    writer task stays parked; only a socket that is full hands the rest to the writer, which
+    waits for the peer (``finish_frame``, then ``send``). A transport without this interface
+    is written by its connection's writer task alone.
+    """
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a frame is unfinished (the socket was full): nothing else may start until
+        ``finish_frame`` or a ``send`` has written its rest."""
+        ...
+
+    def send_nowait(self, text: str) -> bool:
+        """Send one text frame without waiting: False, taking nothing, while ``blocked``;
+        True once the frame is taken, written whole or its rest kept for ``finish_frame``
+        (then ``blocked`` is true). Raises TransportClosed once the peer is gone."""
+        ...
+
+    async def finish_frame(self) -> None:
+        """Write the rest of an unfinished frame (waits for the peer; a checkpoint when there
+        is none). Raises TransportClosed."""
         ...

@@ -6,7 +6,10 @@ Theory of operation:
 - Writing has one rule: a frame is written whole before anything else is. ``_write`` sends
   with one non-blocking ``write(2)`` when nothing is pending (no trip through the scheduler);
   only what the socket does not take at once is awaited, under ``_write_lock``, so a ping, a
-  pong or a close queued meanwhile waits behind the unfinished frame. A write cancelled
+  pong or a close queued meanwhile waits behind the unfinished frame. ``send_nowait`` (the
+  hub's flush tick writing without a task) does the same write and keeps what the socket did
+  not take in ``_rest``; every later write, ``finish_frame`` included, first writes that rest
+  under the lock. A write cancelled
   part-way leaves a torn frame: from then on nothing more is written (``abort`` is the only
   way out), so no close frame ever lands inside a frame.
 - Reading is done by whichever task waits for something (``receive`` for a message, ``ping``
@@ -81,6 +84,7 @@ class FastWebSocket:
         self._close_sent = False
         self._peer_closed = False
         self._torn = False  # a write stopped mid-frame: write nothing more
+        self._rest: memoryview | None = None  # what send_nowait could not write of its frame
         self._socket_closed = False
         self.bytes_read = 0
         self.largest_partial = 0  # most bytes of one unfinished message held at once
@@ -98,26 +102,74 @@ class FastWebSocket:
 
     # ------------------------------------------------------------------ writing
 
+    @property
+    def blocked(self) -> bool:
+        """Whether a frame is unfinished: the socket was full when it was written."""
+        return self._rest is not None or self._write_lock.locked()
+
+    def send_nowait(self, text: str) -> bool:
+        """Send one text frame with one non-blocking write (``DirectWrite``): False, taking
+        nothing, while ``blocked``; else True, the rest of a frame the socket did not take
+        whole kept for ``finish_frame``. Raises TransportClosed."""
+        if self._close_sent or self._closed is not None:
+            raise self._closed or TransportClosed(_ABNORMAL)
+        if self._torn or self._socket_closed:
+            raise TransportClosed(_ABNORMAL, "the connection was cut")
+        if self._rest is not None or self._write_lock.locked():
+            return False
+        try:
+            data = self._ws.send(TextMessage(data=text))
+        except LocalProtocolError:  # the peer's close arrived: no more data frames
+            raise TransportClosed(_ABNORMAL) from None
+        sent = self._write_now(data)
+        if sent < len(data):
+            self._rest = memoryview(data)[sent:]
+            if self.on_blocked is not None:
+                self.on_blocked()  # the socket is full: the rest waits for the peer
+        return True
+
+    async def finish_frame(self) -> None:
+        """Write the rest of the frame ``send_nowait`` left unfinished; raises
+        TransportClosed."""
+        if self._rest is None:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._write_lock:
+            await self._write_rest()
+
+    async def _write_rest(self) -> None:
+        # The lock is held. Torn if cancelled part-way, like any other frame.
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            if self._torn or self._socket_closed:
+                raise TransportClosed(_ABNORMAL, "the connection was cut")
+            await self._send_rest(rest)
+
+    def _write_now(self, data: bytes) -> int:
+        # One non-blocking write(2): how much the socket took.
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            self._torn = True
+            raise TransportClosed(_ABNORMAL, str(error)) from None
+
     async def _write(self, data: bytes) -> None:
         """Write ``data`` whole after anything already pending; raises TransportClosed."""
         if self._torn or self._socket_closed:
             raise TransportClosed(_ABNORMAL, "the connection was cut")
         lock = self._write_lock
-        if lock.locked():
+        if lock.locked() or self._rest is not None:
             # Another frame is unfinished: the socket is full, this one waits for the peer.
             if self.on_blocked is not None:
                 self.on_blocked()
             async with lock:
+                await self._write_rest()
                 await self._write_locked(data)
             return
         # Nothing pending: one system call, no checkpoint when the socket takes it all.
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as error:
-            self._torn = True
-            raise TransportClosed(_ABNORMAL, str(error)) from None
+        sent = self._write_now(data)
         if sent < len(data):
             if self.on_blocked is not None:
                 self.on_blocked()  # the socket is full: the rest waits for the peer
