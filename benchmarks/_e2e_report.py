@@ -207,6 +207,12 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         text = f"{ours / 1024:.1f} KiB vs {theirs / 1024:.1f} KiB: {ours / theirs:.2f}x"
         name = "idle connection memory <= 1.25x raw trio-websocket"
         found.append(_target(name, ours / theirs, 1.25, text, False))
+    for kind in ("wshub-fast", "wshub-serve"):  # issue 14: against the websockets server
+        if {kind, "websockets"} <= memory.keys():
+            ours, theirs = (memory[k]["per_connection_bytes"] for k in (kind, "websockets"))
+            text = f"{ours / 1024:.1f} KiB vs {theirs / 1024:.1f} KiB: {ours / theirs:.2f}x"
+            name = f"idle connection memory, {kind} <= 1.25x websockets"
+            found.append(_target(name, ours / theirs, 1.25, text, False))
     if out["resume"]:
         measured = out["resume"]["median"]
         name = "replaying 1,000 messages <= 20 ms (median)"

@@ -65,7 +65,7 @@ LATENCY_SERVERS = ("wshub", "wshub-fast", "wshub-hypercorn", "websockets")  # at
 FLOOR_SERVERS = ("trio-websocket", "hypercorn", "raw-socket")
 FLOOR_RATE = 10.0
 AT_WSHUB_RATE = "raw-socket@wshub-rate"  # raw-socket's latency at wshub's half-load rate
-MEMORY_SERVERS = ("wshub", "wshub-fast", "trio-websocket")
+MEMORY_SERVERS = ("wshub", "wshub-fast", "wshub-serve", "trio-websocket", "websockets")
 LOADGEN_PROCESSES = 2
 SAMPLE_EVERY = 10  # time every message on one connection in ten
 
