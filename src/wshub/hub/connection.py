@@ -105,6 +105,16 @@ class ConnectionHost(OutboxHost, Protocol):
 class Connection(Outbox):
     """One client's connection to the hub. Created and run by ``Hub.serve_connection``."""
 
+    __slots__ = (
+        "bucket",
+        "expiry",
+        "identity",
+        "request",
+        "strikes",
+        "subscriptions",
+        "unregistered",
+    )
+
     hub: ConnectionHost
 
     def __init__(self, hub: ConnectionHost, transport: Transport, request: RequestInfo) -> None:

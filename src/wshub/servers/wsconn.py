@@ -25,7 +25,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 from collections.abc import Callable
@@ -56,6 +55,32 @@ class FastWebSocket:
 
     can_ping = True
     peer_close_codes = True
+    # Slots: one per connection, for as long as it is connected (idle memory, issue 14).
+    __slots__ = (
+        "_close_sent",
+        "_closed",
+        "_events",
+        "_fd",
+        "_limit",
+        "_message",
+        "_part_bytes",
+        "_parts",
+        "_peer_closed",
+        "_ping_payload",
+        "_pings",
+        "_pong",
+        "_read_lock",
+        "_rest",
+        "_socket_closed",
+        "_stream",
+        "_subprotocol",
+        "_torn",
+        "_write_lock",
+        "_ws",
+        "bytes_read",
+        "largest_partial",
+        "on_blocked",
+    )
 
     def __init__(
         self,
@@ -72,7 +97,9 @@ class FastWebSocket:
         self._limit = max_message_bytes
         self._write_lock = trio.StrictFIFOLock()
         self._read_lock = trio.StrictFIFOLock()
-        self._events: collections.deque[Event] = collections.deque()
+        # A list, not a deque: a feed yields an event or two, and an empty deque is 600 bytes
+        # that every idle connection would carry.
+        self._events: list[Event] = []
         self._parts: list[str | bytes] = []  # the message being received
         self._part_bytes = 0
         self._message: str | bytes | None = None  # a whole message not yet returned
@@ -234,7 +261,7 @@ class FastWebSocket:
         """Act on every pending event; sets ``_message``, ``_pong`` or ``_closed``."""
         events = self._events
         while events and self._message is None and self._closed is None:
-            event = events.popleft()
+            event = events.pop(0)
             if isinstance(event, TextMessage | BytesMessage):
                 self._take_part(event)
             elif isinstance(event, Ping):
@@ -366,7 +393,7 @@ class FastWebSocket:
             async with self._read_lock:
                 while not self._peer_closed and self.bytes_read - start < DISCARD_BYTES:
                     while self._events and not self._peer_closed:
-                        event = self._events.popleft()
+                        event = self._events.pop(0)
                         if isinstance(event, CloseConnection):
                             self._peer_closed = True
                     if not self._peer_closed:
