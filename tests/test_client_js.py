@@ -297,6 +297,8 @@ class CuttableProxy:
             sock.close()  # with a zero linger time: a reset
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread (close does not)
         self.listener.close()
         self.cut()
 
