@@ -72,8 +72,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fanout(kind: str, workers: int, publishers: int = 1) -> dict[str, float]:
-    """Deliveries/s at SUBSCRIBERS over ``workers`` server processes of ``kind``."""
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores so far, from /proc/stat (idle and iowait not busy)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = float(sum(fields[:8]))
+    return total - fields[3] - fields[4], total
+
+
+def fanout(
+    kind: str, workers: int, publishers: int = 1, redis_pid: int | None = None
+) -> dict[str, float]:
+    """Deliveries/s at SUBSCRIBERS over ``workers`` server processes of ``kind``.
+
+    Also where the machine's cores went during the publishing: the servers', the load
+    generators' and Redis's CPU seconds per second of wall time, and how busy all cores were.
+    """
     settings = QUICK
     os.environ["WSHUB_BENCH_PUBLISHERS"] = str(publishers)
     servers: list[Child] = []
@@ -87,11 +100,21 @@ def fanout(kind: str, workers: int, publishers: int = 1) -> dict[str, float]:
         for port in ports:
             clients += start_clients(port, share, processes=max(1, 2 // workers))
         time.sleep(0.3)
-        before = sum(cpu_seconds(server.pid) for server in servers)
+        groups = {
+            "servers": [server.pid for server in servers],
+            "loadgen": [client.pid for client in clients],
+            "redis": [redis_pid] if redis_pid is not None else [],
+        }
+
+        def group_cpu() -> dict[str, float]:
+            return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+
+        before, busy_before, wall_before = group_cpu(), machine_busy(), time.monotonic()
         servers[0].send(f"publish 0 {settings.warmup + settings.window}")
         published = servers[0].expect("published", settings.warmup + settings.window + 60)
+        after, busy_after, wall = group_cpu(), machine_busy(), time.monotonic() - wall_before
         time.sleep(0.5)  # the last messages reach the other workers through Redis
-        cpu = sum(cpu_seconds(server.pid) for server in servers) - before
+        cpu = sum(cpu_seconds(server.pid) for server in servers) - before["servers"]
         for client in clients:
             client.send("report")
         counts = [client.expect("result", 60) for client in clients]
@@ -102,6 +125,8 @@ def fanout(kind: str, workers: int, publishers: int = 1) -> dict[str, float]:
             "deliveries_per_s": rate,
             "published": published["count"],
             "cpu_s_per_million": cpu / max(total, 1) * 1e6,
+            **{f"{name}_cores": (after[name] - before[name]) / wall for name in groups},
+            "machine_busy": (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1]),
         }
     finally:
         if clients:
@@ -195,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results: dict[str, Any] = {}
             if "fanout" in parts:
-                results["memory, 1 process"] = fanout("wshub-fast", 1)
-                results["redis, 1 worker"] = fanout("wshub-redis", 1)
-                results["redis, 1 worker, 16 publishers"] = fanout("wshub-redis", 1, 16)
-                results["redis, 2 workers, 16 publishers"] = fanout("wshub-redis", 2, 16)
+                pid = redis.pid
+                results["memory, 1 process"] = fanout("wshub-fast", 1, redis_pid=pid)
+                results["redis, 1 worker"] = fanout("wshub-redis", 1, redis_pid=pid)
+                results["redis, 1 worker, 16 publishers"] = fanout("wshub-redis", 1, 16, pid)
+                results["redis, 2 workers, 16 publishers"] = fanout("wshub-redis", 2, 16, pid)
             if "publish" in parts or "resume" in parts:
                 results["publish and resume"] = trio.run(publish_and_resume, url, parts)
         finally:
