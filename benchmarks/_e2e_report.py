@@ -16,6 +16,7 @@ LABELS = {
     "wshub": "wshub, embedded (trio-websocket)",
     "wshub-fast": "wshub, fast server (wsproto + h11, sockets the hub owns)",
     "wshub-serve": "wshub serve (the command, fast server, memory broker)",
+    "wshub-fast-gc-freeze": "wshub, fast server, gc.freeze() after start-up (A/B)",
     "wshub-hypercorn": "wshub under hypercorn (ASGI)",
     "trio-websocket": "raw trio-websocket, pre-batched (ceiling)",
     "hypercorn": "raw hypercorn ASGI, pre-batched (ceiling)",

@@ -18,6 +18,9 @@ KIND is one of:
   ``hub.publish`` in a loop (which checkpoints on every call);
 - ``wshub-fast``: ``wshub.servers.fast.serve_fast`` (wsproto and h11 on sockets the hub owns,
   what ``wshub serve --server fast`` runs) inside ``open_hub``, the same publisher;
+- ``wshub-fast-gc-freeze``: ``wshub-fast`` with ``gc.freeze()`` once it listens, so what
+  start-up made (modules, config, the hub) is never traversed by the collector again (issue
+  14's A/B: does it trim p99?);
 - ``wshub-redis``: ``wshub-fast`` on the Redis broker at ``$WSHUB_BENCH_REDIS_URL``; several
   of them on one Redis are the workers of one service (``benchmarks/redis_broker.py``). With
   ``$WSHUB_BENCH_PUBLISHERS`` = N, as fast as it can means N publisher tasks at once (a lone
@@ -248,7 +251,9 @@ async def _serve_wshub(lifetime: float) -> None:
     quit_now()
 
 
-async def _serve_wshub_fast(lifetime: float) -> None:
+async def _serve_wshub_fast(lifetime: float, freeze: bool = False) -> None:
+    import gc
+
     import trio
 
     from wshub import open_hub
@@ -257,6 +262,9 @@ async def _serve_wshub_fast(lifetime: float) -> None:
     with trio.move_on_after(lifetime):
         async with open_hub(_wshub_config()) as hub, trio.open_nursery() as nursery:
             server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
+            if freeze:  # everything made at start-up leaves the collector's generations
+                gc.collect()
+                gc.freeze()
             await _control_wshub(hub, server.port)
     quit_now()
 
@@ -747,6 +755,7 @@ KINDS = (
     "websockets",
     "websockets-batched",
     "raw-socket",
+    "wshub-fast-gc-freeze",
 )
 
 
@@ -775,6 +784,8 @@ def main() -> None:
         trio.run(_serve_wshub, args.lifetime)
     elif args.kind == "wshub-fast":
         trio.run(_serve_wshub_fast, args.lifetime)
+    elif args.kind == "wshub-fast-gc-freeze":
+        trio.run(_serve_wshub_fast, args.lifetime, True)
     elif args.kind == "wshub-redis":
         trio.run(_serve_wshub_redis, args.lifetime)
     elif args.kind == "wshub-hypercorn":
