@@ -124,7 +124,7 @@ class FlushTick:
                     self._flushing += 1
                 connection.wake_writer()
             self._stragglers = self._flushing // 50
-            flushed_at = started
+            flushed_at = trio.current_time()  # after the tick's own writes: they are the flush
             if self._flushing:
                 flushed_at = await self._wait_for_writers(started, wait_limit)
             if delay:
