@@ -6,6 +6,8 @@ waits are for events (a delivery, a state), never for a guessed amount of time.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,11 +19,12 @@ from wshub.brokers.base import Broker, BrokerUnavailable, publish_key
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
-from wshub.core.config import HubConfig
+from wshub.core.config import ConfigError, HubConfig
 from wshub.core.dedup import IdConflict
 from wshub.core.events import Position
 from wshub.core.history import Replay, StoredMessage
 from wshub.core.protocol import encode_message
+from wshub.hub.hub import Hub
 
 WAIT = 10.0  # seconds a test waits for a delivery before failing; never reached when right
 
@@ -213,6 +216,33 @@ async def test_the_first_connect_reads_everything_history_holds(
         everything = await join(broker, "@alice", Position(0, start.epoch))
         assert everything.recovered is True
         assert [m.offset for m in everything.messages] == [1, 2]
+
+
+# ---------------------------------------------------------------------- the redis extra
+
+# A hub on the memory broker, then the names of the coredis modules the process imported.
+MEMORY_HUB = """
+import sys, trio, wshub
+async def main():
+    async with wshub.open_hub(wshub.HubConfig.testing()) as hub:
+        await hub.publish("news", 1)
+trio.run(main)
+print(sorted(name for name in sys.modules if name.split(".")[0] == "coredis"))
+"""
+
+
+def test_a_memory_hub_never_imports_coredis() -> None:
+    """The ``redis`` extra is imported only when the broker is Redis (a fresh interpreter)."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_HUB], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_redis_broker_without_coredis_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "coredis", None)  # what an install without the extra finds
+    with pytest.raises(ConfigError, match=r"broker.kind = 'redis' needs .* 'wshub\[redis\]'"):
+        Hub(HubConfig.testing().merged({"broker": {"kind": "redis"}}))
 
 
 # ---------------------------------------------------------------------- Redis only

@@ -7,6 +7,7 @@ The resume and de-duplication tests at the top run against both brokers.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ import pytest
 import trio
 
 from redis_server import RedisServer
-from test_asgi import call
+from test_asgi import AUTH, KEY, call
 from test_client_chaos import ChaosProxy, serve, start_proxy
 from wshub.brokers.base import BrokerUnavailable
 from wshub.brokers.redis import RedisBroker
@@ -279,7 +280,12 @@ async def test_redis_killed_and_restarted_mid_stream(
         redis.stop()
         redis = RedisServer(redis.binary, tmp_path, persist=True)
         redis.start()
-    config = hub_config("redis", redis.url, breaker={"open_timeout": 0.2, "max_open_timeout": 0.5})
+    config = hub_config(
+        "redis",
+        redis.url,
+        breaker={"open_timeout": 0.2, "max_open_timeout": 0.5},
+        admin={"api_key": KEY},
+    )
     try:
         async with open_hub(config) as hub:
             assert isinstance(hub.broker, RedisBroker)
@@ -306,6 +312,9 @@ async def test_redis_killed_and_restarted_mid_stream(
             health = await call(app, "GET", "/health/websocket")
             assert health.status == 503 and "broker unavailable" in health.json()["reasons"]
             assert (await call(app, "GET", "/health")).status == 200
+            body = b'{"stream": "news", "data": 11, "id": "n11"}'
+            reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[body])
+            assert (reply.status, reply.json()["status"]) == (503, "unavailable")
             text = hub.metrics.exposition()[0].decode()
             assert 'wshub_broker_calls_total{op="publish",outcome="ok"} 10.0' in text
             assert 'wshub_broker_calls_total{op="publish",outcome="rejected"}' in text
@@ -425,11 +434,21 @@ async def test_chaos_clients_hopping_between_two_hubs_lose_and_repeat_nothing(
 
 
 async def test_hellos_fail_fast_while_redis_is_unreachable(tmp_path: Any) -> None:
-    """A hub whose Redis never answers starts, refuses hellos with 1013, and stays alive."""
+    """A hub whose Redis never answers starts, refuses hellos with 1013, and stays alive.
+
+    Once the ``broker`` breaker is open (for a minute here), HTTP publishes get 503 with the
+    Retry-After the breaker knows, and ``BrokerUnavailable`` carries it.
+    """
     with trio.socket.socket() as probe:
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    async with open_hub(hub_config("redis", f"redis://127.0.0.1:{port}/0")) as hub:
+    config = hub_config(
+        "redis",
+        f"redis://127.0.0.1:{port}/0",
+        breaker={"open_timeout": 60.0, "max_open_timeout": 60.0},
+        admin={"api_key": KEY},
+    )
+    async with open_hub(config) as hub:
         client = await connect_memory(hub, "alice")
         with trio.fail_after(WAIT):
             assert (await client.wait_closed())[0] == 1013
@@ -438,3 +457,15 @@ async def test_hellos_fail_fast_while_redis_is_unreachable(tmp_path: Any) -> Non
         assert hub.health()["status"] == "degraded"
         with pytest.raises(ClientClosed):
             await client.send({"type": "ping"})
+        for _ in range(config.breaker.failure_threshold):  # enough failures to open it
+            with contextlib.suppress(BrokerUnavailable):
+                await hub.publish("news", 1)
+        assert hub.breakers.get("broker").state.value == "open"
+        with pytest.raises(BrokerUnavailable) as refused:
+            await hub.publish("news", 1)
+        assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 60
+        body = b'{"stream": "news", "data": 1}'
+        reply = await call(create_app(hub=hub), "POST", "/api/publish", headers=AUTH, chunks=[body])
+        assert (reply.status, reply.json()["status"]) == (503, "unavailable")
+        assert 1 <= int(reply.headers["retry-after"]) <= 60
+        assert (await call(create_app(hub=hub), "GET", "/health")).status == 200
