@@ -6,16 +6,17 @@ waits are for events (a delivery, a state), never for a guessed amount of time.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from wshub.brokers.base import Broker, BrokerUnavailable, publish_key
+from wshub.brokers.base import Broker, BrokerUnavailable, StaleRead, publish_key
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
@@ -263,6 +264,75 @@ async def test_two_nodes_share_offsets_history_and_dedup(redis: Any) -> None:
         await sink_b.wait_for(lambda: len(sink_b.delivered) == 4)
         assert sink_a.offsets() == sink_b.offsets() == [1, 2, 3, 4]
         assert [m.frame for m in sink_a.delivered] == [m.frame for m in sink_b.delivered]
+
+
+async def test_joins_while_another_node_publishes_meet_delivery_exactly(redis: Any) -> None:
+    """Subscribe first, read history, merge: between a join's replay and what the node delivers
+    after it, nothing is lost or repeated, whenever the join lands: the first join of a node
+    (which subscribes the channel) and later ones (which find it subscribed). A node that only
+    joined once needed no fill at all: pub/sub carried everything after its read."""
+    total = 300
+    rng = random.Random(20261206)
+    publisher = make_broker("redis", redis.url, node="publisher", history_size=total)
+    joiners = [make_broker("redis", redis.url, node=f"n{n}", history_size=total) for n in "abcd"]
+    joins: list[tuple[Sink, int, Position | None, Replay]] = []
+    published = 0
+    waiting: list[tuple[int, trio.Event]] = []
+
+    async def until_published(count: int) -> None:
+        if published < count:
+            waiting.append((count, event := trio.Event()))
+            await event.wait()
+
+    with trio.fail_after(3 * WAIT):
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(running(publisher))
+            sinks = [await stack.enter_async_context(running(node)) for node in joiners]
+            epoch = (await join(publisher, "news", None)).epoch
+
+            async def publish_all() -> None:
+                nonlocal published
+                for n in range(1, total + 1):
+                    await publisher.publish("news", n, publisher="", id=None)
+                    published = n
+                    for count, event in waiting:
+                        if n >= count:
+                            event.set()
+
+            async def keep_joining(node: Broker, sink: Sink, first: int, once: bool) -> None:
+                next_join = first  # each node's first join (which subscribes) lands elsewhere
+                while next_join <= total:
+                    await until_published(next_join)
+                    seen = sink.offsets()[-1] if sink.delivered else 0
+                    position = Position(rng.randint(0, seen), epoch) if rng.random() < 0.8 else None
+                    while True:  # as the hub does: a join whose read fell behind reads again
+                        prepared = await node.prepare("news", position)
+                        try:
+                            replay = node.join_nowait(prepared)
+                            break
+                        except StaleRead:
+                            pass
+                    joins.append((sink, len(sink.delivered), position, replay))  # no checkpoint
+                    next_join = total + 1 if once else published + rng.randint(5, 40)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_all)
+                for number, (node, sink) in enumerate(zip(joiners, sinks, strict=True)):
+                    nursery.start_soon(keep_joining, node, sink, 1 + number * 37, number >= 2)
+            for sink in sinks:
+                await sink.wait_for(lambda last=sink: last.offsets()[-1:] == [total])
+    assert len(joins) >= 12
+    assert [node.gap_fills for node in joiners[2:]] == [0, 0]  # the nodes that joined once
+    assert len({replay.offset for _, _, _, replay in joins}) >= 10  # they landed all along
+    for sink, delivered_before, position, replay in joins:
+        after = [m.offset for m in sink.delivered[delivered_before:]]
+        assert after == list(range(replay.offset + 1, total + 1))
+        replayed = [m.offset for m in replay.messages]
+        if position is None:
+            assert replayed == []
+        else:
+            assert replay.recovered is True
+            assert replayed == list(range(position.offset + 1, replay.offset + 1))
 
 
 async def test_concurrent_publishes_share_round_trips_and_keep_their_answers(
