@@ -56,7 +56,9 @@ class Sink:
                 await self._changed.wait()
 
 
-def make_broker(kind: str, url: str = "", node: str = "n", **settings: Any) -> Broker:
+def make_broker(
+    kind: str, url: str = "", node: str = "n", *, timeout: float = 2.0, **settings: Any
+) -> Broker:
     config = HubConfig.testing()
     values: dict[str, Any] = {
         "history_size": 5,
@@ -70,7 +72,7 @@ def make_broker(kind: str, url: str = "", node: str = "n", **settings: Any) -> B
     return RedisBroker(
         url=url,
         prefix="test",
-        timeout=2.0,
+        timeout=timeout,
         pool_size=4,
         meta_ttl=values["history_ttl"] + 1,
         breakers=BreakerRegistry(config.breaker),
@@ -439,6 +441,35 @@ async def test_history_ahead_of_its_offset_starts_a_new_epoch(redis: Any) -> Non
         after = await join(broker, "news", Position(0, before.epoch))
         assert after.epoch != before.epoch and after.recovered is False
         assert [m.offset for m in after.messages] == [1]
+
+
+async def test_a_slow_redis_times_out_and_a_retry_gets_the_one_offset(redis: Any) -> None:
+    """A call Redis does not answer within ``broker.timeout`` fails as ``timeout``; it may
+    still be applied later, and a retry with the same id finds it. No late reply is ever
+    taken for the answer to another call."""
+    broker = make_broker("redis", redis.url, timeout=1.0, history_size=10)
+    assert isinstance(broker, RedisBroker)
+    async with running(broker) as sink:
+        epoch = (await join(broker, "news", None)).epoch
+        assert (await broker.publish("news", 1, publisher="", id="one")).offset == 1
+        assert redis.command("CLIENT", "PAUSE", "60000", "WRITE") == b"+OK\r\n"
+        try:
+            with pytest.raises(BrokerUnavailable, match=r"did not answer publish within 1s"):
+                await broker.publish("news", 2, publisher="", id="two")
+            assert broker.calls[("publish", "timeout")] == 1
+        finally:
+            assert redis.command("CLIENT", "UNPAUSE") == b"+OK\r\n"
+        again = await broker.publish("news", 2, publisher="", id="two")
+        assert again.offset == 2  # stored once, whether the paused call or the retry did it
+        for n in range(3, 7):  # every later answer is its own call's
+            result = await broker.publish("news", n, publisher="", id=f"n{n}")
+            assert (result.offset, result.id, result.duplicate) == (n, f"n{n}", False)
+        await sink.wait_for(lambda: len(sink.delivered) == 6)
+        assert sink.offsets() == [1, 2, 3, 4, 5, 6]
+        replay = await join(broker, "news", Position(0, epoch))
+        assert [(m.offset, m.id) for m in replay.messages] == [
+            (1, "one"), (2, "two"), (3, "n3"), (4, "n4"), (5, "n5"), (6, "n6")
+        ]  # fmt: skip
 
 
 async def test_redis_down_is_unavailable_then_recovers(redis: Any) -> None:
