@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
 from redis_server import RedisServer
+from serve_helpers import wshub_serve
 from test_asgi import AUTH, KEY, call
 from test_client_chaos import ChaosProxy, serve, start_proxy
 from wshub.brokers.base import BrokerUnavailable
@@ -431,6 +434,118 @@ async def test_chaos_clients_hopping_between_two_hubs_lose_and_repeat_nothing(
         assert got == [(n, {"n": n}) for n in range(1, per_stream + 1)]
     # The client really hopped: it resumed, on both hubs, across cuts.
     assert statistics.reconnects >= 2 and set(proxy.chosen) == set(proxy.ports)
+
+
+async def follow(
+    url: str,
+    client_id: str,
+    streams: list[str],
+    expected: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> dict[str, Any]:
+    """Run a resilient client until it holds ``expected`` distinct messages of ``streams``.
+
+    Started (``nursery.start``) once its first hello is welcomed: it subscribed "from now on".
+    """
+    received: list[tuple[str, int, Any]] = []
+    gaps: list[Gap] = []
+    async with open_client(
+        url,
+        client_id,
+        subscribe=streams,
+        backoff_base=0.005,
+        backoff_cap=0.1,
+        connect_timeout=5.0,
+        rng=random.Random(client_id),
+    ) as client:
+        await client.wait_connected()
+        task_status.started()
+        async for event in client:
+            if isinstance(event, Gap):
+                gaps.append(event)
+            elif event.stream in streams:
+                received.append((event.stream, event.offset, event.data))
+            if len({(s, o) for s, o, _ in received}) >= expected:
+                break
+        return {"received": received, "gaps": gaps, "statistics": client.statistics()}
+
+
+async def test_chaos_clients_hopping_between_two_serve_processes_lose_and_repeat_nothing(
+    redis: RedisServer, tmp_path: Any
+) -> None:
+    """Two ``wshub serve`` processes and an embedded hub on one Redis are one service.
+
+    The embedded hub publishes 2,000 distinct messages on two streams while three clients hop
+    between the two processes through a proxy that cuts connections at random points: each
+    client ends with every message, in order, none lost, none repeated, no gap reported.
+    """
+    streams = ["hop.0", "hop.1"]
+    per_stream = 1000
+    started = time.monotonic()
+    proxy = HoppingProxy(random.Random(20261207))
+    sections = {"history": {"size": 2 * per_stream, "ttl": 600.0}}
+    env = {
+        "WSHUB_BROKER__KIND": "redis",
+        "WSHUB_BROKER__URL": redis.url,
+        "WSHUB_HISTORY__SIZE": str(2 * per_stream),  # a resume reads up to this many
+        "WSHUB_HISTORY__TTL": "600",
+        "WSHUB_LIMITS__MAX_QUEUE": "20000",
+        "WSHUB_HEARTBEAT__INTERVAL": "5",
+        "WSHUB_HEARTBEAT__TIMEOUT": "5",
+    }
+    servers = []
+    try:
+        for number in range(2):
+            log = tmp_path / f"serve-{number}.log"
+            servers.append(await trio.to_thread.run_sync(partial(wshub_serve, log, env=env)))
+        results: dict[str, dict[str, Any]] = {}
+        config = hub_config("redis", redis.url, **sections)
+        with trio.fail_after(120):
+            async with open_hub(config) as publisher, trio.open_nursery() as nursery:
+                proxy.ports = [server.port for server in servers]
+                proxy.chosen = []
+                url = f"ws://127.0.0.1:{await start_proxy(nursery, proxy)}/ws"
+
+                async def one(client_id: str, task_status: trio.TaskStatus[None]) -> None:
+                    expected = len(streams) * per_stream
+                    results[client_id] = await follow(
+                        url, client_id, streams, expected, task_status=task_status
+                    )
+
+                async with trio.open_nursery() as clients:
+                    for number in range(3):
+                        await clients.start(one, f"hopper-{number}")
+                    for n in range(per_stream):
+                        for stream in streams:
+                            await publisher.publish(stream, {"n": n + 1})
+                        if n % 4 == 0:
+                            await trio.sleep(0.003)
+                nursery.cancel_scope.cancel()
+    finally:
+        for server in servers:
+            server.stop(signal.SIGTERM, timeout=20)
+    reconnects = 0
+    for client_id, result in sorted(results.items()):
+        received, statistics = result["received"], result["statistics"]
+        unique = {(stream, offset) for stream, offset, _ in received}
+        lost, duplicates = len(streams) * per_stream - len(unique), len(received) - len(unique)
+        print(
+            f"\n{client_id}: {len(received)} received, lost {lost}, duplicates {duplicates}, "
+            f"gaps {len(result['gaps'])}; {statistics.reconnects} reconnects, "
+            f"{statistics.duplicates} repeats dropped by the client"
+        )
+        assert (lost, duplicates, result["gaps"]) == (0, 0, [])
+        for stream in streams:
+            got = [(offset, data) for s, offset, data in received if s == stream]
+            assert got == [(n, {"n": n}) for n in range(1, per_stream + 1)]
+        reconnects += statistics.reconnects
+    print(
+        f"proxy: {proxy.connections} connections, {proxy.cuts} cuts; "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    # The clients really hopped: they resumed, on both processes, across cuts.
+    assert len(results) == 3 and reconnects >= 3 and set(proxy.chosen) == set(proxy.ports)
 
 
 async def test_hellos_fail_fast_while_redis_is_unreachable(tmp_path: Any) -> None:
