@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -410,6 +411,40 @@ async def test_redis_losing_the_stream_hands_it_back_to_the_hub(redis: Any) -> N
         assert after.epoch != before.epoch
         assert (after.offset, after.recovered) == (1, False)
         assert [m.offset for m in after.messages] == [1]
+
+
+def quoted(word: str) -> str:
+    """``word`` as one argument of Redis's inline protocol (JSON holds quotes)."""
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def test_a_gap_history_no_longer_covers_hands_the_stream_back(redis: Any) -> None:
+    """Pub/sub missed offsets that history has trimmed since: the node cannot fill the gap, so
+    its subscribers are handed back to resume, and a resume tells the exact gap."""
+    broker = make_broker("redis", redis.url)  # history holds 5
+    assert isinstance(broker, RedisBroker)
+    async with running(broker) as sink:
+        epoch = (await join(broker, "news", None)).epoch
+        for n in range(1, 4):
+            await broker.publish("news", n, publisher="", id=None)
+        await sink.wait_for(lambda: sink.offsets() == [1, 2, 3])
+        # Offsets 4..12 stored but never seen on pub/sub (as while this node's pub/sub
+        # connection was down), and trimmed to the newest five:
+        for offset in range(4, 13):
+            ts = str(time.time_ns() // 1_000_000)
+            frame = encode_message("news", offset, f"m{offset}", offset, int(ts))
+            fields = ["t", ts, "f", quoted(frame), "i", f"m{offset}"]
+            reply = redis.command("XADD", "test:{news}:h", "MAXLEN", "5", f"{offset}-0", *fields)
+            assert reply == f"${len(str(offset)) + 2}\r\n{offset}-0\r\n".encode()
+        redis.command("HSET", "test:{news}:m", "s", "12")
+        assert (await broker.publish("news", 13, publisher="", id=None)).offset == 13
+        await sink.wait_for(lambda: sink.lost == ["news"])  # 13 came, 4..8 are gone
+        assert sink.offsets() == [1, 2, 3] and (broker.gap_fills, broker.lost) == (1, 1)
+        again = await join(broker, "news", Position(3, epoch))
+        assert (again.epoch, again.offset, again.first, again.recovered) == (epoch, 13, 9, False)
+        assert [m.offset for m in again.messages] == [9, 10, 11, 12, 13]
+        await broker.publish("news", 14, publisher="", id=None)  # the stream goes on here
+        await sink.wait_for(lambda: sink.offsets() == [1, 2, 3, 14])
 
 
 async def test_redis_going_back_in_time_hands_the_stream_back(redis: Any) -> None:
