@@ -232,6 +232,30 @@ async def test_a_restarted_hub_keeps_every_epoch_and_its_clients_miss_nothing(
             await again.aclose()
 
 
+async def test_sys_streams_stay_on_their_node_and_say_which(redis: RedisServer) -> None:
+    """``$sys.metrics`` lives in each node's memory, never in Redis: an admin client of one hub
+    gets that hub's snapshots only, each naming its node (both hubs here share one process, so
+    one node name, ``host:pid``; the snapshot's ``hub`` tells them apart)."""
+    async with two_hubs(redis.url, admin={"api_key": "k"}) as (a, b):
+        admins = []
+        for hub in (a, b):
+            admin = await connect_memory(hub, "ops", token="k", subscribe={"$sys.metrics": None})
+            await welcome(admin)
+            admins.append((hub, admin))
+        a.flush_metrics()
+        b.flush_metrics()
+        for hub, admin in admins:
+            await admin.send({"type": "ping"})
+            frames = []
+            with trio.fail_after(WAIT):
+                while (frame := await admin.receive()) != {"type": "pong"}:
+                    frames.append(frame)
+            assert frames and {f["stream"] for f in frames} == {"$sys.metrics"}
+            assert {(f["data"]["hub"], f["data"]["node"]) for f in frames} == {(hub.id, hub.node)}
+            await admin.aclose()
+        assert redis.command("KEYS", "*sys*") == b"*0\r\n"  # nothing of $sys in Redis
+
+
 async def test_a_killed_pubsub_connection_is_filled_and_no_client_notices(
     redis: RedisServer,
 ) -> None:
