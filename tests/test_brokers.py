@@ -58,7 +58,13 @@ class Sink:
 
 
 def make_broker(
-    kind: str, url: str = "", node: str = "n", *, timeout: float = 2.0, **settings: Any
+    kind: str,
+    url: str = "",
+    node: str = "n",
+    *,
+    timeout: float = 2.0,
+    meta_ttl: float | None = None,
+    **settings: Any,
 ) -> Broker:
     config = HubConfig.testing()
     values: dict[str, Any] = {
@@ -75,7 +81,7 @@ def make_broker(
         prefix="test",
         timeout=timeout,
         pool_size=4,
-        meta_ttl=values["history_ttl"] + 1,
+        meta_ttl=values["history_ttl"] + 1 if meta_ttl is None else meta_ttl,
         breakers=BreakerRegistry(config.breaker),
         node=node,
         **values,
@@ -220,6 +226,25 @@ async def test_the_first_connect_reads_everything_history_holds(
         everything = await join(broker, "@alice", Position(0, start.epoch))
         assert everything.recovered is True
         assert [m.offset for m in everything.messages] == [1, 2]
+
+
+async def test_history_older_than_its_ttl_is_no_longer_replayed(
+    broker_factory: Callable[..., Broker],
+) -> None:
+    """``history.ttl`` bounds history by age (Redis trims by its own clock); the epoch and the
+    offsets go on while the stream has a subscriber. Real time: a late check only finds the
+    messages older still."""
+    broker = broker_factory(history_ttl=1.0, meta_ttl=60.0)
+    async with running(broker):
+        epoch = (await join(broker, "news", None)).epoch
+        for n in (1, 2):
+            await broker.publish("news", n, publisher="", id=None)
+        await trio.sleep(1.5)
+        broker.sweep()
+        late = await join(broker, "news", Position(0, epoch))
+        assert (late.epoch, late.offset, late.first, late.recovered) == (epoch, 2, None, False)
+        assert late.messages == []
+        assert (await broker.publish("news", 3, publisher="", id=None)).offset == 3
 
 
 # ---------------------------------------------------------------------- the redis extra
@@ -378,6 +403,29 @@ async def test_a_restarted_node_keeps_every_epoch(redis: Any) -> None:
         after = await join(second, "news", Position(0, before.epoch))
         assert (after.epoch, after.offset, after.recovered) == (before.epoch, 1, True)
         assert [m.offset for m in after.messages] == [1]
+
+
+async def test_an_idle_stream_keeps_its_epoch_while_served_and_loses_it_after(
+    redis: Any,
+) -> None:
+    """Nodes refresh the epoch of the streams they serve at every sweep, so an idle stream with
+    subscribers keeps it past its expiry; once nobody serves it, it expires, and the next
+    join starts a new epoch (PROTOCOL.md: history lost, ``recovered: false``)."""
+    broker = make_broker("redis", redis.url, history_ttl=1.0, meta_ttl=2.0)
+    async with running(broker):
+        epoch = (await join(broker, "news", None)).epoch
+        await broker.publish("news", 1, publisher="", id=None)
+        for _ in range(6):  # 3 s of sweeps every 0.5 s: past the 2 s expiry, refreshed
+            await trio.sleep(0.5)
+            broker.sweep()
+        kept = await join(broker, "news", Position(1, epoch))
+        assert (kept.epoch, kept.offset, kept.first, kept.recovered) == (epoch, 1, None, True)
+        for _ in range(2):  # both joins leave: this node serves the stream no more
+            broker.leave("news")
+        await trio.sleep(2.5)  # past the expiry, with nothing refreshing it
+        broker.sweep()
+        lost = await join(broker, "news", Position(1, epoch))
+        assert lost.epoch != epoch and (lost.offset, lost.recovered) == (0, False)
 
 
 async def test_a_killed_pubsub_connection_is_filled_from_history(redis: Any) -> None:
