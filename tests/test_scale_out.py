@@ -175,6 +175,50 @@ async def two_hubs(url: str, **sections: dict[str, Any]) -> AsyncIterator[tuple[
         yield a, b
 
 
+def subscribers_of(redis: RedisServer, stream: str) -> int:
+    """How many pub/sub connections Redis counts on the channel of ``stream``."""
+    reply = redis.command("PUBSUB", "NUMSUB", f"wshub:{{{stream}}}").decode()
+    return int(reply.rsplit(":", 1)[1])
+
+
+async def wait_for_subscribers(redis: RedisServer, stream: str, count: int) -> None:
+    """Wait until Redis counts ``count`` subscriptions of ``stream`` (nodes update it late)."""
+    with trio.fail_after(WAIT):
+        for _ in iter(int, 1):  # until it holds
+            if subscribers_of(redis, stream) == count:
+                return
+            await trio.sleep(0.01)
+
+
+async def test_one_pubsub_connection_per_node_subscribed_while_a_stream_is_served(
+    redis: RedisServer,
+) -> None:
+    """Not a connection per client: one per node, on the channels of the streams it serves;
+    the first subscriber of a stream subscribes its channel, the last one unsubscribes it."""
+    async with two_hubs(redis.url) as (a, _):
+        clients = []
+        for n in range(6):
+            streams = {"news": None, "sport": None} if n % 2 else {"news": None}
+            clients.append(await connect_memory(a, f"c{n}", subscribe=streams))
+            await welcome(clients[-1])
+        pubsub = redis.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        # One for hub a and its six clients (hub b serves nothing, so Redis lists none for it).
+        assert pubsub.count("flags=P ") == 1 and f"name=wshub:{a.node} " in pubsub
+        assert [subscribers_of(redis, s) for s in ("news", "sport", "@c0")] == [1, 1, 1]
+        for client in clients[1::2]:  # every subscriber of sport leaves
+            await client.aclose()
+        await wait_for_subscribers(redis, "sport", 0)
+        await wait_for_subscribers(redis, "@c1", 0)  # its personal stream too
+        assert subscribers_of(redis, "news") == 1  # which the others still hold
+        for client in clients[0::2]:
+            await client.aclose()
+        await wait_for_subscribers(redis, "news", 0)
+        again = await connect_memory(a, "late", subscribe={"sport": None})
+        await welcome(again)  # a new first subscriber subscribes the channel again
+        assert subscribers_of(redis, "sport") == 1
+        await again.aclose()
+
+
 async def test_publish_on_either_hub_reaches_every_subscriber_once_in_order(
     redis: RedisServer,
 ) -> None:
