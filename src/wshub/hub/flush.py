@@ -33,7 +33,7 @@ Theory of operation:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -41,7 +41,11 @@ import trio.testing
 
 from wshub.core.sections import LimitsConfig
 
-__all__ = ["FlushTick", "Writer"]
+__all__ = ["EncodedFrame", "FlushTick", "Writer"]
+
+#: A frame the tick encoded: the encoder, its bytes, the text's length, the messages it
+#: delivers, and the items it holds (kept alive, so their identities stay theirs).
+EncodedFrame = tuple[Callable[[str], bytes], bytes, int, int, Sequence[object]]
 
 
 class Writer(Protocol):
@@ -82,6 +86,9 @@ class FlushTick:
         self._finished = trio.Event()  # a released writer reported since the tick last looked
         self._reported = 0  # writers released by this tick that have reported
         self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
+        #: The frames this tick encoded, by the identities of the items they hold (``write_now``
+        #: encodes a frame once however many connections are sent it); empty between ticks.
+        self.frames: dict[tuple[int, ...], EncodedFrame] = {}
 
     def mark_dirty(self, connection: Writer) -> None:
         """Schedule a connection's writer for the next tick."""
@@ -123,6 +130,7 @@ class FlushTick:
                     connection.flush_tick = self._tick
                     self._flushing += 1
                 connection.wake_writer()
+            self.frames.clear()  # nothing outlives the tick: the items may be freed now
             self._stragglers = self._flushing // 50
             flushed_at = trio.current_time()  # after the tick's own writes: they are the flush
             if self._flushing:

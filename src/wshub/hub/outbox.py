@@ -198,9 +198,7 @@ class Outbox:
         # The queue limits apply to what arrives after these items.
         if items:
             small = self.small_frame
-            for item in items:
-                size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
-                self._bytes_over += max(size - small, 0)
+            self._bytes_over += sum(max(_size(item) - small, 0) for item in items)
             self.queue.extend(items)
             limits = self.hub.config.limits
             self.bytes_limit = len(self.queue) * small + self._bytes_over + limits.max_queue_bytes
@@ -328,7 +326,11 @@ class Outbox:
         """Send the queue from the flush tick itself, with no task woken, where the transport
         allows (``DirectWrite``) and the writer is parked. True when the tick has nothing to
         wait for: all was written, or the socket filled and the writer (woken now) waits on
-        the peer for the rest. False: release the writer as usual."""
+        the peer for the rest. False: release the writer as usual.
+
+        A frame is encoded once per tick whatever the number of connections sent it: the
+        tick's ``frames`` maps the identities of a chunk's items to its bytes (and keeps the
+        items, so no identity is reused while the map lives)."""
         direct = self._direct
         if (
             direct is None
@@ -343,15 +345,21 @@ class Outbox:
         if not items or stats is None:
             return not items
         step = self._step
+        encode = direct.encode_frame
+        frames = self._flush.frames
         sent = 0
         try:
             for start in range(0, len(items), step):
                 chunk = items[start : start + step]
-                text, delivered = _frame_of(chunk)
-                if not direct.send_nowait(text):
+                key = tuple(map(id, chunk))
+                known = frames.get(key)
+                if known is None or known[0] is not encode:
+                    text, delivered = _frame_of(chunk)
+                    known = frames[key] = (encode, encode(text), len(text), delivered, chunk)
+                if not direct.send_frame_nowait(known[1]):
                     break
                 sent = start + len(chunk)
-                self._count_sent(stats, chunk, text, delivered)
+                self._count_sent(stats, chunk, known[2], known[3])
                 if direct.blocked:
                     break
         except TransportClosed as error:
@@ -363,9 +371,7 @@ class Outbox:
             self._take_queue()
         else:  # the socket is full: the writer sends the rest once the peer reads
             small = self.small_frame
-            for item in items[:sent]:
-                size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
-                self._bytes_over -= max(size - small, 0)
+            self._bytes_over -= sum(max(_size(item) - small, 0) for item in items[:sent])
             del items[:sent]
             self._set_queue_limit(self.queue_limit)
             self.wake_writer()
@@ -381,12 +387,12 @@ class Outbox:
         return items
 
     def _count_sent(
-        self, stats: ClientStats, chunk: list[QueueItem], text: str, delivered: int
+        self, stats: ClientStats, chunk: list[QueueItem], length: int, delivered: int
     ) -> None:
         # ``stats`` as the sender took it: the hub may forget a connection mid-send.
         metrics = self.hub.metrics
         stats.messages_out += delivered
-        stats.bytes_out += len(text)
+        stats.bytes_out += length
         metrics.delivered += delivered
         if delivered and metrics.should_sample():
             now = trio.current_time()
@@ -419,7 +425,7 @@ class Outbox:
                 chunk = items[start : start + step]
                 text, delivered = _frame_of(chunk)
                 await send(text)
-                self._count_sent(stats, chunk, text, delivered)
+                self._count_sent(stats, chunk, len(text), delivered)
         self.send_guard = None
         if guard.cancelled_caught:
             self.cut = True
@@ -441,6 +447,11 @@ def _frame_of(chunk: list[QueueItem]) -> tuple[str, int]:
             frames.append(item.frame)  # type: ignore[union-attr]
             delivered += 1
     return (frames[0] if len(frames) == 1 else "\n".join(frames)), delivered
+
+
+def _size(item: QueueItem) -> int:
+    # A queued item's frame length in characters (``enqueue`` inlines this: the hot path).
+    return len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
 
 
 def small_frame(max_queue_bytes: int, max_queue: int) -> int:
