@@ -208,7 +208,7 @@ def _tables(out: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
                         "row",
                         "server CPU per delivery / memory's, same publishers",
                         "with Redis's own CPU",
-                        f"deliveries/s / {out['best_memory']}'s",
+                        f"deliveries/s / the best memory row's ({out['best_memory']})",
                     ],
                     ratios,
                 )
