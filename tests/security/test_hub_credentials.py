@@ -381,3 +381,23 @@ async def test_an_authenticate_hook_may_return_the_same_rights_and_a_deadline(
         assert (await client.receive())["code"] == "forbidden"
         code, _ = await client.wait_closed()
         assert (code, trio.current_time()) == (4005, 30)
+
+
+async def test_a_hooks_deadline_cannot_be_refreshed_and_says_so(autojump_clock: Any) -> None:
+    # Only [auth] verifies refresh tokens, and a hook cannot be combined with [auth]: the
+    # answer says why instead of claiming that the credential does not expire.
+    async def hook(hello: Any, request: Any) -> Identity:
+        return Identity(hello.client_id, deadline=trio.current_time() + 30)
+
+    async with open_hub(HubConfig.testing(), authenticate=hook) as hub:
+        client = await welcomed(hub, "carol", "opaque-credential")
+        await trio.sleep(10)
+        await client.send({"type": "refresh", "token": "another-opaque-credential"})
+        assert await client.receive() == {
+            "type": "error",
+            "code": "bad_request",
+            "message": "this connection's credential cannot be refreshed ([auth] is off); "
+            "reconnect with a fresh one before it expires",
+        }
+        code, _ = await client.wait_closed()
+        assert (code, trio.current_time()) == (4005, 30)

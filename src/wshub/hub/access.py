@@ -170,9 +170,18 @@ def refresh_credential(
     """
     identity = connection.identity
     assert identity is not None
-    if tokens is None or identity.deadline is None:
+    if identity.deadline is None:
         connection.enqueue(
             encode_error("bad_request", "this connection's credential has no expiry to refresh")
+        )
+        return
+    if tokens is None:  # an authenticate hook's deadline: only [auth] verifies refresh tokens
+        connection.enqueue(
+            encode_error(
+                "bad_request",
+                "this connection's credential cannot be refreshed ([auth] is off); "
+                "reconnect with a fresh one before it expires",
+            )
         )
         return
     try:
