@@ -29,6 +29,7 @@ from tokens import (
     unsigned,
     wall_clock,
 )
+from wshub.core.protocol import parse_client_frame
 from wshub.hub.auth import Rights, TokenRejected, TokenVerifier, UnusableKey
 
 
@@ -222,3 +223,19 @@ def test_star_alone_matches_every_topic_and_nothing_else() -> None:
     assert not rights.may_subscribe("@bob")
     assert not rights.may_subscribe("$sys.metrics")
     assert not rights.may_publish("news")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "hello", "client_id": "alice", "token": "%s"}',
+        '{"type": "refresh", "token": "%s"}',
+    ],
+    ids=["hello", "refresh"],
+)
+def test_a_parsed_frame_never_shows_its_credential(frame: str) -> None:
+    # Hooks receive the hello; whatever prints it (a log line, a traceback) must not leak a
+    # token or the admin key that a client sent as one.
+    event = parse_client_frame(frame % SECRET)
+    assert SECRET not in repr(event)
+    assert SECRET not in str(event)
