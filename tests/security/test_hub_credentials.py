@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,6 +22,9 @@ from tokens import (
     SECRET,
     WALL_BASE,
     claims,
+    ec_key,
+    hmac_signed,
+    public_pem,
     token,
     unsigned,
     wall_clock,
@@ -141,6 +145,32 @@ async def test_a_hook_and_auth_together_are_refused(autojump_clock: Any) -> None
     with pytest.raises(ValueError, match="either an authenticate hook or"):
         async with open_hub(auth_config(), authenticate=hook):
             pass
+
+
+async def test_a_public_key_file_admits_its_tokens_and_no_hmac_forgery(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    pem = public_pem(ec_key())
+    key_file = tmp_path / "jwt-public.pem"
+    key_file.write_bytes(pem)
+    config = HubConfig.testing().merged(
+        {
+            "server": {"allow_anonymous": False},
+            "auth": {
+                "jwt_public_key": str(key_file),
+                "jwt_algorithms": ["ES256"],
+                "jwt_audience": AUDIENCE,
+                "jwt_issuer": ISSUER,
+            },
+        }
+    )
+    async with open_hub(config, wall_clock=wall_clock) as hub:
+        signed = jwt.encode(claims("carol"), ec_key(), algorithm="ES256")
+        carol = await welcomed(hub, "carol", signed)
+        await carol.aclose()
+        # Algorithm confusion: HS256 "signed" with the public key the attacker can read.
+        forged = await connect_memory(hub, "carol", token=hmac_signed(claims("carol"), pem))
+        assert await forged.wait_closed() == (1008, "token algorithm 'HS256' is not accepted")
 
 
 # --------------------------------------------------------------------------- rights
