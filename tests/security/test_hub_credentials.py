@@ -91,6 +91,29 @@ async def test_alice_cannot_hello_as_bob(autojump_clock: Any) -> None:
         )
 
 
+async def test_the_subject_reason_fits_a_close_frame_with_the_longest_client_id(
+    autojump_clock: Any,
+) -> None:
+    # A close frame carries at most 123 bytes of reason; servers cut what is longer, which
+    # would cut off which check failed. The longest client id is 128 characters.
+    async with running() as hub:
+        long_id = "b" * 128
+        client = await connect_memory(hub, long_id, token=token("alice"))
+        code, reason = await client.wait_closed()
+        assert (code, reason) == (
+            1008,
+            f"client id '{'b' * 48}...' is not the token's subject ('sub')",
+        )
+        longest = await welcomed(hub, long_id, token(long_id))
+        await longest.send({"type": "refresh", "token": token("alice")})
+        _, refused = await longest.wait_closed()
+        assert (
+            refused
+            == f"refresh refused: client id '{'b' * 48}...' is not the token's subject ('sub')"
+        )
+        assert len(refused.encode()) <= 123
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
