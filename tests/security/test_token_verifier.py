@@ -22,6 +22,7 @@ from tokens import (
     ed25519_key,
     hmac_signed,
     other_rsa_key,
+    private_pem,
     public_pem,
     rsa_key,
     tampered,
@@ -134,6 +135,23 @@ async def test_a_public_key_of_the_wrong_kind_is_a_configuration_error() -> None
         verifier(algorithms=("RS256",), secret=None, public_key_pem=public_pem(ec_key()))
     with pytest.raises(UnusableKey, match="not a public key for ES256"):
         verifier(algorithms=("ES256",), secret=None, public_key_pem=b"not a pem")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "private"),
+    [("RS256", rsa_key), ("PS256", rsa_key), ("ES256", ec_key), ("EdDSA", ed25519_key)],
+)
+async def test_a_private_key_given_as_the_public_key_is_a_configuration_error(
+    algorithm: str, private: Any
+) -> None:
+    # PyJWT loads a private PEM too; with RSA every token would then fail to verify with an
+    # AttributeError, and in any case the signing key has no business on the hub.
+    with pytest.raises(UnusableKey) as caught:
+        verifier(algorithms=(algorithm,), secret=None, public_key_pem=private_pem(private()))
+    assert str(caught.value) == (
+        f"auth.jwt_public_key: is a private key; give the public key for {algorithm} (the hub "
+        "only verifies, the private key stays with the token issuer)"
+    )
 
 
 async def test_a_secret_shorter_than_the_digest_is_refused() -> None:

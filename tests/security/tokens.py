@@ -123,3 +123,15 @@ def public_pem(private: Any) -> bytes:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def private_pem(private: Any) -> bytes:
+    """The PEM (PKCS #8, unencrypted) of ``private`` itself: what an operator might give the
+    hub by mistake instead of the public half."""
+    return bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )

@@ -31,6 +31,7 @@ from typing import Any, Final
 import attrs
 import jwt
 import trio
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from wshub.core.protocol import is_valid_client_id, stream_kind
 from wshub.core.sections import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, AuthConfig, ConfigError
@@ -50,6 +51,15 @@ __all__ = [
 WSHUB_CLAIM: Final = "wshub"
 
 _MAX_ECHO = 24  # characters of an attacker-chosen value (an alg name) echoed in a reason
+
+# What PyJWT also loads from a PEM: the hub only verifies, so it must never hold the signing half
+# (and PyJWT cannot verify RS*/PS* with one: every token would fail with an AttributeError).
+_PRIVATE_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
 
 
 class TokenRejected(Exception):
@@ -183,11 +193,18 @@ class TokenVerifier:
                 try:
                     # PyJWT parses the PEM once here and checks the key suits the algorithm
                     # (RSA for RS*/PS*, the named curve for ES*, Ed25519/Ed448 for EdDSA).
-                    self._keys[name] = jwt.get_algorithm_by_name(name).prepare_key(public_key_pem)
+                    key = jwt.get_algorithm_by_name(name).prepare_key(public_key_pem)
                 except (jwt.InvalidKeyError, ValueError, TypeError) as error:
                     raise UnusableKey(
                         "auth.jwt_public_key", f"not a public key for {name}: {error}"
                     ) from None
+                if isinstance(key, _PRIVATE_KEYS):
+                    raise UnusableKey(
+                        "auth.jwt_public_key",
+                        f"is a private key; give the public key for {name} (the hub only "
+                        "verifies, the private key stays with the token issuer)",
+                    )
+                self._keys[name] = key
             else:
                 raise ValueError(f"unknown or refused algorithm {name!r}")
         self.algorithms = tuple(algorithms)
