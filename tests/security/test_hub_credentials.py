@@ -135,6 +135,26 @@ async def test_a_bad_token_closes_with_1008_saying_why(
         assert await client.wait_closed() == (1008, reason)
 
 
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 10**400), ("exp", -(10**400)), ("nbf", 10**400)],
+    ids=["exp-huge", "exp-huge-negative", "nbf-huge"],
+)
+async def test_a_time_claim_no_float_can_hold_is_refused_and_the_hub_goes_on(
+    claim: str, value: int, autojump_clock: Any
+) -> None:
+    # JSON integers have no size limit; one past a float's range is a backend's bug, and must
+    # end that connection with 1008 like any bad claim, not escape as an OverflowError.
+    async with running() as hub:
+        client = await connect_memory(hub, "alice", token=token(**{claim: value}))
+        assert await client.wait_closed() == (
+            1008,
+            f"token claim {claim!r} must be a number of Unix seconds",
+        )
+        alice = await welcomed(hub, "alice", token("alice"))
+        await alice.aclose()
+
+
 async def test_a_token_within_its_leeway_is_still_accepted(autojump_clock: Any) -> None:
     async with running() as hub:
         signed = token(ttl=10)

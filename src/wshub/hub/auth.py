@@ -154,8 +154,16 @@ class Credential:
     deadline: float
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _seconds(value: Any) -> float | None:
+    """``value`` as finite Unix seconds, or None: not a number (a string, a bool), or a JSON
+    integer too large for a float (JSON sets no limit, and arithmetic on one would raise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 class TokenVerifier:
@@ -299,14 +307,14 @@ class TokenVerifier:
 
     def _credential(self, claims: dict[str, Any]) -> Credential:
         now = self.wall_clock()
-        expires = claims["exp"]
-        if not _number(expires):
+        expires = _seconds(claims["exp"])
+        if expires is None:
             raise TokenRejected("token claim 'exp' must be a number of Unix seconds")
         if now >= expires + self.leeway:
             raise TokenRejected("token expired")
-        not_before = claims.get("nbf")
-        if not_before is not None:
-            if not _number(not_before):
+        if claims.get("nbf") is not None:
+            not_before = _seconds(claims["nbf"])
+            if not_before is None:
                 raise TokenRejected("token claim 'nbf' must be a number of Unix seconds")
             if not_before > now + self.leeway:
                 raise TokenRejected("token is not valid yet ('nbf')")
@@ -315,7 +323,7 @@ class TokenVerifier:
             raise TokenRejected("token subject ('sub') is not a valid client id")
         rights, admin = Rights.from_claim(claims.get(WSHUB_CLAIM))
         deadline = trio.current_time() + (expires + self.leeway - now)
-        return Credential(subject, rights, admin, float(expires), deadline)
+        return Credential(subject, rights, admin, expires, deadline)
 
 
 def mint_token(
