@@ -10,6 +10,8 @@ from typing import Any
 import jwt
 import pytest
 import trio
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tokens import (
     AUDIENCE,
@@ -257,3 +259,49 @@ def test_a_parsed_frame_never_shows_its_credential(frame: str) -> None:
     event = parse_client_frame(frame % SECRET)
     assert SECRET not in repr(event)
     assert SECRET not in str(event)
+
+
+# Any JSON value, integers past a float's range included (JSON sets no limit on them).
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400), 2**64])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+CLAIMS = ["sub", "exp", "nbf", "iat", "aud", "iss", "jti", "wshub"]
+HEADERS = ["alg", "typ", "kid", "crit", "jku", "b64"]
+
+
+@given(
+    place=st.sampled_from(["claim", "header"]),
+    name=st.sampled_from(CLAIMS + HEADERS),
+    value=JSON_VALUES,
+)
+@example(place="claim", name="exp", value=10**400)
+@example(place="claim", name="nbf", value=-(10**400))
+@example(place="claim", name="wshub", value={"subscribe": [10**400]})
+def test_any_value_in_a_signed_token_is_verified_or_refused_with_a_reason(
+    place: str, name: str, value: Any
+) -> None:
+    # A token signed with the right key (an issuer's bug, or a claim wshub does not know) can
+    # hold anything: the verifier answers with a credential or TokenRejected, never another
+    # exception, which would escape the connection task and stop the hub.
+    body = claims(now=WALL_BASE)
+    header = {"alg": "HS256", "typ": "JWT"}
+    (body if place == "claim" else header)[name] = value
+    signed = hmac_signed(body, SECRET.encode(), header)
+
+    async def check() -> str:
+        try:
+            verifier(wall_clock=lambda: float(WALL_BASE)).verify(signed)
+        except TokenRejected as rejected:
+            return rejected.reason
+        return ""
+
+    assert SECRET not in trio.run(check)
