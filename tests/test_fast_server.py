@@ -58,11 +58,12 @@ class RawClient:
         data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data
 
-    async def handshake(self, port: int, path: str = "/ws") -> None:
+    async def handshake(self, port: int, path: str = "/ws", subprotocol: str = "") -> None:
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
         request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{offer}"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         )
         await self.stream.send_all(request.encode())

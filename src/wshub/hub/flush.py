@@ -40,6 +40,7 @@ import trio
 import trio.testing
 
 from wshub.core.sections import LimitsConfig
+from wshub.hub.frames import FrameCache
 
 __all__ = ["FlushTick", "Writer"]
 
@@ -82,6 +83,11 @@ class FlushTick:
         self._finished = trio.Event()  # a released writer reported since the tick last looked
         self._reported = 0  # writers released by this tick that have reported
         self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
+        #: The frames this tick encoded (``write_now`` encodes a frame once however many
+        #: connections are sent it); empty between ticks.
+        self.frames = FrameCache()
+        #: When the current (or last) tick started writing: its writes take no time to speak of.
+        self.now = 0.0
 
     def mark_dirty(self, connection: Writer) -> None:
         """Schedule a connection's writer for the next tick."""
@@ -115,7 +121,7 @@ class FlushTick:
             self._flushed = trio.Event()
             # Made before the flush, so a queue reaching high water during it counts too.
             self._queues_high = trio.Event()
-            started = trio.current_time()  # the tick's own writes are part of the flush
+            started = self.now = trio.current_time()  # the tick's own writes are the flush
             for connection in dirty:
                 if connection.write_now():
                     continue
@@ -123,6 +129,7 @@ class FlushTick:
                     connection.flush_tick = self._tick
                     self._flushing += 1
                 connection.wake_writer()
+            self.frames.clear()  # nothing outlives the tick: the items may be freed now
             self._stragglers = self._flushing // 50
             flushed_at = trio.current_time()  # after the tick's own writes: they are the flush
             if self._flushing:

@@ -42,28 +42,16 @@ from wshub.core.history import StoredMessage
 from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import SUBPROTOCOL, CloseCode
 from wshub.hub.flush import FlushTick
+from wshub.hub.frames import QueueItem, Replayed, frame_of, item_size, small_frame
 from wshub.hub.transport import DirectWrite, Transport
 
-__all__ = ["FINISH_FRAME_TIMEOUT", "Outbox", "OutboxHost", "QueueItem", "Replayed", "small_frame"]
+__all__ = ["FINISH_FRAME_TIMEOUT", "Outbox", "OutboxHost"]
 
 logger = logging.getLogger("wshub.connection")
 
 # How long a frame being sent when the connection is aborted may take to finish, so that the
 # close frame follows whole frames; past it the connection is cut without a close frame.
 FINISH_FRAME_TIMEOUT = 0.5
-
-
-class Replayed:
-    """A message sent again from history: delivered, but not a live delivery, so the writer
-    does not time it (a resume after an hour is not an hour of latency)."""
-
-    __slots__ = ("frame",)
-
-    def __init__(self, frame: str) -> None:
-        self.frame = frame
-
-
-QueueItem = StoredMessage | Replayed | str
 
 
 class OutboxHost(Protocol):
@@ -198,9 +186,7 @@ class Outbox:
         # The queue limits apply to what arrives after these items.
         if items:
             small = self.small_frame
-            for item in items:
-                size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
-                self._bytes_over += max(size - small, 0)
+            self._bytes_over += sum(max(item_size(item) - small, 0) for item in items)
             self.queue.extend(items)
             limits = self.hub.config.limits
             self.bytes_limit = len(self.queue) * small + self._bytes_over + limits.max_queue_bytes
@@ -279,7 +265,8 @@ class Outbox:
                 # Wait for the hub's flush tick (or a close request), never for one message:
                 # between ticks the publishers run alone and the queue fills into bigger frames.
                 await self._wait_for_wake()
-                if (self.queue or self._rest_pending()) and not await self._send_queued():
+                unfinished = direct is not None and direct.blocked  # the tick's last frame
+                if (self.queue or unfinished) and not await self._send_queued():
                     return
                 self._flushed()
                 if not self.queue and self.closing is not None:
@@ -292,9 +279,6 @@ class Outbox:
         finally:
             self.writer_alive = False
             self._flushed()
-
-    def _rest_pending(self) -> bool:
-        return self._direct is not None and self._direct.blocked
 
     def _waiting_for_peer(self) -> None:
         # The transport waits for the peer to read: the tick stops waiting for this writer,
@@ -327,49 +311,47 @@ class Outbox:
     def write_now(self) -> bool:
         """Send the queue from the flush tick itself, with no task woken, where the transport
         allows (``DirectWrite``) and the writer is parked. True when the tick has nothing to
-        wait for: all was written, or the socket filled and the writer (woken now) waits on
-        the peer for the rest. False: release the writer as usual."""
+        wait for: all was written, or the socket was full and the writer (woken now) waits on
+        the peer for the rest. False: release the writer as usual.
+
+        A frame is encoded once per tick however many connections are sent it (the tick's
+        ``FrameCache``)."""
         direct = self._direct
-        if (
-            direct is None
-            or self.writer_alive
-            or self.closing is not None
-            or self.scope.cancel_called
-            or direct.blocked
-        ):
+        if direct is None or self.writer_alive or self.closing is not None:
+            return False
+        if self.scope.cancel_called:
             return False
         items = self.queue
         stats = self.stats
         if not items or stats is None:
             return not items
         step = self._step
+        encode = direct.encode_frame
+        frames = self._flush.frames
         sent = 0
         try:
             for start in range(0, len(items), step):
                 chunk = items[start : start + step]
-                text, delivered = _frame_of(chunk)
-                if not direct.send_nowait(text):
-                    break
+                known = frames.frame(chunk, encode)  # encoded once a tick (frames.py)
+                if not direct.send_frame_nowait(known[1]):
+                    break  # a frame of someone else's is unfinished: the writer waits for it
                 sent = start + len(chunk)
-                self._count_sent(stats, chunk, text, delivered)
+                self._count_sent(stats, chunk, known[2], known[3])
                 if direct.blocked:
-                    break
+                    break  # the socket is full
         except TransportClosed as error:
             self._stop_for(error)
             return True
-        metrics = self.hub.metrics
-        metrics.record_queue_depth(len(items))
+        self.hub.metrics.record_queue_depth(len(items))
         if sent == len(items):
             self._take_queue()
-        else:  # the socket is full: the writer sends the rest once the peer reads
+        else:  # the writer sends the rest once the peer reads
             small = self.small_frame
-            for item in items[:sent]:
-                size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
-                self._bytes_over -= max(size - small, 0)
+            self._bytes_over -= sum(max(item_size(item) - small, 0) for item in items[:sent])
             del items[:sent]
             self._set_queue_limit(self.queue_limit)
             self.wake_writer()
-        stats.last_activity = trio.current_time()
+        stats.last_activity = self._flush.now
         return True
 
     def _take_queue(self) -> list[QueueItem]:
@@ -381,12 +363,12 @@ class Outbox:
         return items
 
     def _count_sent(
-        self, stats: ClientStats, chunk: list[QueueItem], text: str, delivered: int
+        self, stats: ClientStats, chunk: list[QueueItem], length: int, delivered: int
     ) -> None:
         # ``stats`` as the sender took it: the hub may forget a connection mid-send.
         metrics = self.hub.metrics
         stats.messages_out += delivered
-        stats.bytes_out += len(text)
+        stats.bytes_out += length
         metrics.delivered += delivered
         if delivered and metrics.should_sample():
             now = trio.current_time()
@@ -417,9 +399,9 @@ class Outbox:
                     aborted = True
                     break
                 chunk = items[start : start + step]
-                text, delivered = _frame_of(chunk)
+                text, delivered = frame_of(chunk)
                 await send(text)
-                self._count_sent(stats, chunk, text, delivered)
+                self._count_sent(stats, chunk, len(text), delivered)
         self.send_guard = None
         if guard.cancelled_caught:
             self.cut = True
@@ -428,22 +410,3 @@ class Outbox:
             return False
         stats.last_activity = trio.current_time()
         return True
-
-
-def _frame_of(chunk: list[QueueItem]) -> tuple[str, int]:
-    """One frame's text for ``chunk`` (newline-joined), and how many messages it delivers."""
-    frames: list[str] = []
-    delivered = 0
-    for item in chunk:
-        if item.__class__ is str:
-            frames.append(item)
-        else:
-            frames.append(item.frame)  # type: ignore[union-attr]
-            delivered += 1
-    return (frames[0] if len(frames) == 1 else "\n".join(frames)), delivered
-
-
-def small_frame(max_queue_bytes: int, max_queue: int) -> int:
-    """The frame size, in characters, up to which a queued item needs no counting: at this
-    size a full queue of ``max_queue`` items holds ``max_queue_bytes`` at most."""
-    return max(1, max_queue_bytes // max_queue)

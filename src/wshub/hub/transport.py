@@ -105,10 +105,14 @@ class DirectWrite(Protocol):
     """A transport the hub's flush tick can write to itself, with no task woken per client.
 
     The fast server's sockets are one: a frame goes out with one non-blocking ``write(2)``.
-    The tick calls ``send_nowait`` for each frame of a dirty connection's queue while its
-    writer task stays parked; only a socket that is full hands the rest to the writer, which
-    waits for the peer (``finish_frame``, then ``send``). A transport without this interface
-    is written by its connection's writer task alone.
+    The tick calls ``send_frame_nowait`` for each frame of a dirty connection's queue while
+    its writer task stays parked; only a socket that is full hands the rest to the writer,
+    which waits for the peer (``finish_frame``, then ``send``). A transport without this
+    interface is written by its connection's writer task alone.
+
+    ``encode_frame`` is a pure function of the text (server frames are unmasked and no
+    extension is negotiated), so a frame that many connections are sent is encoded once per
+    tick and the same bytes are written to each.
     """
 
     @property
@@ -117,10 +121,16 @@ class DirectWrite(Protocol):
         ``finish_frame`` or a ``send`` has written its rest."""
         ...
 
-    def send_nowait(self, text: str) -> bool:
-        """Send one text frame without waiting: False, taking nothing, while ``blocked``;
-        True once the frame is taken, written whole or its rest kept for ``finish_frame``
-        (then ``blocked`` is true). Raises TransportClosed once the peer is gone."""
+    @property
+    def encode_frame(self) -> Callable[[str], bytes]:
+        """The bytes of one text frame holding a text, the same for every connection."""
+        ...
+
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        """Send one frame made by ``encode_frame`` without waiting: False, taking nothing,
+        while ``blocked``; True once the frame is taken, written whole or its rest kept for
+        ``finish_frame`` (then ``blocked`` is true). Raises TransportClosed once the peer is
+        gone."""
         ...
 
     async def finish_frame(self) -> None:

@@ -6,12 +6,15 @@ Theory of operation:
 - Writing has one rule: a frame is written whole before anything else is. ``_write`` sends
   with one non-blocking ``write(2)`` when nothing is pending (no trip through the scheduler);
   only what the socket does not take at once is awaited, under ``_write_lock``, so a ping, a
-  pong or a close queued meanwhile waits behind the unfinished frame. ``send_nowait`` (the
-  hub's flush tick writing without a task) does the same write and keeps what the socket did
-  not take in ``_rest``; every later write, ``finish_frame`` included, first writes that rest
-  under the lock. A write cancelled
-  part-way leaves a torn frame: from then on nothing more is written (``abort`` is the only
-  way out), so no close frame ever lands inside a frame.
+  pong or a close queued meanwhile waits behind the unfinished frame. ``send_frame_nowait``
+  (the hub's flush tick writing without a task) does the same write and keeps what the
+  socket did not take in ``_rest``; every later write, ``finish_frame`` included, first
+  writes that rest under the lock. A write cancelled part-way leaves a torn frame: from then
+  on nothing more is written (``abort`` is the only way out), so no close frame ever lands
+  inside a frame.
+- The tick's frames come encoded (``encode_frame``, once per distinct text per tick): with
+  no extension negotiated and server frames unmasked, the bytes are the same on every
+  connection, so wsproto frames them once and this class writes them as they are.
 - Reading is done by whichever task waits for something (``receive`` for a message, ``ping``
   for its pong), one at a time under ``_read_lock``. Partial messages are counted as they
   arrive: past ``max_message_bytes`` the connection is closed with 1009 at once, so a peer
@@ -30,7 +33,7 @@ import os
 from collections.abc import Callable
 
 import trio
-from wsproto.connection import Connection, ConnectionState
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
@@ -38,12 +41,22 @@ from wshub.core.errors import TransportClosed
 from wshub.core.protocol import CloseCode
 from wshub.hub.transport import CLOSE_SECONDS, DISCARD_BYTES
 
-__all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "READ_SIZE", "FastWebSocket"]
+__all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "READ_SIZE", "FastWebSocket", "encode_text_frame"]
 
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
 
 _ABNORMAL = 1006
+
+# Server frames are unmasked and the fast server accepts no extension (``fast.py``), so a
+# text's frame is the same bytes on every connection: one wsproto connection, kept open for
+# nothing else, frames them.
+_ENCODER = Connection(ConnectionType.SERVER)
+
+
+def encode_text_frame(text: str) -> bytes:
+    """The bytes of one unmasked WebSocket text frame holding ``text`` (no extension)."""
+    return _ENCODER.send(TextMessage(data=text))
 
 
 class FastWebSocket:
@@ -111,7 +124,7 @@ class FastWebSocket:
         self._close_sent = False
         self._peer_closed = False
         self._torn = False  # a write stopped mid-frame: write nothing more
-        self._rest: memoryview | None = None  # what send_nowait could not write of its frame
+        self._rest: memoryview | None = None  # what send_frame_nowait could not write
         self._socket_closed = False
         self.bytes_read = 0
         self.largest_partial = 0  # most bytes of one unfinished message held at once
@@ -134,29 +147,30 @@ class FastWebSocket:
         """Whether a frame is unfinished: the socket was full when it was written."""
         return self._rest is not None or self._write_lock.locked()
 
-    def send_nowait(self, text: str) -> bool:
-        """Send one text frame with one non-blocking write (``DirectWrite``): False, taking
-        nothing, while ``blocked``; else True, the rest of a frame the socket did not take
-        whole kept for ``finish_frame``. Raises TransportClosed."""
+    encode_frame = staticmethod(encode_text_frame)
+
+    def send_frame_nowait(self, frame: bytes) -> bool:
+        """Send one frame made by ``encode_frame`` with one non-blocking write
+        (``DirectWrite``): False, taking nothing, while ``blocked``; else True, the rest of a
+        frame the socket did not take whole kept for ``finish_frame``. Raises
+        TransportClosed."""
         if self._close_sent or self._closed is not None:
             raise self._closed or TransportClosed(_ABNORMAL)
         if self._torn or self._socket_closed:
             raise TransportClosed(_ABNORMAL, "the connection was cut")
         if self._rest is not None or self._write_lock.locked():
             return False
-        try:
-            data = self._ws.send(TextMessage(data=text))
-        except LocalProtocolError:  # the peer's close arrived: no more data frames
-            raise TransportClosed(_ABNORMAL) from None
-        sent = self._write_now(data)
-        if sent < len(data):
-            self._rest = memoryview(data)[sent:]
+        if self._ws.state is not ConnectionState.OPEN:
+            raise TransportClosed(_ABNORMAL)  # the peer's close arrived: no more data frames
+        sent = self._write_now(frame)
+        if sent < len(frame):
+            self._rest = memoryview(frame)[sent:]
             if self.on_blocked is not None:
                 self.on_blocked()  # the socket is full: the rest waits for the peer
         return True
 
     async def finish_frame(self) -> None:
-        """Write the rest of the frame ``send_nowait`` left unfinished; raises
+        """Write the rest of the frame ``send_frame_nowait`` left unfinished; raises
         TransportClosed."""
         if self._rest is None:
             await trio.lowlevel.checkpoint()
