@@ -190,6 +190,22 @@ async def test_the_stats_say_which_server_carries_the_hub() -> None:
 CLIENT_CLOSE_AS_COUNTED = {"hypercorn": "peer", "fast": "1000"}
 
 
+async def test_the_embedded_server_answers_a_plain_get_of_the_path_with_400() -> None:
+    """docs/protocol.md, What each bad input gets: ``wshub serve``'s servers answer 426
+    (tests/test_asgi.py); ``serve_websocket`` leaves the failed handshake to trio-websocket."""
+    async with open_hub(CONFIG) as hub, trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("kind", ["hypercorn", "fast"])
 def test_wshub_serve_reports_its_server_and_honest_close_codes(kind: str, tmp_path: Any) -> None:
     """A real ``wshub serve --server KIND``: the stats name the server, and a disconnect is
