@@ -207,6 +207,59 @@ async def test_a_frame_is_encoded_once_per_tick_for_every_connection_sent_it(
     assert len(encoded) < len(sent) / 5
 
 
+async def test_queues_that_share_their_ends_get_their_own_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Clients on news and sport, and clients on news and weather. The tick's second round
+    # holds news, sport, weather, news: both kinds of queue have three messages, the same
+    # first and the same last, and differ in between. Each kind gets its own frame, encoded
+    # once.
+    encoded: list[str] = []
+
+    def counting(text: str) -> bytes:
+        encoded.append(text)
+        return encode_text_frame(text)
+
+    monkeypatch.setattr(FastWebSocket, "encode_frame", staticmethod(counting))
+    # The round that writes news 0 is followed by a pause of a second: the other four are all
+    # published within it (once one client has news 0), so they share the next round.
+    limits = {"write_delay": 1.0}
+    config = HubConfig.testing().merged({"limits": limits, "heartbeat": {"interval": 60.0}})
+    v1 = "wshub.v1"
+    sequence = [("news", 0), ("news", 1), ("sport", 2), ("weather", 3), ("news", 4)]
+    with trio.fail_after(30):
+        async with fast_hub(config) as (hub, port):
+            kinds = {
+                streams: [
+                    await subscriber(port, f"{streams[1]}{n}", streams=streams, subprotocol=v1)
+                    for n in range(5)
+                ]
+                for streams in (("news", "sport"), ("news", "weather"))
+            }
+            await trio.testing.wait_all_tasks_blocked()
+            encoded.clear()
+            await hub.publish("news", {"n": 0})
+            first = kinds["news", "sport"][0]
+            early = await framed(first, 1)  # news 0's round is written: the pause is on
+            for stream, n in sequence[1:]:
+                await hub.publish(stream, {"n": n})
+            sent: list[bytes] = []
+            for streams, clients in kinds.items():
+                for client in clients:
+                    if client is first:
+                        frames, got = await framed(client, 3)
+                        frames, got = early[0] + frames, early[1] + got
+                    else:
+                        frames, got = await framed(client, 4)
+                    assert got == [message for message in sequence if message[0] in streams]
+                    assert [len(frame.split(b"\n")) for frame in frames] == [1, 3]
+                    sent += frames
+    second = {frame for frame in sent if frame.count(b"\n") == 2}
+    assert len(second) == 2  # the same ends, other items between: two frames
+    assert len({(frame.split(b"\n")[0], frame.split(b"\n")[-1]) for frame in second}) == 1
+    assert sorted(text.encode() for text in encoded) == sorted(set(sent))  # 3 encodings
+
+
 async def test_the_tick_writes_every_subscriber_without_waking_a_writer_task() -> None:
     with trio.fail_after(30):
         async with fast_hub() as (hub, port):

@@ -44,15 +44,9 @@ from wshub.core.protocol import (
     parse_client_frame,
 )
 from wshub.core.ratelimit import TokenBucket
+from wshub.hub.frames import QueueItem, Replayed, small_frame
 from wshub.hub.hooks import AuthenticationError, HookUnavailable, Identity
-from wshub.hub.outbox import (
-    FINISH_FRAME_TIMEOUT,
-    Outbox,
-    OutboxHost,
-    QueueItem,
-    Replayed,
-    small_frame,
-)
+from wshub.hub.outbox import FINISH_FRAME_TIMEOUT, Outbox, OutboxHost
 from wshub.hub.transport import RequestInfo, Transport
 
 __all__ = [

@@ -33,19 +33,16 @@ Theory of operation:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
 import trio.testing
 
 from wshub.core.sections import LimitsConfig
+from wshub.hub.frames import FrameCache
 
-__all__ = ["EncodedFrame", "FlushTick", "Writer"]
-
-#: A frame the tick encoded: the encoder, its bytes, the text's length, the messages it
-#: delivers, and the items it holds (kept alive, so their identities stay theirs).
-EncodedFrame = tuple[Callable[[str], bytes], bytes, int, int, Sequence[object]]
+__all__ = ["FlushTick", "Writer"]
 
 
 class Writer(Protocol):
@@ -86,9 +83,11 @@ class FlushTick:
         self._finished = trio.Event()  # a released writer reported since the tick last looked
         self._reported = 0  # writers released by this tick that have reported
         self._queues_high = trio.Event()  # a waiting writer's queue reached high_water
-        #: The frames this tick encoded, by the identities of the items they hold (``write_now``
-        #: encodes a frame once however many connections are sent it); empty between ticks.
-        self.frames: dict[tuple[int, ...], EncodedFrame] = {}
+        #: The frames this tick encoded (``write_now`` encodes a frame once however many
+        #: connections are sent it); empty between ticks.
+        self.frames = FrameCache()
+        #: When the current (or last) tick started writing: its writes take no time to speak of.
+        self.now = 0.0
 
     def mark_dirty(self, connection: Writer) -> None:
         """Schedule a connection's writer for the next tick."""
@@ -122,7 +121,7 @@ class FlushTick:
             self._flushed = trio.Event()
             # Made before the flush, so a queue reaching high water during it counts too.
             self._queues_high = trio.Event()
-            started = trio.current_time()  # the tick's own writes are part of the flush
+            started = self.now = trio.current_time()  # the tick's own writes are the flush
             for connection in dirty:
                 if connection.write_now():
                     continue

@@ -42,28 +42,16 @@ from wshub.core.history import StoredMessage
 from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import SUBPROTOCOL, CloseCode
 from wshub.hub.flush import FlushTick
+from wshub.hub.frames import QueueItem, Replayed, frame_of, item_size, small_frame
 from wshub.hub.transport import DirectWrite, Transport
 
-__all__ = ["FINISH_FRAME_TIMEOUT", "Outbox", "OutboxHost", "QueueItem", "Replayed", "small_frame"]
+__all__ = ["FINISH_FRAME_TIMEOUT", "Outbox", "OutboxHost"]
 
 logger = logging.getLogger("wshub.connection")
 
 # How long a frame being sent when the connection is aborted may take to finish, so that the
 # close frame follows whole frames; past it the connection is cut without a close frame.
 FINISH_FRAME_TIMEOUT = 0.5
-
-
-class Replayed:
-    """A message sent again from history: delivered, but not a live delivery, so the writer
-    does not time it (a resume after an hour is not an hour of latency)."""
-
-    __slots__ = ("frame",)
-
-    def __init__(self, frame: str) -> None:
-        self.frame = frame
-
-
-QueueItem = StoredMessage | Replayed | str
 
 
 class OutboxHost(Protocol):
@@ -86,12 +74,14 @@ class Outbox:
     __slots__ = (
         "_bytes_over",
         "_direct",
+        "_empty_quiet_below",
         "_flush",
         "_nursery",
         "_parked",
         "_quiet_below",
         "_step",
         "_woken",
+        "aborted",
         "batching",
         "bytes_limit",
         "client_id",
@@ -130,6 +120,7 @@ class Outbox:
         self._bytes_over = 0  # characters of the queued frames beyond small_frame each
         self.queue_limit = self._quiet_below = 0
         self._set_queue_limit(limits.max_queue)
+        self._empty_quiet_below = self._quiet_below  # what an emptied queue starts from
         self.dirty = False
         self._parked: trio.lowlevel.Task | None = None  # the writer, waiting for a wake-up
         self._woken = False  # a wake-up came while the writer was busy
@@ -138,6 +129,9 @@ class Outbox:
         self.close_reason = ""
         self.peer_close_code: int | None = None
         self.scope = trio.CancelScope()
+        # ``abort`` cancels ``scope`` and nothing else does: this says so without the cost of
+        # ``scope.cancel_called`` (which reads the clock), on the tick's path for every client.
+        self.aborted = False
         self.send_guard: trio.CancelScope | None = None  # shields the frame being sent
         self.writer_alive = False
         self.flush_tick: int | None = None  # the hub tick this writer was released by
@@ -171,7 +165,7 @@ class Outbox:
         # One frame always fits an empty queue, however big: a client that reads is never cut.
         too_many_bytes = count * self.small_frame + self._bytes_over + over > self.bytes_limit
         if count > self.queue_limit or (too_many_bytes and queue):
-            if self.scope.cancel_called:  # already being closed: count its overflow once
+            if self.aborted:  # already being closed: count its overflow once
                 return
             self.hub.record_overflow(count)
             self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
@@ -198,7 +192,7 @@ class Outbox:
         # The queue limits apply to what arrives after these items.
         if items:
             small = self.small_frame
-            self._bytes_over += sum(max(_size(item) - small, 0) for item in items)
+            self._bytes_over += sum(max(item_size(item) - small, 0) for item in items)
             self.queue.extend(items)
             limits = self.hub.config.limits
             self.bytes_limit = len(self.queue) * small + self._bytes_over + limits.max_queue_bytes
@@ -242,7 +236,8 @@ class Outbox:
         A frame already being sent may finish within FINISH_FRAME_TIMEOUT (or not at all
         without ``finish_frame``); a frame that cannot finish is cut with the connection.
         """
-        if not self.scope.cancel_called:
+        if not self.aborted:
+            self.aborted = True
             self.close_code = code
             self.close_reason = reason
             self.scope.cancel()
@@ -277,7 +272,8 @@ class Outbox:
                 # Wait for the hub's flush tick (or a close request), never for one message:
                 # between ticks the publishers run alone and the queue fills into bigger frames.
                 await self._wait_for_wake()
-                if (self.queue or self._rest_pending()) and not await self._send_queued():
+                unfinished = direct is not None and direct.blocked  # the tick's last frame
+                if (self.queue or unfinished) and not await self._send_queued():
                     return
                 self._flushed()
                 if not self.queue and self.closing is not None:
@@ -290,9 +286,6 @@ class Outbox:
         finally:
             self.writer_alive = False
             self._flushed()
-
-    def _rest_pending(self) -> bool:
-        return self._direct is not None and self._direct.blocked
 
     def _waiting_for_peer(self) -> None:
         # The transport waits for the peer to read: the tick stops waiting for this writer,
@@ -325,20 +318,13 @@ class Outbox:
     def write_now(self) -> bool:
         """Send the queue from the flush tick itself, with no task woken, where the transport
         allows (``DirectWrite``) and the writer is parked. True when the tick has nothing to
-        wait for: all was written, or the socket filled and the writer (woken now) waits on
+        wait for: all was written, or the socket was full and the writer (woken now) waits on
         the peer for the rest. False: release the writer as usual.
 
-        A frame is encoded once per tick whatever the number of connections sent it: the
-        tick's ``frames`` maps the identities of a chunk's items to its bytes (and keeps the
-        items, so no identity is reused while the map lives)."""
+        A frame is encoded once per tick however many connections are sent it (the tick's
+        ``FrameCache``)."""
         direct = self._direct
-        if (
-            direct is None
-            or self.writer_alive
-            or self.closing is not None
-            or self.scope.cancel_called
-            or direct.blocked
-        ):
+        if direct is None or self.writer_alive or self.closing is not None or self.aborted:
             return False
         items = self.queue
         stats = self.stats
@@ -351,38 +337,34 @@ class Outbox:
         try:
             for start in range(0, len(items), step):
                 chunk = items[start : start + step]
-                key = tuple(map(id, chunk))
-                known = frames.get(key)
-                if known is None or known[0] is not encode:
-                    text, delivered = _frame_of(chunk)
-                    known = frames[key] = (encode, encode(text), len(text), delivered, chunk)
+                known = frames.frame(chunk, encode)  # encoded once a tick (frames.py)
                 if not direct.send_frame_nowait(known[1]):
-                    break
+                    break  # a frame of someone else's is unfinished: the writer waits for it
                 sent = start + len(chunk)
                 self._count_sent(stats, chunk, known[2], known[3])
                 if direct.blocked:
-                    break
+                    break  # the socket is full
         except TransportClosed as error:
             self._stop_for(error)
             return True
-        metrics = self.hub.metrics
-        metrics.record_queue_depth(len(items))
+        self.hub.metrics.record_queue_depth(len(items))
         if sent == len(items):
             self._take_queue()
-        else:  # the socket is full: the writer sends the rest once the peer reads
+        else:  # the writer sends the rest once the peer reads
             small = self.small_frame
-            self._bytes_over -= sum(max(_size(item) - small, 0) for item in items[:sent])
+            self._bytes_over -= sum(max(item_size(item) - small, 0) for item in items[:sent])
             del items[:sent]
             self._set_queue_limit(self.queue_limit)
             self.wake_writer()
-        stats.last_activity = trio.current_time()
+        stats.last_activity = self._flush.now
         return True
 
     def _take_queue(self) -> list[QueueItem]:
         # The queue is being sent: empty it and reset its bounds.
         items, self.queue = self.queue, []
-        self.bytes_limit, self._bytes_over = self.hub.config.limits.max_queue_bytes, 0
-        self._set_queue_limit(self.hub.config.limits.max_queue)
+        limits = self.hub.config.limits
+        self.bytes_limit, self._bytes_over = limits.max_queue_bytes, 0
+        self.queue_limit, self._quiet_below = limits.max_queue, self._empty_quiet_below
         self.dirty = False
         return items
 
@@ -419,11 +401,11 @@ class Outbox:
             if direct is not None and direct.blocked:
                 await direct.finish_frame()  # what the flush tick's write left unfinished
             for start in range(0, len(items), step):
-                if self.scope.cancel_called:
+                if self.aborted:
                     aborted = True
                     break
                 chunk = items[start : start + step]
-                text, delivered = _frame_of(chunk)
+                text, delivered = frame_of(chunk)
                 await send(text)
                 self._count_sent(stats, chunk, len(text), delivered)
         self.send_guard = None
@@ -434,27 +416,3 @@ class Outbox:
             return False
         stats.last_activity = trio.current_time()
         return True
-
-
-def _frame_of(chunk: list[QueueItem]) -> tuple[str, int]:
-    """One frame's text for ``chunk`` (newline-joined), and how many messages it delivers."""
-    frames: list[str] = []
-    delivered = 0
-    for item in chunk:
-        if item.__class__ is str:
-            frames.append(item)
-        else:
-            frames.append(item.frame)  # type: ignore[union-attr]
-            delivered += 1
-    return (frames[0] if len(frames) == 1 else "\n".join(frames)), delivered
-
-
-def _size(item: QueueItem) -> int:
-    # A queued item's frame length in characters (``enqueue`` inlines this: the hot path).
-    return len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
-
-
-def small_frame(max_queue_bytes: int, max_queue: int) -> int:
-    """The frame size, in characters, up to which a queued item needs no counting: at this
-    size a full queue of ``max_queue`` items holds ``max_queue_bytes`` at most."""
-    return max(1, max_queue_bytes // max_queue)

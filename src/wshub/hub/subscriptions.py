@@ -33,7 +33,8 @@ from wshub.core.protocol import (
     personal_stream,
 )
 from wshub.hub.access import subscribe_refusal
-from wshub.hub.connection import Connection, small_frame
+from wshub.hub.connection import Connection
+from wshub.hub.frames import small_frame
 
 __all__ = ["Subscriptions", "status_of"]
 
