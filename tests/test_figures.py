@@ -207,10 +207,13 @@ async def test_the_embedded_server_answers_a_plain_get_of_the_path_with_400() ->
 
 
 @pytest.mark.parametrize("kind", ["hypercorn", "fast"])
-def test_wshub_serve_reports_its_server_and_honest_close_codes(kind: str, tmp_path: Any) -> None:
-    """A real ``wshub serve --server KIND``: the stats name the server, and a disconnect is
-    counted under the code the hub decided (1003 for a binary frame) or, for a client's own
-    close, the client's code where the server reports it truly, else ``peer``; never 1006."""
+def test_wshub_serve_names_its_server_counts_close_codes_honestly_and_times_live_only(
+    kind: str, tmp_path: Any
+) -> None:
+    """A real ``wshub serve --server KIND`` (development: every delivery sampled): the stats
+    name the server; a disconnect is counted under the code the hub decided (1003 for a binary
+    frame) or, for a client's own close, the client's code where the server reports it truly,
+    else ``peer``, never 1006; a late resume's replays are counted, not timed as latency."""
     from serve_helpers import hello, receive_objects, wshub_serve
 
     server: Server = wshub_serve(
@@ -242,6 +245,30 @@ def test_wshub_serve_reports_its_server_and_honest_close_codes(kind: str, tmp_pa
             prometheus
         )
         assert 'code="1006"' not in prometheus
+
+        def publish(ws: Any, n: int) -> None:
+            ws.send(json.dumps({"type": "publish", "stream": "news", "data": n, "ref": n}))
+
+        with connect(f"{server.ws}/ws", open_timeout=5) as publisher:
+            publisher.send(hello("publisher"))
+            assert receive_objects(publisher, 1)[0]["type"] == "welcome"
+            for n in range(5):
+                publish(publisher, n)
+            assert [a["offset"] for a in receive_objects(publisher, 5)] == [1, 2, 3, 4, 5]
+            with connect(f"{server.ws}/ws", open_timeout=5) as late:  # a tail --from 0
+                late.send(hello("late", {"news": {"offset": 0}}))
+                replayed = receive_objects(late, 6)
+                assert [f["type"] for f in replayed] == ["welcome"] + ["message"] * 5
+                publish(publisher, 5)
+                assert receive_objects(late, 1)[0]["offset"] == 6  # live
+                deadline = time.monotonic() + 10
+                while (stats := httpx.get(f"{server.http}/api/stats", timeout=5.0).json())[
+                    "messages"
+                ]["delivered"] < 6:  # counted once the write returns
+                    assert time.monotonic() < deadline, stats["messages"]
+                    time.sleep(0.05)
+        assert (stats["messages"]["replayed"], stats["messages"]["delivered"]) == (5, 6)
+        assert stats["latency"]["count"] == 1  # the live one only
     finally:
         server.stop()
 
