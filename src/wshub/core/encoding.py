@@ -2,7 +2,7 @@
 
 Theory of operation: one function per frame type, keyword for keyword the frame's fields, each
 returning the frame's text; nothing is validated except an ``error`` frame's code (the parser in
-``wshub.core.protocol`` checks what arrives). A field set to :data:`NO_REF` is left out, so a
+``wshub.core.parsing`` checks what arrives). A field set to :data:`NO_REF` is left out, so a
 reply echoes ``ref`` only when the client sent one, and ``null`` stays ``null``. Fields keep the
 order PROTOCOL.md gives them. JSON is ``orjson``, compact and never a raw newline, which is what
 lets ``join_batch`` put several frames in one WebSocket message. ``wshub.core.protocol``

@@ -4,8 +4,8 @@ Theory of operation: one class per frame type, both directions, plus the values 
 (``Position``, ``StreamStatus``), :data:`NO_REF` (the marker of an absent ``ref``) and
 :data:`ERROR_CODES` (what an ``error`` frame's code may be). They compare by value; those
 holding a dict (``Hello.subscribe``, ``Welcome.streams``, JSON data) are not hashable.
-``wshub.core.protocol`` parses text into these events, ``wshub.core.encoding`` encodes them,
-and the protocol module re-exports them all; nothing here parses, encodes or does I/O, as in
+``wshub.core.parsing`` parses text into these events, ``wshub.core.encoding`` encodes them,
+and ``wshub.core.protocol`` re-exports them all; nothing here parses, encodes or does I/O, as in
 wsproto's ``events`` module.
 """
 

@@ -3,7 +3,9 @@
 Each section (``ServerConfig``, ``LimitsConfig``, ...) is one table of ``HubConfig``
 (``config.limits.max_queue``). Theory of operation:
 - Every field has a validator that runs when the section is built, so a bad value fails at
-  start-up, never later in the middle of serving.
+  start-up, never later in the middle of serving. The validators shared by several fields are
+  in ``wshub.core.validators``; the checks of one section alone (the JWT algorithms and
+  secret) are here beside it.
 - Each section class names itself in the class attribute ``_section``, so a validator's message
   names the full key, the value and what is allowed ("limits.max_queue must be an integer >= 1,
   got -3"); every failure is a ``ConfigError``.
@@ -15,13 +17,28 @@ Each section (``ServerConfig``, ``LimitsConfig``, ...) is one table of ``HubConf
 
 from __future__ import annotations
 
-import re
-import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import attrs
+
+from wshub.core.validators import (
+    ConfigError,
+    as_tuple,
+    boolean,
+    fail,
+    full_key,
+    integer,
+    key_prefix,
+    non_empty_text,
+    non_empty_texts,
+    number,
+    one_of,
+    optional,
+    redis_url,
+    time_zone,
+    url_path,
+)
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -43,92 +60,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration value, key or file is invalid. The message names the key."""
-
-
-# --------------------------------------------------------------------------------------------
-# Validators. Each knows its section through the class attribute ``_section`` so the message
-# can name the full key ("limits.max_queue must be an integer >= 1, got -3").
-
-_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
-
-
-def _key(instance: Any, attribute: attrs.Attribute[Any]) -> str:
-    return f"{type(instance)._section}.{attribute.name}"
-
-
-def _fail(instance: Any, attribute: attrs.Attribute[Any], allowed: str, value: Any) -> None:
-    raise ConfigError(f"{_key(instance, attribute)} must be {allowed}, got {value!r}")
-
-
-def _integer(minimum: int) -> _Validator:
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            _fail(instance, attribute, f"an integer >= {minimum}", value)
-
-    return check
-
-
-def _number(minimum: float, *, exclusive: bool = True, maximum: float | None = None) -> _Validator:
-    bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
-    allowed = f"a number {bound}" + (f" and <= {maximum:g}" if maximum is not None else "")
-
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok:
-            ok = value > minimum if exclusive else value >= minimum
-        if ok and maximum is not None:
-            ok = value <= maximum
-        if not ok:
-            _fail(instance, attribute, allowed, value)
-
-    return check
-
-
-def _optional(inner: _Validator) -> _Validator:
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None:
-            inner(instance, attribute, value)
-
-    return check
-
-
-def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(instance, attribute, "true or false", value)
-
-
-def _text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        _fail(instance, attribute, "a non-empty string", value)
-
-
-def _texts(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
-        _fail(instance, attribute, "a list of non-empty strings", value)
-
-
-def _path(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value.startswith("/"):
-        _fail(instance, attribute, "a path starting with '/'", value)
-
-
-def _timezone(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        _fail(instance, attribute, "an IANA time zone name such as 'UTC' or 'Europe/Paris'", value)
-
-
-def _as_tuple(value: Any) -> Any:
-    # TOML gives lists; the frozen tree holds tuples so configs stay hashable.
-    return tuple(value) if isinstance(value, list) else value
-
-
-# --------------------------------------------------------------------------------------------
-# Sections
-
 #: The largest ``limits.max_depth``: orjson encodes at most 254 levels.
 MAX_DEPTH_CEILING = 250
 
@@ -138,13 +69,15 @@ class ServerConfig:
     """Where and how the hub listens, and who may connect."""
 
     _section: ClassVar[str] = "server"
-    host: str = attrs.field(default="127.0.0.1", validator=_text)
-    port: int = attrs.field(default=8765, validator=_integer(0))
-    path: str = attrs.field(default="/ws", validator=_path)
-    origins: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple, validator=_texts)
-    allow_anonymous: bool = attrs.field(default=False, validator=_boolean)
-    client_publish: bool = attrs.field(default=False, validator=_boolean)
-    cors_origin: str | None = attrs.field(default=None, validator=_optional(_text))
+    host: str = attrs.field(default="127.0.0.1", validator=non_empty_text)
+    port: int = attrs.field(default=8765, validator=integer(0))
+    path: str = attrs.field(default="/ws", validator=url_path)
+    origins: tuple[str, ...] = attrs.field(
+        default=(), converter=as_tuple, validator=non_empty_texts
+    )
+    allow_anonymous: bool = attrs.field(default=False, validator=boolean)
+    client_publish: bool = attrs.field(default=False, validator=boolean)
+    cors_origin: str | None = attrs.field(default=None, validator=optional(non_empty_text))
 
     def __attrs_post_init__(self) -> None:
         if self.port > 65535:
@@ -156,19 +89,19 @@ class LimitsConfig:
     """Bounds that keep one client from hurting the others."""
 
     _section: ClassVar[str] = "limits"
-    max_message_bytes: int = attrs.field(default=65536, validator=_integer(64))
-    max_connections: int = attrs.field(default=10_000, validator=_integer(1))
-    max_queue: int = attrs.field(default=1000, validator=_integer(1))
-    max_queue_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_integer(1024))
-    max_batch: int = attrs.field(default=64, validator=_integer(1))
-    write_delay: float = attrs.field(default=0.003, validator=_number(0, exclusive=False))
-    flush_pause_ratio: float = attrs.field(default=1.0, validator=_number(0, exclusive=False))
-    hello_timeout: float = attrs.field(default=10.0, validator=_number(0))
-    rate: float = attrs.field(default=100.0, validator=_number(0))
-    burst: int = attrs.field(default=200, validator=_integer(1))
-    rate_limit_strikes: int = attrs.field(default=20, validator=_integer(1))
-    max_depth: int = attrs.field(default=32, validator=_integer(3))
-    max_subscriptions: int = attrs.field(default=100, validator=_integer(1))
+    max_message_bytes: int = attrs.field(default=65536, validator=integer(64))
+    max_connections: int = attrs.field(default=10_000, validator=integer(1))
+    max_queue: int = attrs.field(default=1000, validator=integer(1))
+    max_queue_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=integer(1024))
+    max_batch: int = attrs.field(default=64, validator=integer(1))
+    write_delay: float = attrs.field(default=0.003, validator=number(0, exclusive=False))
+    flush_pause_ratio: float = attrs.field(default=1.0, validator=number(0, exclusive=False))
+    hello_timeout: float = attrs.field(default=10.0, validator=number(0))
+    rate: float = attrs.field(default=100.0, validator=number(0))
+    burst: int = attrs.field(default=200, validator=integer(1))
+    rate_limit_strikes: int = attrs.field(default=20, validator=integer(1))
+    max_depth: int = attrs.field(default=32, validator=integer(3))
+    max_subscriptions: int = attrs.field(default=100, validator=integer(1))
 
     def __attrs_post_init__(self) -> None:
         # A hello with positions nests 3 levels; orjson encodes at most 254, and a frame the
@@ -185,10 +118,10 @@ class HistoryConfig:
     """How much of each stream is kept for resuming clients."""
 
     _section: ClassVar[str] = "history"
-    size: int = attrs.field(default=1000, validator=_integer(1))
-    ttl: float = attrs.field(default=3600.0, validator=_number(0))
-    max_streams: int = attrs.field(default=100_000, validator=_integer(1))
-    max_subscribed_streams: int = attrs.field(default=10_000, validator=_integer(1))
+    size: int = attrs.field(default=1000, validator=integer(1))
+    ttl: float = attrs.field(default=3600.0, validator=number(0))
+    max_streams: int = attrs.field(default=100_000, validator=integer(1))
+    max_subscribed_streams: int = attrs.field(default=10_000, validator=integer(1))
 
 
 @attrs.frozen
@@ -196,38 +129,9 @@ class DedupConfig:
     """How long and how many message ids are remembered for idempotent publishing."""
 
     _section: ClassVar[str] = "dedup"
-    window: float = attrs.field(default=300.0, validator=_number(0))
-    max_entries: int = attrs.field(default=100_000, validator=_integer(1))
-    content_ids: bool = attrs.field(default=True, validator=_boolean)
-
-
-def _one_of(*allowed: str) -> _Validator:
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value not in allowed:
-            _fail(instance, attribute, "one of " + ", ".join(map(repr, allowed)), value)
-
-    return check
-
-
-def _redis_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    allowed = "a redis://host:port/db or rediss://host:port/db URL"
-    if not isinstance(value, str):
-        _fail(instance, attribute, allowed, value)
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
-    except ValueError:
-        _fail(instance, attribute, allowed, value)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        _fail(instance, attribute, allowed, value)
-
-
-_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-
-def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or _PREFIX.fullmatch(value) is None:
-        _fail(instance, attribute, "1 to 64 characters from [A-Za-z0-9_.:-]", value)
+    window: float = attrs.field(default=300.0, validator=number(0))
+    max_entries: int = attrs.field(default=100_000, validator=integer(1))
+    content_ids: bool = attrs.field(default=True, validator=boolean)
 
 
 @attrs.frozen
@@ -235,11 +139,11 @@ class BrokerConfig:
     """Where streams live: this process (``memory``) or Redis, shared by every node."""
 
     _section: ClassVar[str] = "broker"
-    kind: str = attrs.field(default="memory", validator=_one_of("memory", "redis"))
-    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_url, repr=False)
-    prefix: str = attrs.field(default="wshub", validator=_prefix)
-    timeout: float = attrs.field(default=1.0, validator=_number(0))
-    pool_size: int = attrs.field(default=16, validator=_integer(1))
+    kind: str = attrs.field(default="memory", validator=one_of("memory", "redis"))
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=redis_url, repr=False)
+    prefix: str = attrs.field(default="wshub", validator=key_prefix)
+    timeout: float = attrs.field(default=1.0, validator=number(0))
+    pool_size: int = attrs.field(default=16, validator=integer(1))
 
 
 @attrs.frozen
@@ -247,22 +151,22 @@ class BreakerConfig:
     """Circuit breakers around the application hooks, and the retries inside them."""
 
     _section: ClassVar[str] = "breaker"
-    failure_threshold: int = attrs.field(default=5, validator=_integer(1))
-    success_threshold: int = attrs.field(default=2, validator=_integer(1))
-    open_timeout: float = attrs.field(default=30.0, validator=_number(0))
-    open_timeout_multiplier: float = attrs.field(default=2.0, validator=_number(1, exclusive=False))
-    max_open_timeout: float = attrs.field(default=300.0, validator=_number(0))
-    half_open_max_calls: int = attrs.field(default=1, validator=_integer(1))
-    half_open_timeout: float = attrs.field(default=30.0, validator=_number(0))
+    failure_threshold: int = attrs.field(default=5, validator=integer(1))
+    success_threshold: int = attrs.field(default=2, validator=integer(1))
+    open_timeout: float = attrs.field(default=30.0, validator=number(0))
+    open_timeout_multiplier: float = attrs.field(default=2.0, validator=number(1, exclusive=False))
+    max_open_timeout: float = attrs.field(default=300.0, validator=number(0))
+    half_open_max_calls: int = attrs.field(default=1, validator=integer(1))
+    half_open_timeout: float = attrs.field(default=30.0, validator=number(0))
     failure_rate_threshold: float | None = attrs.field(
-        default=None, validator=_optional(_number(0, maximum=1))
+        default=None, validator=optional(number(0, maximum=1))
     )
-    window: float = attrs.field(default=60.0, validator=_number(0))
-    minimum_calls: int = attrs.field(default=10, validator=_integer(1))
-    call_timeout: float = attrs.field(default=5.0, validator=_number(0))
-    retries: int = attrs.field(default=2, validator=_integer(0))
-    retry_backoff: float = attrs.field(default=0.2, validator=_number(0, exclusive=False))
-    max_breakers: int = attrs.field(default=1000, validator=_integer(1))
+    window: float = attrs.field(default=60.0, validator=number(0))
+    minimum_calls: int = attrs.field(default=10, validator=integer(1))
+    call_timeout: float = attrs.field(default=5.0, validator=number(0))
+    retries: int = attrs.field(default=2, validator=integer(0))
+    retry_backoff: float = attrs.field(default=0.2, validator=number(0, exclusive=False))
+    max_breakers: int = attrs.field(default=1000, validator=integer(1))
 
     def __attrs_post_init__(self) -> None:
         if self.max_open_timeout < self.open_timeout:
@@ -277,8 +181,8 @@ class HeartbeatConfig:
     """Pings that find dead peers."""
 
     _section: ClassVar[str] = "heartbeat"
-    interval: float = attrs.field(default=25.0, validator=_number(0))
-    timeout: float = attrs.field(default=10.0, validator=_number(0))
+    interval: float = attrs.field(default=25.0, validator=number(0))
+    timeout: float = attrs.field(default=10.0, validator=number(0))
 
 
 @attrs.frozen
@@ -286,11 +190,11 @@ class MetricsConfig:
     """How figures are sampled, flushed and kept."""
 
     _section: ClassVar[str] = "metrics"
-    flush_interval: float = attrs.field(default=5.0, validator=_number(0))
-    client_ttl: float = attrs.field(default=3600.0, validator=_number(0))
-    sample_rate: float = attrs.field(default=0.05, validator=_number(0, maximum=1))
-    history_points: int = attrs.field(default=360, validator=_integer(1))
-    log: bool = attrs.field(default=True, validator=_boolean)
+    flush_interval: float = attrs.field(default=5.0, validator=number(0))
+    client_ttl: float = attrs.field(default=3600.0, validator=number(0))
+    sample_rate: float = attrs.field(default=0.05, validator=number(0, maximum=1))
+    history_points: int = attrs.field(default=360, validator=integer(1))
+    log: bool = attrs.field(default=True, validator=boolean)
 
 
 @attrs.frozen
@@ -298,7 +202,7 @@ class CleanupConfig:
     """The sweeper that expires history, dedup keys and idle client stats."""
 
     _section: ClassVar[str] = "cleanup"
-    interval: float = attrs.field(default=30.0, validator=_number(0))
+    interval: float = attrs.field(default=30.0, validator=number(0))
 
 
 @attrs.frozen
@@ -306,7 +210,7 @@ class ShutdownConfig:
     """Graceful shutdown."""
 
     _section: ClassVar[str] = "shutdown"
-    grace: float = attrs.field(default=10.0, validator=_number(0, exclusive=False))
+    grace: float = attrs.field(default=10.0, validator=number(0, exclusive=False))
 
 
 @attrs.frozen
@@ -314,8 +218,8 @@ class HealthConfig:
     """The health endpoints."""
 
     _section: ClassVar[str] = "health"
-    timezone: str = attrs.field(default="UTC", validator=_timezone)
-    queue_degraded_ratio: float = attrs.field(default=0.8, validator=_number(0, maximum=1))
+    timezone: str = attrs.field(default="UTC", validator=time_zone)
+    queue_degraded_ratio: float = attrs.field(default=0.8, validator=number(0, maximum=1))
 
 
 @attrs.frozen
@@ -323,8 +227,8 @@ class AdminConfig:
     """The operator's key, for publishing over HTTP and for the monitoring endpoints."""
 
     _section: ClassVar[str] = "admin"
-    api_key: str | None = attrs.field(default=None, validator=_optional(_text), repr=False)
-    protect_monitoring: bool = attrs.field(default=True, validator=_boolean)
+    api_key: str | None = attrs.field(default=None, validator=optional(non_empty_text), repr=False)
+    protect_monitoring: bool = attrs.field(default=True, validator=boolean)
 
 
 #: The HMAC algorithms, verified with ``auth.jwt_secret``, and the fewest bytes of secret each
@@ -341,23 +245,24 @@ def _algorithms(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> N
     known = sorted(HMAC_ALGORITHMS) + sorted(ASYMMETRIC_ALGORITHMS)
     allowed = f"a non-empty list of algorithms among {', '.join(known)}"
     if not isinstance(value, tuple) or not value:
-        _fail(instance, attribute, allowed, value)
+        fail(instance, attribute, allowed, value)
     for name in value:
         if isinstance(name, str) and name.lower() == "none":
             raise ConfigError(
-                f"{_key(instance, attribute)} must never list 'none' (unsigned tokens), "
+                f"{full_key(instance, attribute)} must never list 'none' (unsigned tokens), "
                 f"got {list(value)!r}"
             )
         if name not in HMAC_ALGORITHMS and name not in ASYMMETRIC_ALGORITHMS:
             raise ConfigError(
-                f"{_key(instance, attribute)} must be {allowed}, got {name!r} in {list(value)!r}"
+                f"{full_key(instance, attribute)} must be {allowed}, "
+                f"got {name!r} in {list(value)!r}"
             )
 
 
 def _secret(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     # Never echo the value: it is a secret, even when it is a wrong one.
     if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{_key(instance, attribute)} must be a non-empty string")
+        raise ConfigError(f"{full_key(instance, attribute)} must be a non-empty string")
 
 
 @attrs.frozen
@@ -366,13 +271,13 @@ class AuthConfig:
 
     _section: ClassVar[str] = "auth"
     jwt_secret: str | None = attrs.field(default=None, validator=_secret, repr=False)
-    jwt_public_key: str | None = attrs.field(default=None, validator=_optional(_text))
+    jwt_public_key: str | None = attrs.field(default=None, validator=optional(non_empty_text))
     jwt_algorithms: tuple[str, ...] = attrs.field(
-        default=("HS256",), converter=_as_tuple, validator=_algorithms
+        default=("HS256",), converter=as_tuple, validator=_algorithms
     )
-    jwt_audience: str | None = attrs.field(default=None, validator=_optional(_text))
-    jwt_issuer: str | None = attrs.field(default=None, validator=_optional(_text))
-    leeway: float = attrs.field(default=0.0, validator=_number(0, exclusive=False))
+    jwt_audience: str | None = attrs.field(default=None, validator=optional(non_empty_text))
+    jwt_issuer: str | None = attrs.field(default=None, validator=optional(non_empty_text))
+    leeway: float = attrs.field(default=0.0, validator=number(0, exclusive=False))
 
     @property
     def enabled(self) -> bool:

@@ -12,10 +12,12 @@ Theory of operation:
   within ``dedup.window``; the same id with other content is a conflict.
 - ``open_hub`` owns a nursery: the writer flush tick, the sweeper, the metrics flusher and,
   for the embedded servers, every connection. Leaving it drains connections (1001 after their
-  queues are flushed, within ``shutdown.grace``; see ``lifetime.py``), flushes metrics once
-  more, then cancels. The nursery sits behind a shield, so a cancelled caller drains too.
+  queues are flushed, within ``shutdown.grace``), flushes metrics once more, then cancels. The
+  nursery sits behind a shield, so a cancelled caller drains too (``lifetime.py``).
 - Connections reach the hub only through ``ConnectionHost`` (``connection.py``), which the
-  hub implements; the reports read it through ``ReportSource`` (``reports.py``).
+  hub implements: admitting, welcoming and forgetting them is ``ConnectionRegistry``'s
+  (``registry.py``), their requests go to subscriptions, publishing and ``access.py``. The
+  reports read the hub through ``ReportSource`` (``reports.py``).
 - With ``[auth]``, a hello's token is verified once (``auth.py``) and its expiry becomes the
   connection's deadline on the trio clock; a ``refresh`` with a token for the same subject
   moves the deadline and replaces the rights, leaving any stream the new rights no longer
@@ -30,55 +32,43 @@ import os
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
-from wshub.brokers.base import (
-    Broker,
-    BrokerUnavailable,
-)
+from wshub.brokers.base import Broker
 from wshub.brokers.memory import MemoryBroker
 from wshub.brokers.redis import RedisBroker
 from wshub.core.breaker_registry import BreakerRegistry
 from wshub.core.config import HubConfig
-from wshub.core.dedup import Deduplicator, message_id
+from wshub.core.dedup import Deduplicator
 from wshub.core.events import PublishResult
-from wshub.core.history import HistoryFull, HistoryStore
+from wshub.core.history import HistoryStore
 from wshub.core.logcontext import log_context
-from wshub.core.metrics import PEER_CLOSED, HubMetrics
+from wshub.core.metrics import HubMetrics
 from wshub.core.protocol import (
-    CloseCode,
     Hello,
     Publish,
     Refresh,
     Subscribe,
     encode_unsubscribed,
-    encode_welcome,
     personal_stream,
     stream_kind,
 )
-from wshub.hub.access import (
-    SYS_METRICS,
-    authenticate,
-    refresh_credential,
-)
+from wshub.hub.access import SYS_METRICS, refresh_credential
 from wshub.hub.auth import TokenVerifier
 from wshub.hub.client_publishing import ClientPublishing
 from wshub.hub.connection import Connection, Request
 from wshub.hub.flush import FlushTick
-from wshub.hub.hooks import (
-    AuthenticateHook,
-    Identity,
-    OnPublishHook,
-)
+from wshub.hub.hooks import AuthenticateHook, Identity, OnPublishHook
 from wshub.hub.lifetime import Lifetime, every
-from wshub.hub.reports import StatusLog, health_report, stats_report
-from wshub.hub.subscriptions import Subscriptions, status_of
+from wshub.hub.registry import ConnectionRegistry
+from wshub.hub.reports import health_report, stats_report
+from wshub.hub.subscriptions import Subscriptions
 from wshub.hub.transport import RequestInfo, Transport
+from wshub.hub.upkeep import Upkeep
 
 __all__ = ["SYS_METRICS", "Hub", "PublishResult", "open_hub"]
 
@@ -126,13 +116,10 @@ class Hub:
         if config.broker.kind == "redis":
             self.broker = RedisBroker.from_config(config, breakers=self.breakers, node=self.node)
         self.metrics.node, self.metrics.broker = self.node, self.broker
-        self.series: deque[dict[str, Any]] = deque(maxlen=config.metrics.history_points)
         self.started_at = trio.current_time()
         self.lifetime = Lifetime(config.shutdown.grace)  # connection tasks and the drain
-        self._authenticate = authenticate
         self._on_publish = on_publish
         self._connections = self.lifetime.connections
-        self._registered = 0
         self.client_publishing = ClientPublishing(
             config,
             broker=self.broker,
@@ -144,12 +131,28 @@ class Hub:
         self.subscriptions = Subscriptions(
             config, local=self.local, broker=self.broker, metrics=self.metrics
         )
+        #: Admits, welcomes and forgets connections (the hub's ``ConnectionHost`` methods).
+        self.registry = ConnectionRegistry(
+            config,
+            lifetime=self.lifetime,
+            subscriptions=self.subscriptions,
+            metrics=self.metrics,
+            breakers=self.breakers,
+            tokens=self.tokens,
+            authenticate=authenticate,
+        )
         self.flush = FlushTick(config.limits)  # releases the writers; see flush.py
-        self._overflows_at_last_flush = 0
-        #: Per stream listed at the last metrics flush: (epoch, offset, time); the rates of
-        #: ``top_streams`` count from there (reports.stream_rows).
-        self.stream_marks: dict[str, tuple[str, int, float]] = {}
-        self.status_log = StatusLog(self.started_at)
+        #: The sweeper's and the metrics flusher's work (``upkeep.py``).
+        self.upkeep = Upkeep(
+            config,
+            local=self.local,
+            broker=self.broker,
+            metrics=self.metrics,
+            started_at=self.started_at,
+        )
+        #: The flushed snapshots, oldest first (at most ``metrics.history_points``).
+        self.series = self.upkeep.series
+        self.status_log = self.upkeep.status_log
         #: This hub among others in the logs (the ``hub`` field) and in its reports.
         self.id = secrets.token_hex(4)
         #: The servers carrying its connections ("fast", "hypercorn", ...), in start order.
@@ -203,7 +206,7 @@ class Hub:
     @property
     def connection_count(self) -> int:
         """Connections that completed their hello."""
-        return self._registered
+        return self.registry.registered
 
     @property
     def draining(self) -> bool:
@@ -297,147 +300,60 @@ class Hub:
 
     def admission_refusal(self, request: RequestInfo) -> tuple[int, str] | None:
         """Why a new connection must be closed at once, or None to go on."""
-        if self.draining:
-            return CloseCode.GOING_AWAY, "the server is shutting down"
-        origins = self.config.server.origins
-        if origins and request.header("origin") not in origins:
-            return CloseCode.POLICY_VIOLATION, "origin not allowed"
-        if len(self._connections) > self.config.limits.max_connections:
-            return CloseCode.TRY_AGAIN_LATER, "connection limit reached; retry later"
-        return None
+        return self.registry.admission_refusal(request)
 
     async def authenticate_hello(self, hello: Hello, request: RequestInfo) -> Identity:
         """Decide who a hello is; raises AuthenticationError or HookUnavailable."""
-        return await authenticate(
-            hello,
-            request,
-            hook=self._authenticate,
-            tokens=self.tokens,
-            config=self.config,
-            breakers=self.breakers,
-            metrics=self.metrics,
-        )
+        return await self.registry.authenticate_hello(hello, request)
 
     async def register(self, connection: Connection, hello: Hello) -> bool:
         """Welcome a connection: subscribe it, queue welcome and replays.
 
         Returns False after closing the connection with 1013 when the broker is unavailable.
         """
-        client_id = connection.client_id
-        assert client_id is not None
-        try:
-            replays, errors = await self.subscriptions.join_hello(connection, hello)
-        except BrokerUnavailable:
-            connection.abort(CloseCode.TRY_AGAIN_LATER, "the broker is unavailable; retry later")
-            return False
-        metrics = self.metrics
-        connection.stats = stats = metrics.connection_opened(client_id)
-        if stats.disconnects:  # back after a disconnect (a second tab alongside is not)
-            metrics.reconnections += 1
-        self._registered += 1
-        statuses = {stream: status_of(replay) for stream, replay in replays.items()}
-        interval = self.config.heartbeat.interval
-        connection.enqueue(encode_welcome(client_id, connection.session, interval, statuses))
-        connection.enqueue_answer(errors)
-        for replay in replays.values():
-            connection.enqueue_replay(replay.messages)
-        if self.draining:
-            connection.start_closing(CloseCode.GOING_AWAY, "the server is shutting down")
-        return True
+        return await self.registry.register(connection, hello)
 
     def unregister(self, connection: Connection) -> None:
-        """Forget a connection that is ending, drop its queue, and count how it ended.
-
-        Idempotent: called once the connection is decided to end, and again when its task
-        is over.
-        """
-        if connection.unregistered:
-            return
-        connection.unregistered = True
-        connection.queue.clear()
-        self._connections.discard(connection)
-        self.subscriptions.leave_all(connection)
-        stats = connection.stats
-        if stats is None:
-            self.metrics.connections_failed += 1
-            return
-        connection.stats = None
-        self._registered -= 1
-        # What the hub decided (1000, 1001, 4002, ...) when it closed first; else the peer's
-        # code where the server reports it truly, PEER_CLOSED where it cannot (hypercorn).
-        code: int | str = connection.close_code
-        if connection.peer_close_code is not None:
-            truthful = connection.transport.peer_close_codes
-            code = connection.peer_close_code if truthful else PEER_CLOSED
-        self.metrics.connection_closed(stats.client_id, code)
+        """Forget a connection that is ending (idempotent), and count how it ended."""
+        self.registry.unregister(connection)
 
     # ------------------------------------------------------------------ writers and queues
 
     def record_overflow(self, dropped: int) -> None:
         """Count a slow consumer whose queue overflowed."""
-        self.metrics.queue_overflows += 1
-        self.metrics.record_drop("slow_consumer", dropped)
-        self.metrics.record_queue_depth(dropped)
+        self.registry.record_overflow(dropped)
 
     def queue_depths(self) -> tuple[int, int]:
         """Total and largest outbound queue length over all connections."""
-        depths = [len(c.queue) for c in self._connections]
-        total, largest = (sum(depths), max(depths)) if depths else (0, 0)
-        self.metrics.queue_depth = total
-        return total, largest
+        return self.registry.queue_depths()
+
+    def queued_by_client(self) -> dict[str, int]:
+        """Messages waiting in outbound queues, summed per client id (over its tabs)."""
+        return self.registry.queued_by_client()
 
     def subscriber_counts(self) -> dict[str, int]:
         """Subscribed connections per stream, for the streams that have any."""
         return self.subscriptions.counts()
 
-    def queued_by_client(self) -> dict[str, int]:
-        """Messages waiting in outbound queues, summed per client id (over its tabs)."""
-        queued: dict[str, int] = {}
-        for connection in self._connections:
-            if connection.client_id is not None:
-                queued[connection.client_id] = queued.get(connection.client_id, 0) + len(
-                    connection.queue
-                )
-        return queued
-
     # ------------------------------------------------------------------ background tasks
 
     def sweep(self) -> dict[str, int]:
         """Expire history, dedup keys, idle client stats and forgotten streams."""
-        removed = self.local.sweep()
-        if self.broker is not self.local:
-            for kind, count in self.broker.sweep().items():
-                removed[kind] = removed.get(kind, 0) + count
-        removed["clients"] = self.metrics.expire_clients()
-        self.metrics.expired += removed["history"]
-        self.metrics.record_cleanup(removed)
-        return removed
+        return self.upkeep.sweep()
 
     def flush_metrics(self) -> dict[str, Any]:
         """Take a snapshot: into the ring buffer, onto ``$sys.metrics``, and to the log."""
-        point = self.stats()
-        now = trio.current_time()
-        self.stream_marks = {
-            row["stream"]: (row["epoch"], row["offset"], now) for row in point["top_streams"]
-        }
-        self.series.append(point)
-        self._overflows_at_last_flush = self.metrics.queue_overflows
-        try:
-            self.local.append(SYS_METRICS, point, message_id(SYS_METRICS, point))
-        except HistoryFull:
-            logger.warning(
-                "cannot publish %s: stream limit reached",
-                SYS_METRICS,
-                extra={"stream": SYS_METRICS},
-            )
-        if self.config.metrics.log:
-            self.status_log.flushed(point)
-        return point
+        return self.upkeep.flushed(self.stats())
+
+    @property
+    def stream_marks(self) -> dict[str, tuple[str, int, float]]:
+        """Per stream listed at the last metrics flush: (epoch, offset, time)."""
+        return self.upkeep.stream_marks
 
     @property
     def overflowing(self) -> bool:
         """Whether a queue overflowed since the last metrics flush."""
-        return self.metrics.queue_overflows > self._overflows_at_last_flush
+        return self.upkeep.overflowing
 
 
 def _check_id(id: object) -> None:
@@ -473,28 +389,9 @@ async def open_hub(
             await brokers.enter_async_context(hub.local.open(hub.subscriptions))
             if hub.broker is not hub.local:
                 await brokers.enter_async_context(hub.broker.open(hub.subscriptions))
-            async with trio.open_nursery() as outer:
-                nursery, shield = await outer.start(_shielded_nursery)
-                hub.lifetime.nursery = nursery
+            # Leaving this block drains the hub first, even when cancelled (``lifetime.py``).
+            async with hub.lifetime.running(hub.flush_metrics) as nursery:
                 nursery.start_soon(hub.flush.run)
                 nursery.start_soon(every, hub.config.cleanup.interval, hub.sweep)
                 nursery.start_soon(every, hub.config.metrics.flush_interval, hub.flush_metrics)
-                try:
-                    yield hub
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await hub.drain()
-                    shield.cancel()
-
-
-async def _shielded_nursery(
-    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]]
-) -> None:
-    """The hub's nursery, behind a shield: cancelling the caller's scope cancels the body of
-    ``open_hub`` (which then drains), not the connections, writers and flush tick the drain
-    needs to flush every queue and finish every closing handshake. ``open_hub`` cancels the
-    shield itself once the drain is over."""
-    with trio.CancelScope(shield=True) as shield:
-        async with trio.open_nursery() as nursery:
-            task_status.started((nursery, shield))
-            await trio.sleep_forever()
+                yield hub

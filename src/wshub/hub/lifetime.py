@@ -10,11 +10,16 @@ Theory of operation:
   waiting for their frames, and wait for their closing handshakes (bounded by CLOSE_TIMEOUT).
 - One hub-wide Event wakes the drain when the last task ends, not one per connection, so an
   idle connection costs nothing here. Drain is idempotent: a second call waits for the first.
+- The hub's nursery (``running``) sits behind a shield: cancelling the caller cancels the body
+  of ``open_hub``, which then drains, not the connections, writers and flush tick the drain
+  needs to flush every queue and finish every closing handshake. The shield is cancelled only
+  once the drain is over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -38,6 +43,20 @@ class Lifetime:
         self._running = 0  # connection tasks not yet finished, closing handshake included
         self._all_finished: trio.Event | None = None  # made by drain, set at _running == 0
         self._drained = trio.Event()
+
+    @asynccontextmanager
+    async def running(self, last: Callable[[], object]) -> AsyncIterator[trio.Nursery]:
+        """The hub's nursery, for the ``async with`` block; on leaving it, even when cancelled,
+        drain (then ``last``) before the nursery's tasks are cancelled."""
+        async with trio.open_nursery() as outer:
+            nursery, shield = await outer.start(_shielded_nursery)
+            self.nursery = nursery
+            try:
+                yield nursery
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.drain(last)
+                shield.cancel()
 
     def start_soon(self, function: Callable[..., Any], *args: Any) -> None:
         """Run a task in the hub's nursery, so that it ends no later than the hub."""
@@ -91,3 +110,13 @@ async def every(interval: float, action: Callable[[], object]) -> None:
     while True:
         await trio.sleep(interval)
         action()
+
+
+async def _shielded_nursery(
+    *, task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]]
+) -> None:
+    """A nursery behind a shield, and the shield's scope (see the notes on ``running``)."""
+    with trio.CancelScope(shield=True) as shield:
+        async with trio.open_nursery() as nursery:
+            task_status.started((nursery, shield))
+            await trio.sleep_forever()

@@ -1,24 +1,11 @@
 """A connection's outbound side: its queue, its bounds, and the write path to its transport.
 
 Theory of operation:
-- The hub appends to ``Outbox.queue`` synchronously (fan-out never awaits a client). The
-  first append after the queue was last taken marks the connection dirty with the hub's flush
-  tick, which writes the queue itself where the transport allows (``write_now``: the fast
-  server's sockets, one non-blocking write a frame, no task woken) or wakes the writer task,
-  which sends it; either way up to ``limits.max_batch`` objects per frame to ``wshub.v1``
-  clients.
-- Everything a client is sent goes through that one queue, so the order is exactly the order
-  of appends: welcome, replay, then live messages, with replies and errors in between.
-- A full queue means a slow consumer: the connection is closed with 4002 at once and the
-  client resumes from history. Replays may exceed ``limits.max_queue`` (they are bounded by
-  the history); the limit applies to what arrives after them.
-- Bytes are bounded as well as items (``limits.max_queue_bytes``), without a cost on the
-  fan-out's hot path: every item counts as at least ``small_frame`` (``max_queue_bytes //
-  max_queue``) characters, so a queue of small frames meets the item bound first and needs no
-  counting; only a larger frame adds its excess to ``_bytes_over``. The fan-out appends a
-  frame it knows is small with ``enqueue_message``; every other item goes through
-  ``enqueue``, which measures it. ``_quiet_below`` folds both bounds into the one comparison
-  the fast path makes.
+- ``OutboundQueue`` (``queue.py``) holds what the client is to be sent, in order, bounded. The
+  hub's flush tick has the queue written itself where the transport allows (``write_now``:
+  the fast server's sockets, one non-blocking write a frame, no task woken) or wakes the
+  writer task, which sends it; either way up to ``limits.max_batch`` objects per frame to
+  ``wshub.v1`` clients.
 - A frame is written whole or the connection is cut: the writer's sends run in one shielded
   scope that ``abort`` gives ``FINISH_FRAME_TIMEOUT`` to finish; the tick's writes never await.
 - The writer parks itself (no Event) until the tick reschedules it. On a ``DirectWrite``
@@ -31,7 +18,6 @@ Theory of operation:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Protocol
 
 import trio
@@ -42,7 +28,8 @@ from wshub.core.history import StoredMessage
 from wshub.core.metrics import ClientStats, HubMetrics
 from wshub.core.protocol import SUBPROTOCOL, CloseCode
 from wshub.hub.flush import FlushTick
-from wshub.hub.frames import QueueItem, Replayed, frame_of, item_size, small_frame
+from wshub.hub.frames import QueueItem, frame_of
+from wshub.hub.queue import OutboundQueue
 from wshub.hub.transport import DirectWrite, Transport
 
 __all__ = ["FINISH_FRAME_TIMEOUT", "Outbox", "OutboxHost"]
@@ -66,39 +53,29 @@ class OutboxHost(Protocol):
         ...
 
 
-class Outbox:
+class Outbox(OutboundQueue):
     """The queue and the writer of one connection; ``Connection`` is the rest of it."""
 
     # Slots, not a __dict__: a connection lives as long as its client, and a dict of this many
     # attributes cost each idle connection over a KiB (issue 14's idle-memory target).
     __slots__ = (
-        "_bytes_over",
         "_direct",
-        "_empty_quiet_below",
-        "_flush",
         "_nursery",
         "_parked",
-        "_quiet_below",
         "_step",
         "_woken",
         "aborted",
         "batching",
-        "bytes_limit",
         "client_id",
         "close_code",
         "close_reason",
         "closing",
         "cut",
-        "dirty",
-        "flush_tick",
         "hub",
         "peer_close_code",
-        "queue",
-        "queue_limit",
         "scope",
         "send_guard",
         "session",
-        "small_frame",
         "stats",
         "transport",
         "writer_alive",
@@ -109,19 +86,11 @@ class Outbox:
 
     def __init__(self, hub: OutboxHost, transport: Transport) -> None:
         limits = hub.config.limits
+        super().__init__(limits, hub.flush)
         self.hub = hub
-        self._flush = hub.flush
         self.transport = transport
         self.batching = transport.subprotocol == SUBPROTOCOL
         self.stats: ClientStats | None = None
-        self.queue: list[QueueItem] = []
-        self.small_frame = small_frame(limits.max_queue_bytes, limits.max_queue)
-        self.bytes_limit = limits.max_queue_bytes  # for: len(queue) * small_frame + _bytes_over
-        self._bytes_over = 0  # characters of the queued frames beyond small_frame each
-        self.queue_limit = self._quiet_below = 0
-        self._set_queue_limit(limits.max_queue)
-        self._empty_quiet_below = self._quiet_below  # what an emptied queue starts from
-        self.dirty = False
         self._parked: trio.lowlevel.Task | None = None  # the writer, waiting for a wake-up
         self._woken = False  # a wake-up came while the writer was busy
         self.closing: int | None = None  # close after the queue is flushed, with this code
@@ -134,83 +103,21 @@ class Outbox:
         self.aborted = False
         self.send_guard: trio.CancelScope | None = None  # shields the frame being sent
         self.writer_alive = False
-        self.flush_tick: int | None = None  # the hub tick this writer was released by
         self.cut = False  # a frame was interrupted: close without a close frame
         transport.on_blocked = self._waiting_for_peer
         self._direct = transport if isinstance(transport, DirectWrite) else None
         self._nursery: trio.Nursery | None = None  # where a writer starts (direct transports)
         self._step = limits.max_batch if self.batching else 1
 
-    def enqueue_message(self, message: StoredMessage) -> None:
-        """Append a published message whose frame is at most ``small_frame`` characters (the
-        fan-out's hot path: the caller measured the frame once for every subscriber)."""
-        queue = self.queue
-        if len(queue) < self._quiet_below and self.dirty:
-            queue.append(message)  # the common case: scheduled already, far from any limit
-            return
-        self._enqueue_slowly(message, 0)
-
-    def enqueue(self, item: QueueItem) -> None:
-        """Append one frame for this client without awaiting; overflow closes with 4002."""
-        size = len(item) if item.__class__ is str else len(item.frame)  # type: ignore[union-attr]
-        over = size - self.small_frame
-        if over <= 0 and len(self.queue) < self._quiet_below and self.dirty:
-            self.queue.append(item)
-            return
-        self._enqueue_slowly(item, max(over, 0))
-
-    def _enqueue_slowly(self, item: QueueItem, over: int) -> None:
-        queue = self.queue
-        count = len(queue) + 1
-        # One frame always fits an empty queue, however big: a client that reads is never cut.
-        too_many_bytes = count * self.small_frame + self._bytes_over + over > self.bytes_limit
-        if count > self.queue_limit or (too_many_bytes and queue):
-            if self.aborted:  # already being closed: count its overflow once
-                return
-            self.hub.record_overflow(count)
-            self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
-            return
-        queue.append(item)
-        if over:
-            self._bytes_over += over
-            self._set_queue_limit(self.queue_limit)
-        if len(queue) == self._flush.high_water and self.flush_tick is None:
-            self._flush.queues_high()
-        if not self.dirty:
-            self._mark_dirty()
-
-    def enqueue_replay(self, messages: Sequence[StoredMessage]) -> None:
-        """Append replayed messages; they are bounded by history, not by the queue limits."""
-        self._extend_unbounded([Replayed(message.frame) for message in messages])
-
-    def enqueue_answer(self, frames: Sequence[str]) -> None:
-        """Append the errors answering a hello; they are bounded by the hello (at most
-        ``limits.max_subscriptions`` and one), not by the queue limits."""
-        self._extend_unbounded(frames)
-
-    def _extend_unbounded(self, items: Sequence[QueueItem]) -> None:
-        # The queue limits apply to what arrives after these items.
-        if items:
-            small = self.small_frame
-            self._bytes_over += sum(max(item_size(item) - small, 0) for item in items)
-            self.queue.extend(items)
-            limits = self.hub.config.limits
-            self.bytes_limit = len(self.queue) * small + self._bytes_over + limits.max_queue_bytes
-            self._set_queue_limit(len(self.queue) + limits.max_queue)
-            if not self.dirty:
-                self._mark_dirty()
-
-    def _set_queue_limit(self, limit: int) -> None:
-        # Below ``_quiet_below`` an append of a small frame into a dirty queue can neither
-        # overflow (items or bytes) nor reach high water: ``enqueue_message`` then only
-        # appends (it runs once per subscriber per publish).
-        self.queue_limit = limit
-        room = (self.bytes_limit - self._bytes_over) // self.small_frame
-        self._quiet_below = min(limit, room, self._flush.high_water - 1)
-
     def _mark_dirty(self) -> None:
         self.dirty = True
         self._flush.mark_dirty(self)
+
+    def _overflowed(self, count: int) -> None:
+        # A slow consumer: cut it (the client resumes from history), counting it once.
+        if not self.aborted:
+            self.hub.record_overflow(count)
+            self.abort(CloseCode.SLOW_CONSUMER, "outbound queue overflowed; resume from history")
 
     def wake_writer(self) -> None:
         """Let the writer send what is queued (the hub's flush tick calls this)."""
@@ -351,22 +258,10 @@ class Outbox:
         if sent == len(items):
             self._take_queue()
         else:  # the writer sends the rest once the peer reads
-            small = self.small_frame
-            self._bytes_over -= sum(max(item_size(item) - small, 0) for item in items[:sent])
-            del items[:sent]
-            self._set_queue_limit(self.queue_limit)
+            self._drop_sent(sent)
             self.wake_writer()
         stats.last_activity = self._flush.now
         return True
-
-    def _take_queue(self) -> list[QueueItem]:
-        # The queue is being sent: empty it and reset its bounds.
-        items, self.queue = self.queue, []
-        limits = self.hub.config.limits
-        self.bytes_limit, self._bytes_over = limits.max_queue_bytes, 0
-        self.queue_limit, self._quiet_below = limits.max_queue, self._empty_quiet_below
-        self.dirty = False
-        return items
 
     def _count_sent(
         self, stats: ClientStats, chunk: list[QueueItem], length: int, delivered: int

@@ -3,18 +3,8 @@
 Theory of operation:
 - wsproto is sans-IO: it turns events into bytes and bytes into events. This class does the
   I/O, so the hub owns the write path end to end and reads nothing private of any library.
-- Writing has one rule: a frame is written whole before anything else is. ``_write`` sends
-  with one non-blocking ``write(2)`` when nothing is pending (no trip through the scheduler);
-  only what the socket does not take at once is awaited, under ``_write_lock``, so a ping, a
-  pong or a close queued meanwhile waits behind the unfinished frame. ``send_frame_nowait``
-  (the hub's flush tick writing without a task) does the same write and keeps what the
-  socket did not take in ``_rest``; every later write, ``finish_frame`` included, first
-  writes that rest under the lock. A write cancelled part-way leaves a torn frame: from then
-  on nothing more is written (``abort`` is the only way out), so no close frame ever lands
-  inside a frame.
-- The tick's frames come encoded (``encode_frame``, once per distinct text per tick): with
-  no extension negotiated and server frames unmasked, the bytes are the same on every
-  connection, so wsproto frames them once and this class writes them as they are.
+- Writing is ``FrameWriter``'s (``framewriter.py``): a frame is written whole before
+  anything else is, from the tick without a task when the socket has room.
 - Reading is done by whichever task waits for something (``receive`` for a message, ``ping``
   for its pong), one at a time under ``_read_lock``. Partial messages are counted as they
   arrive: past ``max_message_bytes`` the connection is closed with 1009 at once, so a peer
@@ -29,17 +19,16 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable
 
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from wshub.core.errors import TransportClosed
 from wshub.core.protocol import CloseCode
 from wshub.hub.transport import CLOSE_SECONDS, DISCARD_BYTES
+from wshub.servers.framewriter import FrameWriter, encode_text_frame
 
 __all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "READ_SIZE", "FastWebSocket", "encode_text_frame"]
 
@@ -48,18 +37,8 @@ READ_SIZE = 65536
 
 _ABNORMAL = 1006
 
-# Server frames are unmasked and the fast server accepts no extension (``fast.py``), so a
-# text's frame is the same bytes on every connection: one wsproto connection, kept open for
-# nothing else, frames them.
-_ENCODER = Connection(ConnectionType.SERVER)
 
-
-def encode_text_frame(text: str) -> bytes:
-    """The bytes of one unmasked WebSocket text frame holding ``text`` (no extension)."""
-    return _ENCODER.send(TextMessage(data=text))
-
-
-class FastWebSocket:
+class FastWebSocket(FrameWriter):
     """The ``Transport`` of one WebSocket whose handshake is done (``connection`` is OPEN).
 
     ``leftover`` is what the client sent after its upgrade request (already read from the
@@ -73,7 +52,6 @@ class FastWebSocket:
         "_close_sent",
         "_closed",
         "_events",
-        "_fd",
         "_limit",
         "_message",
         "_part_bytes",
@@ -83,16 +61,10 @@ class FastWebSocket:
         "_pings",
         "_pong",
         "_read_lock",
-        "_rest",
-        "_socket_closed",
-        "_stream",
         "_subprotocol",
-        "_torn",
-        "_write_lock",
         "_ws",
         "bytes_read",
         "largest_partial",
-        "on_blocked",
     )
 
     def __init__(
@@ -103,12 +75,10 @@ class FastWebSocket:
         max_message_bytes: int,
         leftover: bytes = b"",
     ) -> None:
-        self._stream = stream
-        self._fd = stream.socket.fileno()
+        super().__init__(stream)
         self._ws = connection
         self._subprotocol = subprotocol
         self._limit = max_message_bytes
-        self._write_lock = trio.StrictFIFOLock()
         self._read_lock = trio.StrictFIFOLock()
         # A list, not a deque: a feed yields an event or two, and an empty deque is 600 bytes
         # that every idle connection would carry.
@@ -120,12 +90,8 @@ class FastWebSocket:
         self._pings = 0
         self._pong = False
         self._closed: TransportClosed | None = None  # once set, receive/ping raise it
-        self.on_blocked: Callable[[], object] | None = None
         self._close_sent = False
         self._peer_closed = False
-        self._torn = False  # a write stopped mid-frame: write nothing more
-        self._rest: memoryview | None = None  # what send_frame_nowait could not write
-        self._socket_closed = False
         self.bytes_read = 0
         self.largest_partial = 0  # most bytes of one unfinished message held at once
         if leftover:
@@ -142,13 +108,6 @@ class FastWebSocket:
 
     # ------------------------------------------------------------------ writing
 
-    @property
-    def blocked(self) -> bool:
-        """Whether a frame is unfinished: the socket was full when it was written."""
-        return self._rest is not None or self._write_lock.locked()
-
-    encode_frame = staticmethod(encode_text_frame)
-
     def send_frame_nowait(self, frame: bytes) -> bool:
         """Send one frame made by ``encode_frame`` with one non-blocking write
         (``DirectWrite``): False, taking nothing, while ``blocked``; else True, the rest of a
@@ -156,87 +115,9 @@ class FastWebSocket:
         TransportClosed."""
         if self._close_sent or self._closed is not None:
             raise self._closed or TransportClosed(_ABNORMAL)
-        if self._torn or self._socket_closed:
-            raise TransportClosed(_ABNORMAL, "the connection was cut")
-        if self._rest is not None or self._write_lock.locked():
-            return False
         if self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed(_ABNORMAL)  # the peer's close arrived: no more data frames
-        sent = self._write_now(frame)
-        if sent < len(frame):
-            self._rest = memoryview(frame)[sent:]
-            if self.on_blocked is not None:
-                self.on_blocked()  # the socket is full: the rest waits for the peer
-        return True
-
-    async def finish_frame(self) -> None:
-        """Write the rest of the frame ``send_frame_nowait`` left unfinished; raises
-        TransportClosed."""
-        if self._rest is None:
-            await trio.lowlevel.checkpoint()
-            return
-        async with self._write_lock:
-            await self._write_rest()
-
-    async def _write_rest(self) -> None:
-        # The lock is held. Torn if cancelled part-way, like any other frame.
-        rest, self._rest = self._rest, None
-        if rest is not None:
-            if self._torn or self._socket_closed:
-                raise TransportClosed(_ABNORMAL, "the connection was cut")
-            await self._send_rest(rest)
-
-    def _write_now(self, data: bytes) -> int:
-        # One non-blocking write(2): how much the socket took.
-        try:
-            return os.write(self._fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as error:
-            self._torn = True
-            raise TransportClosed(_ABNORMAL, str(error)) from None
-
-    async def _write(self, data: bytes) -> None:
-        """Write ``data`` whole after anything already pending; raises TransportClosed."""
-        if self._torn or self._socket_closed:
-            raise TransportClosed(_ABNORMAL, "the connection was cut")
-        lock = self._write_lock
-        if lock.locked() or self._rest is not None:
-            # Another frame is unfinished: the socket is full, this one waits for the peer.
-            if self.on_blocked is not None:
-                self.on_blocked()
-            async with lock:
-                await self._write_rest()
-                await self._write_locked(data)
-            return
-        # Nothing pending: one system call, no checkpoint when the socket takes it all.
-        sent = self._write_now(data)
-        if sent < len(data):
-            if self.on_blocked is not None:
-                self.on_blocked()  # the socket is full: the rest waits for the peer
-            # Taken without a checkpoint: part of the frame is on the wire already, so no
-            # cancellation may come between that and the rest being sent under the lock.
-            lock.acquire_nowait()
-            try:
-                await self._send_rest(memoryview(data)[sent:])
-            finally:
-                lock.release()
-
-    async def _write_locked(self, data: bytes) -> None:
-        if self._torn or self._socket_closed:
-            raise TransportClosed(_ABNORMAL, "the connection was cut")
-        await self._send_rest(memoryview(data))
-
-    async def _send_rest(self, rest: memoryview) -> None:
-        # The lock is held: nothing else is written until this frame is whole.
-        try:
-            await self._stream.send_all(rest)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            self._torn = True
-            raise TransportClosed(_ABNORMAL, str(error)) from None
-        except BaseException:  # cancelled part-way: the frame on the wire is torn
-            self._torn = True
-            raise
+        return self._write_frame_nowait(frame)
 
     async def send(self, text: str) -> None:
         """Send one text frame; raises TransportClosed.
