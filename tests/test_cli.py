@@ -509,16 +509,23 @@ def test_publish_and_tail_through_a_running_hub(tmp_path: Path) -> None:
                 env={"WSHUB_ADMIN__API_KEY": "secret"},
             )
             assert orjson.loads(again.stdout)["duplicate"] is True
+            # What the hub refuses as given is bad input: exit 2, one line saying what to do.
             keyless = run_cli("publish", server.http, "news", "2")
-            assert keyless.returncode == 1
+            assert keyless.returncode == 2
             assert keyless.stderr.count("\n") == 1, keyless.stderr
             assert "answered 401" in keyless.stderr
             assert "--api-key or in WSHUB_ADMIN__API_KEY" in keyless.stderr
             wrong = run_cli("publish", server.http, "news", "2", "--api-key", "guess")
-            assert wrong.returncode == 1
+            assert wrong.returncode == 2
             assert (
                 "answered 403" in wrong.stderr and "is not the hub's admin.api_key" in wrong.stderr
             )
+            reused = run_cli(
+                "publish", server.http, "news", '{"n": 2}', "--id", "k1", "--api-key", "secret"
+            )
+            assert (reused.returncode, reused.stderr.count("\n")) == (2, 1), reused.stderr
+            assert "answered 409" in reused.stderr and "give new data a new id" in reused.stderr
+            assert "Traceback" not in keyless.stderr + wrong.stderr + reused.stderr
             deadline = time.monotonic() + 10
             while not tail_out.read_text().strip():
                 assert time.monotonic() < deadline, "tail printed nothing"
@@ -707,7 +714,7 @@ def test_token_tail_and_publish_through_a_hub_that_requires_tokens(tmp_path: Pat
             )
         try:
             refused = run_cli("publish", server.http, "news", "1", "--token", reader.stdout.strip())
-            assert refused.returncode == 1
+            assert refused.returncode == 2
             assert "403" in refused.stderr and "publish rights" in refused.stderr
             published = run_cli(
                 "publish", server.http, "news", '{"n": 1}', "--token", writer.stdout.strip()
@@ -724,10 +731,21 @@ def test_token_tail_and_publish_through_a_hub_that_requires_tokens(tmp_path: Pat
         finally:
             tail.terminate()
             tail.wait(10)
-        anonymous = run_cli(
-            "tail", f"{server.ws}/ws", "--client-id", "x", "--stream", "news", "--max-attempts", "1"
-        )
-        assert anonymous.returncode == 1
-        assert "anonymous clients are not allowed" in anonymous.stderr
+        # Refused credentials are bad input (exit 2), with what to pass instead: not "is a hub
+        # serving?", since the hub answered.
+        tail_news = ("tail", f"{server.ws}/ws", "--stream", "news", "--max-attempts", "1")
+        anonymous = run_cli(*tail_news, "--client-id", "x")
+        other_id = run_cli(*tail_news, "--client-id", "x", "--token", reader.stdout.strip())
+        tail_secret = ("tail", f"{server.ws}/ws", "--stream", "secret", "--max-attempts", "1")
+        forbidden = run_cli(*tail_secret, "--client-id", "reader", "--token", reader.stdout.strip())
+        for result, reason in [
+            (anonymous, "(close 1008): anonymous clients are not allowed"),
+            (other_id, "(close 1008): client id 'x' is not the token's subject"),
+            (forbidden, "subscription to 'secret' refused (forbidden)"),
+        ]:
+            assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+            assert result.stderr.startswith("wshub tail: ") and reason in result.stderr
+            assert "pass --token with a credential the hub accepts" in result.stderr
+            assert "is a hub serving" not in result.stderr and "Traceback" not in result.stderr
     finally:
         server.stop()

@@ -547,7 +547,7 @@ async def test_publish_is_retried_with_the_same_id_after_a_drop(autojump_clock: 
         async with client_for(network, subscribe=["news"]) as client:
             await client.wait_connected()
             network.link.cut_when = '"type":"published"'  # stored, but the answer is lost
-            result = await client.publish("news", {"x": 1})
+            result = await client.publish("news", {"x": 1}, id="evt-1")
             (event,) = await take(client, 1)
             statistics = client.statistics()
         sent = [
@@ -557,7 +557,7 @@ async def test_publish_is_retried_with_the_same_id_after_a_drop(autojump_clock: 
             if '"type":"publish"' in frame
         ]
         assert len(sent) == 2 and sent[0] == sent[1]  # same id, same ref, same data
-        assert result == PublishResult("news", 1, sent[0]["id"], duplicate=True)
+        assert result == PublishResult("news", 1, "evt-1", duplicate=True)
         assert isinstance(event, Message) and (event.offset, event.id) == (1, result.id)
         assert held(hub, "news") == 1
         assert (statistics.published, statistics.publish_retries) == (1, 1)

@@ -1,8 +1,8 @@
 """The Trio client follows the hub's one de-duplication rule (docs/clients.md, Publishing).
 
-With content ids on (the default, as ``dedup.content_ids``) a publish without an id is
-identified by its content, so identical data published twice is one message, through the
-client as through ``hub.publish`` and HTTP. A ``conflict`` answer is final: never sent again.
+A publish without an id is sent without one, so the hub's ``dedup.content_ids`` decides for it
+as for ``hub.publish`` and HTTP: on (the default), identical data published twice is one
+message on every path; off, two on every path. A ``conflict`` answer is final: never sent again.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import pytest
 import trio
 
 import wshub
+from test_asgi import AUTH, KEY, call
 from test_client import Network, client_for, config, held, take
 from wshub.client.client import Message, PublishError
 from wshub.hub.hub import PublishResult, open_hub
+from wshub.servers.asgi import create_app
 
 
 def publish_frames(network: Network) -> list[dict[str, Any]]:
@@ -81,32 +83,53 @@ async def test_a_retried_publish_without_an_id_is_still_stored_once(autojump_clo
             result = await client.publish("news", {"x": 1})
         sent = publish_frames(network)
         assert len(sent) == 2 and sent[0] == sent[1]
-        assert sent[0]["id"] == wshub.message_id("news", {"x": 1})
-        assert result == PublishResult("news", 1, sent[0]["id"], duplicate=True)
+        assert "id" not in sent[0]  # the hub recognises the resend by its content
+        assert result == PublishResult("news", 1, wshub.message_id("news", {"x": 1}), True)
         assert held(hub, "news") == 1
 
 
+@pytest.mark.parametrize("content_ids", [True, False])
+async def test_every_path_follows_the_hubs_content_ids(
+    autojump_clock: Any, content_ids: bool
+) -> None:
+    """Identical data published twice without an id through the server API, HTTP and the Trio
+    client (each to its own stream): one message on each with ``dedup.content_ids`` on, two on
+    each with it off. The JavaScript client sends such a publish as the Trio client does."""
+    hub_config = config(admin={"api_key": KEY}, dedup={"content_ids": content_ids})
+    data = {"title": "hi"}
+    async with open_hub(hub_config) as hub:
+        app = create_app(hub=hub)
+        api = [await hub.publish("api", data) for _ in range(2)]
+        body = orjson.dumps({"stream": "http", "data": data})
+        http = [
+            (await call(app, "POST", "/api/publish", headers=AUTH, chunks=[body])).json()
+            for _ in range(2)
+        ]
+        async with client_for(Network(hub)) as client:
+            trio_client = [await client.publish("trio", data) for _ in range(2)]
+        expected = 1 if content_ids else 2
+        assert [held(hub, stream) for stream in ("api", "http", "trio")] == [expected] * 3
+        assert [result.duplicate for result in api] == [False, content_ids]
+        assert [answer["duplicate"] for answer in http] == [False, content_ids]
+        assert [result.duplicate for result in trio_client] == [False, content_ids]
+        # The message id is the content id either way (docs/configuration.md, dedup).
+        assert {result.id for result in trio_client} == {wshub.message_id("trio", data)}
+
+
 async def test_a_conflict_is_raised_with_its_code_and_never_sent_again(
-    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: Any,
 ) -> None:
     async with open_hub(config()) as hub:
-
-        async def conflict(connection: Any, event: Any) -> str:
-            await trio.lowlevel.checkpoint()
-            message = f"id {event.id!r} was published with other content"
-            # Written out: this branch's protocol module does not list "conflict" yet.
-            frame = {"type": "error", "code": "conflict", "message": message, "ref": event.ref}
-            return orjson.dumps(frame).decode()
-
-        # The hub's side of the rule lives in the brokers; here the hub answers as it would.
-        monkeypatch.setattr(hub, "publish_from_client", conflict)
         network = Network(hub)
         async with client_for(network, request_timeout=1.0) as client:
+            first = await client.publish("news", {"x": 1}, id="evt-1")
             with pytest.raises(PublishError) as refused:
                 await client.publish("news", {"x": 2}, id="evt-1")
             await trio.sleep(5.0)  # several request timeouts: nothing is sent again
             statistics = client.statistics()
+        assert first == PublishResult("news", 1, "evt-1", duplicate=False)
         assert refused.value.code == "conflict"
-        assert "was published with other content" in str(refused.value)
-        assert len(publish_frames(network)) == 1
+        assert "with different content" in str(refused.value)
+        assert len(publish_frames(network)) == 2
         assert statistics.publish_retries == 0
+        assert held(hub, "news") == 1

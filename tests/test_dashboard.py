@@ -700,3 +700,76 @@ def test_the_time_range_limits_the_charts_and_survives_a_reload(
         assert page.input_value("#range") == "60"
         assert page.evaluate("window.wshubDashboard.view.range") == 60
         assert not problems, problems
+
+
+# A snapshot an hour after the newest the page holds, with the figures of issue 16: it stays the
+# newest while live ones arrive (they sort before it by uptime), so the page shows its figures.
+AN_HOUR_LATER = """(figures) => {
+  const newest = window.wshubDashboard.store.points.at(-1);
+  const { _t, _u, _src, ...snapshot } = newest;
+  snapshot.time = new Date(_t + 3_600_000).toISOString();
+  snapshot.uptime_seconds = _u + 3600;
+  snapshot.server = figures.server;
+  snapshot.connections = { ...snapshot.connections, ...figures.connections };
+  snapshot.queues = { ...snapshot.queues, ...figures.queues };
+  snapshot.latency = figures.latency;
+  snapshot.retries = figures.retries;
+  snapshot.retry_success_ratio = figures.retry_success_ratio;
+  snapshot.top_streams = figures.top_streams;
+  return window.wshubDashboard.addSnapshot(snapshot);
+}"""
+
+
+def test_the_page_shows_the_server_timeouts_longest_queue_mean_latency_and_retry_ratio(
+    chromium_browser: Any, hub: Server
+) -> None:
+    figures = {
+        "server": "hypercorn",
+        "connections": {"timeouts": {"hello": 2, "heartbeat": 1}, "disconnects": {"peer": 3}},
+        "queues": {"depth_max": 7},
+        "latency": {"count": 4, "sum": 0.018, "mean": 0.0045, "p50": 0.002, "p99": 0.009},
+        "retries": {"retry": 2, "recovered": 1, "exhausted": 1},
+        "retry_success_ratio": 0.5,
+        "top_streams": [
+            {
+                "stream": "orders",
+                "subscribers": 3,
+                "epoch": "e1",
+                "offset": 42,
+                "first": 30,
+                "held": 13,
+                "rate": 2.5,
+            }
+        ],
+    }
+    with dashboard(chromium_browser, hub) as (page, problems):
+        wait_for_mode(page, "live")
+        wait_for_charts(page, strict=False)
+        assert page.evaluate(AN_HOUR_LATER, figures)
+        page.wait_for_function(
+            "() => document.querySelector('#server').textContent === 'hypercorn'", timeout=SHOWN
+        )
+
+        def note(name: str) -> str:
+            text: str = page.eval_on_selector(
+                f'[data-figure="{name}"]', "e => e.parentElement.querySelector('.note').textContent"
+            )
+            return text
+
+        assert note("connections").endswith("· 3 timed out")  # hello and heartbeat together
+        assert note("queued").endswith("· max 7")
+        assert note("latency") == "p50 2.0 · mean 4.5 ms"
+        assert page.text_content('[data-figure="latency"]') == "9.0 ms"  # p99
+        retries = page.text_content('figure[data-chart="retries"] [data-current]')
+        assert retries is not None and retries.endswith("attempts · 50% saved")
+        labels = page.evaluate(
+            """() => document.querySelector('figure[data-chart="disconnects"]')
+                 ._plot.series.map((s) => s.label)"""
+        )
+        assert "closed by the client, code unknown" in labels  # code=peer, as under hypercorn
+        assert "close 1006" not in labels
+        row = {col: stream_cell(page, "orders", col) for col in ("subscribers", "rate", "offset")}
+        assert row == {"subscribers": "3", "rate": "2.5", "offset": "42"}
+        held = page.text_content('#streams tr[data-stream="orders"] td[data-col="held"]')
+        assert held == "13 (30\u201342)"  # an en dash
+        assert not problems, problems

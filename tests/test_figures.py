@@ -4,6 +4,9 @@ that runs the hub, timeouts by kind, the longest queue, retry success, mean late
 from __future__ import annotations
 
 import json
+import re
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,11 +14,14 @@ import hypercorn  # noqa: F401  # this process hosts hypercorn, as `wshub serve`
 import pytest
 import trio
 import trio.testing
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from serve_helpers import Server
 from test_asgi import KEY, FakeServer, hub_config, serving, websocket
 from wshub import serve_websocket
 from wshub.core.config import HubConfig
+from wshub.core.exposition import HubCollector
 from wshub.core.metrics import PEER_CLOSED
 from wshub.core.protocol import Position
 from wshub.hub.hooks import Identity
@@ -179,9 +185,36 @@ async def test_the_stats_say_which_server_carries_the_hub() -> None:
             assert await fake.next() == {"type": "lifespan.shutdown.complete"}
 
 
+#: What each server reports for a client's own clean close (1000): hypercorn 0.18 says 1006
+#: for it as for a lost connection, so the hub counts it as ``peer``; the fast server reads it.
+CLIENT_CLOSE_AS_COUNTED = {"hypercorn": "peer", "fast": "1000"}
+
+
+async def test_the_embedded_server_answers_a_plain_get_of_the_path_with_400() -> None:
+    """docs/protocol.md, What each bad input gets: ``wshub serve``'s servers answer 426
+    (tests/test_asgi.py); ``serve_websocket`` leaves the failed handshake to trio-websocket."""
+    async with open_hub(CONFIG) as hub, trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("kind", ["hypercorn", "fast"])
-def test_wshub_serve_reports_its_server_in_the_stats(kind: str, tmp_path: Any) -> None:
-    from serve_helpers import wshub_serve
+def test_wshub_serve_names_its_server_counts_close_codes_honestly_and_times_live_only(
+    kind: str, tmp_path: Any
+) -> None:
+    """A real ``wshub serve --server KIND`` (development: every delivery sampled): the stats
+    name the server; a disconnect is counted under the code the hub decided (1003 for a binary
+    frame) or, for a client's own close, the client's code where the server reports it truly,
+    else ``peer``, never 1006; a late resume's replays are counted, not timed as latency."""
+    from serve_helpers import hello, receive_objects, wshub_serve
 
     server: Server = wshub_serve(
         tmp_path / "serve.log", "--server", kind, env={"WSHUB_METRICS__LOG": "false"}
@@ -190,5 +223,89 @@ def test_wshub_serve_reports_its_server_in_the_stats(kind: str, tmp_path: Any) -
         stats = httpx.get(f"{server.http}/api/stats", timeout=5.0).json()
         assert stats["server"] == kind
         assert stats["latency"]["mean"] is None and stats["queues"]["depth_max"] >= 0
+        with connect(f"{server.ws}/ws", open_timeout=5) as clean:
+            clean.send(hello("clean"))
+            assert receive_objects(clean, 1)[0]["type"] == "welcome"
+        assert clean.close_code == 1000  # what this client sent
+        with connect(f"{server.ws}/ws", open_timeout=5) as binary:
+            binary.send(hello("binary"))
+            assert receive_objects(binary, 1)[0]["type"] == "welcome"
+            binary.send(b"\x00")
+            with pytest.raises(ConnectionClosed):
+                binary.recv(5)
+        assert binary.close_code == 1003  # what the hub decided
+        deadline = time.monotonic() + 10
+        while sum((disconnects := stats["connections"]["disconnects"]).values()) < 2:
+            assert time.monotonic() < deadline, disconnects
+            time.sleep(0.05)
+            stats = httpx.get(f"{server.http}/api/stats", timeout=5.0).json()
+        assert disconnects == {"1003": 1, CLIENT_CLOSE_AS_COUNTED[kind]: 1}
+        prometheus = httpx.get(f"{server.http}/metrics", timeout=5.0).text
+        assert f'wshub_disconnects_total{{code="{CLIENT_CLOSE_AS_COUNTED[kind]}"}} 1.0' in (
+            prometheus
+        )
+        assert 'code="1006"' not in prometheus
+
+        def publish(ws: Any, n: int) -> None:
+            ws.send(json.dumps({"type": "publish", "stream": "news", "data": n, "ref": n}))
+
+        with connect(f"{server.ws}/ws", open_timeout=5) as publisher:
+            publisher.send(hello("publisher"))
+            assert receive_objects(publisher, 1)[0]["type"] == "welcome"
+            for n in range(5):
+                publish(publisher, n)
+            assert [a["offset"] for a in receive_objects(publisher, 5)] == [1, 2, 3, 4, 5]
+            with connect(f"{server.ws}/ws", open_timeout=5) as late:  # a tail --from 0
+                late.send(hello("late", {"news": {"offset": 0}}))
+                replayed = receive_objects(late, 6)
+                assert [f["type"] for f in replayed] == ["welcome"] + ["message"] * 5
+                publish(publisher, 5)
+                assert receive_objects(late, 1)[0]["offset"] == 6  # live
+                deadline = time.monotonic() + 10
+                while (stats := httpx.get(f"{server.http}/api/stats", timeout=5.0).json())[
+                    "messages"
+                ]["delivered"] < 6:  # counted once the write returns
+                    assert time.monotonic() < deadline, stats["messages"]
+                    time.sleep(0.05)
+        assert (stats["messages"]["replayed"], stats["messages"]["delivered"]) == (5, 6)
+        assert stats["latency"]["count"] == 1  # the live one only
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def documented_metric_names() -> set[str]:
+    """The names in the metrics table of docs/operations.md."""
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    table = text[text.index("\n## Metrics\n") : text.index("Suggested alerts")]
+    return set(re.findall(r"^\| `(wshub_\w+)` \|", table, re.M))
+
+
+async def test_every_family_served_is_in_the_operations_metrics_table_and_no_other() -> None:
+    async with open_hub(CONFIG) as hub:
+        families = list(HubCollector(hub.metrics).collect())
+    # prometheus_client names a counter family without its ``_total``; its samples have it.
+    served = {f.name + ("_total" if f.type == "counter" else "") for f in families}
+    assert len(served) == len(families)
+    assert served == documented_metric_names()
+    issue_16 = {"wshub_connection_timeouts_total", "wshub_queue_depth_max"}
+    assert issue_16 <= served
+
+
+def documented_stats_fields() -> set[str]:
+    """The fields named in the first column of the stats table of docs/operations.md."""
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    table = text[text.index("\n## The stats report\n") : text.index("\n## Metrics\n")]
+    names = set()
+    for first_column in re.findall(r"^\| ([^|]+) \|", table, re.M):
+        names |= set(re.findall(r"`(\w+)`", first_column))
+    return names
+
+
+async def test_every_stats_field_is_in_the_operations_stats_table_and_no_other() -> None:
+    async with open_hub(CONFIG) as hub:
+        fields = set(hub.stats()) | {"series"}  # ``series`` with ``?series=true``
+    assert fields == documented_stats_fields()
+    assert {"server", "latency", "retry_success_ratio"} <= fields

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,13 +80,17 @@ async def test_a_hook_logs_with_the_hub_the_client_and_the_stream(
         "logger": "tests.app",
         "message": "checked 1",
         "hub": hub.id,
+        "node": hub.node,
         "client_id": "alice",
         "stream": "news",
     }
     assert (checked["checked 2"]["client_id"], checked["checked 2"]["stream"]) == ("bob", "chat")
-    # Inside ``async with open_hub`` but in no connection: the hub's id only.
+    # Inside ``async with open_hub`` but in no connection: the hub's id and node only.
     outside = checked["outside any connection"]
-    assert outside["hub"] == hub.id and "client_id" not in outside and "stream" not in outside
+    assert (outside["hub"], outside["node"]) == (hub.id, hub.node)
+    assert "client_id" not in outside and "stream" not in outside
+    assert hub.node == f"{socket.gethostname()}:{os.getpid()}"  # as the reports' ``node``
+    assert hub.stats()["node"] == hub.node
     assert hub.stats()["hub"] == hub.id  # the same id in the reports
 
 
@@ -140,5 +146,9 @@ def test_serve_logs_one_json_object_per_line(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     listening = [e for e in entries if e["message"].startswith("wshub listening on")]
     assert len(listening) == 1 and listening[0]["logger"] == "wshub.cli"
-    assert {"time", "level", "logger", "message"} <= set(listening[0])
-    assert any(e["logger"] == "wshub.hub" and e["level"] == "DEBUG" for e in entries)
+    assert {"time", "level", "logger", "message", "hub"} <= set(listening[0])
+    hub_records = [e for e in entries if e["logger"] == "wshub.hub"]
+    assert any(e["level"] == "DEBUG" for e in hub_records)
+    # Every record of the hub names its node: this process, as the reports' ``node`` does.
+    node = f"{socket.gethostname()}:{server.process.pid}"
+    assert {e.get("node") for e in [*listening, *hub_records]} == {node}

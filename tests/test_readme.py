@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -69,6 +70,33 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert command_under("Run the whole test suite") in (ROOT / ".ci" / "run").read_text()
 
 
+def packages_the_tests_require() -> set[str]:
+    """The Debian package of every ``require_tool(tool, why, package)`` call in the tests."""
+    packages = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "require_tool"
+            ):
+                package = node.args[2]
+                assert isinstance(package, ast.Constant), f"{path.name}: {ast.dump(package)}"
+                packages.add(package.value)
+    return packages
+
+
+def test_ci_installs_every_tool_the_tests_require_and_the_readme_names_it() -> None:
+    # With CI set a missing tool fails its tests: .ci/run must install it on a fresh machine.
+    packages = packages_the_tests_require()
+    assert {"chromium", "nodejs", "redis-server", "systemd"} <= packages
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = README.read_text()
+    for package in packages:
+        assert f"missing+=({package})" in ci, f".ci/run does not install {package}"
+        assert f"`apt-get install {package}`" in readme, f"README does not name {package}"
+
+
 def test_the_run_command_serves_from_a_fresh_copy_of_the_project(tmp_path: Path) -> None:
     """The README's first command, run by bash in a copy of the sources with no venv yet."""
     project = tmp_path / "wshub"
@@ -101,15 +129,16 @@ def test_the_run_command_serves_from_a_fresh_copy_of_the_project(tmp_path: Path)
         server.stop()
 
 
-def run_js_tests_without_node(ci: bool) -> str:
-    """Run the Node tests of tests/test_client_js.py with ``node`` off the PATH; the output."""
+def run_tests_with_only_the_venv_on_the_path(test_file: str, selection: str, ci: bool) -> str:
+    """Run ``selection`` of ``tests/test_file`` with only the venv's bin on the PATH (no node,
+    no systemd-analyze); the output."""
     environ = {k: v for k, v in os.environ.items() if k != "CI"}
-    environ["PATH"] = str(Path(sys.executable).parent)  # the venv's bin holds no node
+    environ["PATH"] = str(Path(sys.executable).parent)
     if ci:
         environ["CI"] = "true"
-    tests = str(ROOT / "tests" / "test_client_js.py")
+    tests = str(ROOT / "tests" / test_file)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-k", "not browser", tests],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-k", selection, tests],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,6 +146,11 @@ def run_js_tests_without_node(ci: bool) -> str:
         cwd=ROOT,
     )
     return result.stdout
+
+
+def run_js_tests_without_node(ci: bool) -> str:
+    """Run the Node tests of tests/test_client_js.py with ``node`` off the PATH; the output."""
+    return run_tests_with_only_the_venv_on_the_path("test_client_js.py", "not browser", ci)
 
 
 def test_without_node_the_summary_names_the_nodejs_package() -> None:
@@ -133,3 +167,13 @@ def test_without_node_ci_fails_instead_of_skipping() -> None:
     output = run_js_tests_without_node(ci=True)
     assert "skipped" not in output, output
     assert "2 errors" in output, output
+
+
+def test_without_systemd_analyze_the_summary_names_the_systemd_package() -> None:
+    output = run_tests_with_only_the_venv_on_the_path("test_deploy.py", "systemd_analyze", False)
+    skips = [line for line in output.splitlines() if line.startswith("SKIPPED")]
+    assert len(skips) == 1 and skips[0].startswith("SKIPPED [2] "), output  # one reason, twice
+    assert "systemd-analyze is needed for checking deploy/wshub.service" in skips[0]
+    assert skips[0].endswith("(Debian: apt-get install systemd)"), skips[0]
+    failed = run_tests_with_only_the_venv_on_the_path("test_deploy.py", "systemd_analyze", True)
+    assert "skipped" not in failed and "2 failed" in failed, failed

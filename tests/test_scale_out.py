@@ -127,7 +127,11 @@ async def test_a_first_connect_without_epoch_reads_everything_held(
         status = (await welcome(bob))["streams"]["@bob"]
         assert (status["offset"], status["first"], status["recovered"]) == (4, 2, False)
         assert [m["data"] for m in await receive_messages(bob, 3)] == [2, 3, 4]
-        for client in (alice, bob):
+        # Nothing ever sent to carol: nothing was missed, so recovered, and no `first`.
+        carol = await connect_memory(hub, "carol", subscribe={"@carol": Position(0, None)})
+        status = (await welcome(carol))["streams"]["@carol"]
+        assert (status["offset"], "first" in status, status["recovered"]) == (0, False, True)
+        for client in (alice, bob, carol):
             await nothing_more(client)
             await client.aclose()
 

@@ -6,8 +6,9 @@
 Each subcommand is a function that adds its parser and sets ``run`` (``args -> exit code``);
 ``SUBCOMMANDS`` lists them, so a new one is one line there. One error style everywhere
 (``cli_clients.complain``): one line on stderr, ``wshub COMMAND: what is wrong; what to do``,
-exit status 2 for bad input or configuration and 1 for a failure at run time, never a
-traceback for either.
+exit status 2 for bad input or configuration (a credential or request the hub refuses as given
+included) and 1 for a failure at run time (the hub cannot be reached or is unavailable), never
+a traceback for either.
 
 ``serve``, its options and the two servers it runs are in ``wshub.cli_serve``; ``check-config``
 and ``token`` read the configuration exactly as it does. ``build_serve_config``,

@@ -3,7 +3,9 @@
 Each adds its parser and sets ``run`` (``args -> exit code``), as the commands in
 ``wshub.cli`` do; ``wshub.cli.SUBCOMMANDS`` lists them all. Both check their input before they
 connect, and report a problem as every ``wshub`` command does (``complain``): one line, what is
-wrong and what to do, exit 2 for bad input and 1 when the hub refuses or cannot be reached.
+wrong and what to do, exit 2 for bad input, including what the hub refuses as given (a missing
+or wrong credential, HTTP 4xx, close 1008: fix the command), and 1 when the hub cannot be
+reached or cannot serve it now (HTTP 5xx: retrying may help).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
-from wshub.client.client import ClientError
+from wshub.client.client import ClientError, ClientRejected, SubscribeError
 from wshub.core.protocol import is_valid_client_id, stream_kind
 from wshub.logs import add_log_arguments, configure_logging
 from wshub.tools import PublishHTTPError, publish_http, tail
@@ -96,9 +98,21 @@ def _run_tail(args: argparse.Namespace) -> int:
         return 0
     except ValueError as error:  # what open_client refuses before connecting
         return complain("tail", str(error))
+    except ClientRejected as error:  # the hub answered: the credential or client id is refused
+        return complain("tail", f"{error}; {_TAIL_CREDENTIAL_HINT}")
+    except SubscribeError as error:
+        if error.code == "forbidden":
+            return complain("tail", f"{error}; {_TAIL_CREDENTIAL_HINT}")
+        return complain("tail", f"{error}; retry later", 1)
     except ClientError as error:
         return complain("tail", f"{error}; is a hub serving {args.url}? (wshub serve)", 1)
     return 0
+
+
+_TAIL_CREDENTIAL_HINT = (
+    "pass --token with a credential the hub accepts for this --client-id and these streams: "
+    "a JWT (from your backend, or `wshub token` in development) or the admin key"
+)
 
 
 def add_tail_command(subparsers: _Subparsers) -> None:
@@ -108,7 +122,7 @@ def add_tail_command(subparsers: _Subparsers) -> None:
         help="print a stream's messages as JSON lines, resuming through drops",
         description="Connect to the hub's WebSocket URL and print every message (and every "
         "gap the hub reports) as one JSON object per line until interrupted. Exit 2 for bad "
-        "input, 1 when the hub refuses or cannot be reached.",
+        "input or a credential the hub refuses, 1 when the hub cannot be reached.",
     )
     parser.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765/ws")
     parser.add_argument("--client-id", required=True, help="the client id to connect as")
@@ -138,7 +152,7 @@ _PUBLISH_HINTS = {
     401: f"pass the hub's admin.api_key with --api-key or in {API_KEY_VARIABLE} (or --token)",
     403: f"the key is not the hub's admin.api_key (check --api-key or {API_KEY_VARIABLE}), or "
     "the token may not publish there",
-    409: "that id was published with other data within dedup.window: use a new id",
+    409: "give new data a new id (or none: the hub then uses the content id)",
     413: "the message is larger than the hub's limits.max_message_bytes",
 }
 
@@ -165,7 +179,9 @@ def _run_publish(args: argparse.Namespace) -> int:
         hint = _PUBLISH_HINTS.get(error.status or 0)
         if error.status is None:
             hint = "is a hub serving there? (wshub serve)"
-        return complain("publish", f"{error}; {hint}" if hint else str(error), 1)
+        # 4xx: the hub refuses what the command gave (fix it); 5xx or no answer: retry later.
+        status = 2 if error.status is not None and 400 <= error.status < 500 else 1
+        return complain("publish", f"{error}; {hint}" if hint else str(error), status)
     sys.stdout.write(orjson.dumps(answer).decode() + "\n")
     return 0
 
@@ -176,8 +192,8 @@ def add_publish_command(subparsers: _Subparsers) -> None:
         "publish",
         help="publish one message through POST /api/publish",
         description="Publish DATA (JSON) to STREAM through the hub's HTTP API and print the "
-        "answer (stream, offset, id, duplicate). Exit 2 for bad input, 1 when the hub "
-        "refuses or cannot be reached.",
+        "answer (stream, offset, id, duplicate). Exit 2 for bad input or what the hub refuses "
+        "as given (HTTP 4xx), 1 when the hub cannot be reached or is unavailable (5xx).",
     )
     parser.add_argument("url", metavar="URL", help="the hub's base URL, e.g. http://127.0.0.1:8765")
     parser.add_argument("stream", metavar="STREAM")

@@ -4,7 +4,7 @@
 default) with ``LogContextFilter``, so every record carries the fields bound where it was
 logged (``hub``, ``node``, ``client_id``, ``stream``; see ``wshub.core.logcontext``):
 
-- ``text``: ``2026-12-06 10:00:00,000 INFO wshub.hub: message [hub=3f2a client_id=alice]``;
+- ``text``: ``2026-12-06 10:00:00,000 INFO wshub.hub: message [hub=3f2a node=h:42 client_id=a]``;
 - ``json``: one object per line, ``{"time", "level", "logger", "message", ...fields,
   "exception"?}``, with the time in UTC (ISO 8601, milliseconds) and a traceback, when there
   is one, as one string.

@@ -4,7 +4,7 @@
 //   node --test tests/js/client_unit_test.mjs      (run by tests/test_client_js.py)
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { PublishError, WshubError, connect, memoryStore } from "../../src/wshub/static/client.js";
+import { PublishError, WshubError, connect, memoryStore, tokenSubject } from "../../src/wshub/static/client.js";
 
 /** A WebSocket whose peer is the test: `open()`, `receive(...frames)`, `drop(code)`, `fail()`. */
 class FakeSocket {
@@ -365,6 +365,16 @@ test("a provider failing at refresh time is asked again halfway to the expiry", 
   await tick(10_000); // 20 s were left: asked again at 90 s
   assert.deepEqual(token.calls, [0, 80_000, 90_000]);
   assert.equal(socket().sentOfType("refresh").length, 1);
+});
+
+test("tokenSubject reads a JWT's sub without verifying it, and nothing from other credentials", () => {
+  assert.equal(tokenSubject(jwtWith({ sub: "ops", exp: 1 })), "ops");
+  for (const other of [jwtWith({ sub: 7 }), jwtWith({ sub: "" }), jwtWith({}), jwtWith([1])]) {
+    assert.equal(tokenSubject(other), null);
+  }
+  for (const other of ["the-admin-key", "a.b.c", "", null, undefined, 42]) {
+    assert.equal(tokenSubject(other), null);
+  }
 });
 
 test("a fixed token or one without exp is never refreshed", async (t) => {

@@ -222,3 +222,14 @@ async def test_streams_a_refreshed_token_no_longer_allows_are_not_asked_for_agai
             await hub.publish("news", "after")
             event = await client.__anext__()
             assert event.data == "after"
+
+
+@pytest.mark.parametrize(
+    ("exp", "expected"),
+    [(WALL_BASE + 60, WALL_BASE + 60.0), (10**400, None), ("soon", None), (True, None)],
+    ids=["seconds", "past-a-float", "string", "bool"],
+)
+async def test_the_client_reads_only_a_usable_expiry(exp: Any, expected: float | None) -> None:
+    # The client reads exp unverified to plan refreshes; a value no float holds (JSON integers
+    # have no limit) means no refresh plan, not an OverflowError out of the connection attempt.
+    assert unverified_expiry(token("alice", exp=exp)) == expected

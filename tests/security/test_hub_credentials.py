@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,6 +22,9 @@ from tokens import (
     SECRET,
     WALL_BASE,
     claims,
+    ec_key,
+    hmac_signed,
+    public_pem,
     token,
     unsigned,
     wall_clock,
@@ -87,6 +91,29 @@ async def test_alice_cannot_hello_as_bob(autojump_clock: Any) -> None:
         )
 
 
+async def test_the_subject_reason_fits_a_close_frame_with_the_longest_client_id(
+    autojump_clock: Any,
+) -> None:
+    # A close frame carries at most 123 bytes of reason; servers cut what is longer, which
+    # would cut off which check failed. The longest client id is 128 characters.
+    async with running() as hub:
+        long_id = "b" * 128
+        client = await connect_memory(hub, long_id, token=token("alice"))
+        code, reason = await client.wait_closed()
+        assert (code, reason) == (
+            1008,
+            f"client id '{'b' * 48}...' is not the token's subject ('sub')",
+        )
+        longest = await welcomed(hub, long_id, token(long_id))
+        await longest.send({"type": "refresh", "token": token("alice")})
+        _, refused = await longest.wait_closed()
+        assert (
+            refused
+            == f"refresh refused: client id '{'b' * 48}...' is not the token's subject ('sub')"
+        )
+        assert len(refused.encode()) <= 123
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -106,6 +133,26 @@ async def test_a_bad_token_closes_with_1008_saying_why(
     async with running() as hub:
         client = await connect_memory(hub, "alice", token=make())
         assert await client.wait_closed() == (1008, reason)
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 10**400), ("exp", -(10**400)), ("nbf", 10**400)],
+    ids=["exp-huge", "exp-huge-negative", "nbf-huge"],
+)
+async def test_a_time_claim_no_float_can_hold_is_refused_and_the_hub_goes_on(
+    claim: str, value: int, autojump_clock: Any
+) -> None:
+    # JSON integers have no size limit; one past a float's range is a backend's bug, and must
+    # end that connection with 1008 like any bad claim, not escape as an OverflowError.
+    async with running() as hub:
+        client = await connect_memory(hub, "alice", token=token(**{claim: value}))
+        assert await client.wait_closed() == (
+            1008,
+            f"token claim {claim!r} must be a number of Unix seconds",
+        )
+        alice = await welcomed(hub, "alice", token("alice"))
+        await alice.aclose()
 
 
 async def test_a_token_within_its_leeway_is_still_accepted(autojump_clock: Any) -> None:
@@ -141,6 +188,32 @@ async def test_a_hook_and_auth_together_are_refused(autojump_clock: Any) -> None
     with pytest.raises(ValueError, match="either an authenticate hook or"):
         async with open_hub(auth_config(), authenticate=hook):
             pass
+
+
+async def test_a_public_key_file_admits_its_tokens_and_no_hmac_forgery(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    pem = public_pem(ec_key())
+    key_file = tmp_path / "jwt-public.pem"
+    key_file.write_bytes(pem)
+    config = HubConfig.testing().merged(
+        {
+            "server": {"allow_anonymous": False},
+            "auth": {
+                "jwt_public_key": str(key_file),
+                "jwt_algorithms": ["ES256"],
+                "jwt_audience": AUDIENCE,
+                "jwt_issuer": ISSUER,
+            },
+        }
+    )
+    async with open_hub(config, wall_clock=wall_clock) as hub:
+        signed = jwt.encode(claims("carol"), ec_key(), algorithm="ES256")
+        carol = await welcomed(hub, "carol", signed)
+        await carol.aclose()
+        # Algorithm confusion: HS256 "signed" with the public key the attacker can read.
+        forged = await connect_memory(hub, "carol", token=hmac_signed(claims("carol"), pem))
+        assert await forged.wait_closed() == (1008, "token algorithm 'HS256' is not accepted")
 
 
 # --------------------------------------------------------------------------- rights
@@ -379,5 +452,25 @@ async def test_an_authenticate_hook_may_return_the_same_rights_and_a_deadline(
         assert [answer["type"] for answer in answers] == ["message", "published"]
         await client.send({"type": "publish", "stream": "other", "data": 1, "ref": 2})
         assert (await client.receive())["code"] == "forbidden"
+        code, _ = await client.wait_closed()
+        assert (code, trio.current_time()) == (4005, 30)
+
+
+async def test_a_hooks_deadline_cannot_be_refreshed_and_says_so(autojump_clock: Any) -> None:
+    # Only [auth] verifies refresh tokens, and a hook cannot be combined with [auth]: the
+    # answer says why instead of claiming that the credential does not expire.
+    async def hook(hello: Any, request: Any) -> Identity:
+        return Identity(hello.client_id, deadline=trio.current_time() + 30)
+
+    async with open_hub(HubConfig.testing(), authenticate=hook) as hub:
+        client = await welcomed(hub, "carol", "opaque-credential")
+        await trio.sleep(10)
+        await client.send({"type": "refresh", "token": "another-opaque-credential"})
+        assert await client.receive() == {
+            "type": "error",
+            "code": "bad_request",
+            "message": "this connection's credential cannot be refreshed ([auth] is off); "
+            "reconnect with a fresh one before it expires",
+        }
         code, _ = await client.wait_closed()
         assert (code, trio.current_time()) == (4005, 30)

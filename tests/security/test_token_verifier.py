@@ -10,6 +10,8 @@ from typing import Any
 import jwt
 import pytest
 import trio
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tokens import (
     AUDIENCE,
@@ -22,6 +24,7 @@ from tokens import (
     ed25519_key,
     hmac_signed,
     other_rsa_key,
+    private_pem,
     public_pem,
     rsa_key,
     tampered,
@@ -29,6 +32,7 @@ from tokens import (
     unsigned,
     wall_clock,
 )
+from wshub.core.protocol import parse_client_frame
 from wshub.hub.auth import Rights, TokenRejected, TokenVerifier, UnusableKey
 
 
@@ -135,6 +139,23 @@ async def test_a_public_key_of_the_wrong_kind_is_a_configuration_error() -> None
         verifier(algorithms=("ES256",), secret=None, public_key_pem=b"not a pem")
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "private"),
+    [("RS256", rsa_key), ("PS256", rsa_key), ("ES256", ec_key), ("EdDSA", ed25519_key)],
+)
+async def test_a_private_key_given_as_the_public_key_is_a_configuration_error(
+    algorithm: str, private: Any
+) -> None:
+    # PyJWT loads a private PEM too; with RSA every token would then fail to verify with an
+    # AttributeError, and in any case the signing key has no business on the hub.
+    with pytest.raises(UnusableKey) as caught:
+        verifier(algorithms=(algorithm,), secret=None, public_key_pem=private_pem(private()))
+    assert str(caught.value) == (
+        f"auth.jwt_public_key: is a private key; give the public key for {algorithm} (the hub "
+        "only verifies, the private key stays with the token issuer)"
+    )
+
+
 async def test_a_secret_shorter_than_the_digest_is_refused() -> None:
     with pytest.raises(ValueError, match="HS512 needs a secret of 64 bytes"):
         verifier(algorithms=("HS512",), secret=SECRET)
@@ -222,3 +243,65 @@ def test_star_alone_matches_every_topic_and_nothing_else() -> None:
     assert not rights.may_subscribe("@bob")
     assert not rights.may_subscribe("$sys.metrics")
     assert not rights.may_publish("news")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "hello", "client_id": "alice", "token": "%s"}',
+        '{"type": "refresh", "token": "%s"}',
+    ],
+    ids=["hello", "refresh"],
+)
+def test_a_parsed_frame_never_shows_its_credential(frame: str) -> None:
+    # Hooks receive the hello; whatever prints it (a log line, a traceback) must not leak a
+    # token or the admin key that a client sent as one.
+    event = parse_client_frame(frame % SECRET)
+    assert SECRET not in repr(event)
+    assert SECRET not in str(event)
+
+
+# Any JSON value, integers past a float's range included (JSON sets no limit on them).
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400), 2**64])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+CLAIMS = ["sub", "exp", "nbf", "iat", "aud", "iss", "jti", "wshub"]
+HEADERS = ["alg", "typ", "kid", "crit", "jku", "b64"]
+
+
+@given(
+    place=st.sampled_from(["claim", "header"]),
+    name=st.sampled_from(CLAIMS + HEADERS),
+    value=JSON_VALUES,
+)
+@example(place="claim", name="exp", value=10**400)
+@example(place="claim", name="nbf", value=-(10**400))
+@example(place="claim", name="wshub", value={"subscribe": [10**400]})
+def test_any_value_in_a_signed_token_is_verified_or_refused_with_a_reason(
+    place: str, name: str, value: Any
+) -> None:
+    # A token signed with the right key (an issuer's bug, or a claim wshub does not know) can
+    # hold anything: the verifier answers with a credential or TokenRejected, never another
+    # exception, which would escape the connection task and stop the hub.
+    body = claims(now=WALL_BASE)
+    header = {"alg": "HS256", "typ": "JWT"}
+    (body if place == "claim" else header)[name] = value
+    signed = hmac_signed(body, SECRET.encode(), header)
+
+    async def check() -> str:
+        try:
+            verifier(wall_clock=lambda: float(WALL_BASE)).verify(signed)
+        except TokenRejected as rejected:
+            return rejected.reason
+        return ""
+
+    assert SECRET not in trio.run(check)

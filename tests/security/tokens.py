@@ -11,6 +11,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import json
 from typing import Any
 
 import jwt
@@ -69,17 +70,20 @@ def unsigned(body: dict[str, Any], header: dict[str, Any] | None = None) -> str:
     return f"{_segment(header or {'alg': 'none', 'typ': 'JWT'})}.{_segment(body)}."
 
 
-def hmac_signed(body: dict[str, Any], key: bytes) -> str:
-    """An HS256 token signed by hand with ``key`` (PyJWT refuses to use a PEM as a secret,
-    which is exactly what an algorithm-confusion attacker does)."""
-    head = _segment({"alg": "HS256", "typ": "JWT"})
+def hmac_signed(body: Any, key: bytes, header: dict[str, Any] | None = None) -> str:
+    """An HS256 token signed by hand with ``key``: PyJWT refuses to use a PEM as a secret
+    (which is exactly what an algorithm-confusion attacker does) and to encode claims of the
+    wrong type, which an issuer with a bug may sign all the same."""
+    head = _segment(header or {"alg": "HS256", "typ": "JWT"})
     signing_input = f"{head}.{_segment(body)}"
     digest = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
 
 
-def _segment(value: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
+def _segment(value: Any) -> str:
+    # The standard library's JSON: orjson refuses integers past 64 bits, which JSON allows.
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
 
 def tampered(signed: str, **changes: Any) -> str:
@@ -121,5 +125,17 @@ def public_pem(private: Any) -> bytes:
     return bytes(
         key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def private_pem(private: Any) -> bytes:
+    """The PEM (PKCS #8, unencrypted) of ``private`` itself: what an operator might give the
+    hub by mistake instead of the public half."""
+    return bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )

@@ -13,8 +13,8 @@ Theory of operation:
   ``hello`` resumes exactly after the last event the application will see. The position store
   is written when the application asks for the next event: it has finished with the last one.
 - Publishes, subscribes and unsubscribes are sent by the calling task on the current connection.
-  A publish is sent again, with the same id and ``ref``, until its ``published`` or ``error``
-  answer arrives; a publish without an id gets the hub's content id (``publishing.py``).
+  A publish is sent again, unchanged (same id, or none, and ``ref``), until its ``published``
+  or ``error`` answer arrives; one without an id gets the hub's content id (``publishing.py``).
 """
 
 from __future__ import annotations
@@ -189,12 +189,14 @@ class Client:
     async def publish(self, stream: str, data: Any, *, id: str | None = None) -> PublishResult:
         """Publish ``data`` to topic ``stream`` and return the hub's answer.
 
-        Without ``id`` the message id is the content id, ``wshub.message_id(stream, data)``, as
-        the hub gives such a publish itself: identical data published again within the hub's
-        ``dedup.window`` is not stored twice, and the answer says ``duplicate``. (With
-        ``content_ids=False`` at ``open_client`` it is a random id per call instead, for a hub
-        whose ``dedup.content_ids`` is off.) Sent again with the same id until answered, so the
-        hub stores it once; ``duplicate`` is true when an earlier send had been stored already.
+        Without ``id`` the frame carries none and the hub applies its one rule, as for
+        ``hub.publish`` and HTTP: with its ``dedup.content_ids`` on (the default) the message id
+        is the content id, ``wshub.message_id(stream, data)``, so identical data published again
+        within the hub's ``dedup.window`` is not stored twice, and the answer says
+        ``duplicate``. (With ``content_ids=False`` at ``open_client`` it is a random id per call
+        instead, for a hub whose ``dedup.content_ids`` is off.) Sent again unchanged until
+        answered, so the hub stores it once; ``duplicate`` is true when an earlier send had been
+        stored already.
         Raises ValueError for an invalid stream or data; PublishError when refused, with its
         code: ``conflict`` when the id was already used for other data, ``forbidden``,
         ``bad_request``, ``too_large`` (without sending when the frame exceeds
@@ -313,9 +315,10 @@ async def open_client(
     on the open connection (``wall_clock``, Unix seconds, is what ``exp`` is compared with).
     The block raises ClientRejected on close 1008, ConnectFailed after ``max_attempts``
     consecutive failed attempts, SubscribeError when a subscription made at connect time is
-    forbidden, and ValueError for invalid arguments. ``content_ids`` (default True) matches the
-    hub's ``dedup.content_ids``: a publish without an id is identified by its content (see
-    ``Client.publish``).
+    forbidden, and ValueError for invalid arguments. ``content_ids`` (default True): a
+    publish without an id is sent without one, for the hub to identify by its
+    ``dedup.content_ids``; False draws a random id per call, for a hub whose content ids are
+    off (see ``Client.publish``).
     """
     if not protocol.is_valid_client_id(client_id):
         raise ValueError(f"client_id must match [A-Za-z0-9_.:-]{{1,128}}, got {client_id!r}")

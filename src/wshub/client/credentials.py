@@ -68,7 +68,11 @@ def unverified_expiry(token: str | None) -> float | None:
     expires = claims.get("exp")
     if isinstance(expires, bool) or not isinstance(expires, int | float):
         return None
-    return float(expires) if math.isfinite(expires) else None
+    try:
+        seconds = float(expires)
+    except OverflowError:  # a JSON integer past a float's range: no usable expiry
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 class Credentials:

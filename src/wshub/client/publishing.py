@@ -1,9 +1,13 @@
 """A client's publishes: the message id, the frame, and sending it until the hub answers.
 
 Theory of operation:
-- A publish without an id gets the hub's content id, ``message_id(stream, data)``, computed
-  here (``content_ids``, the default, as the hub's ``dedup.content_ids``): identical data
-  published twice within ``dedup.window`` is one message, as through ``hub.publish`` and HTTP.
+- A publish without an id is sent without one (``content_ids``, the default), as the
+  JavaScript client sends it: the hub applies its own rule, the one ``hub.publish`` and HTTP
+  follow. With the hub's ``dedup.content_ids`` on (its default) the message id is the content
+  id, so identical data published twice within ``dedup.window`` is one message, and a resent
+  frame is recognised by its content; with it off, two identical publishes are two messages
+  there too. ``content_ids=False`` draws a random id per call instead, so that resends are
+  recognised on a hub whose content ids are off.
 - Each publish takes a fresh ``ref`` and waits in ``ClientState.publishes`` under it; the
   connection's reader hands it the ``published`` or ``error`` answer with that ``ref`` and
   wakes it, as it does when the session is lost.
@@ -25,7 +29,6 @@ import trio
 from wshub.client.state import ClientState, PendingPublish, PublishError
 from wshub.core import protocol
 from wshub.core.backoff import Backoff
-from wshub.core.dedup import message_id as content_id
 from wshub.core.events import PublishResult
 
 __all__ = ["Publisher"]
@@ -56,12 +59,8 @@ class Publisher:
         state = self.state
         ref = next(state.refs)
         try:
-            if id is not None:
-                message_id = id
-            elif self.content_ids:
-                message_id = content_id(stream, data)
-            else:
-                message_id = uuid.uuid4().hex
+            # Without an id the hub gives the content id, by its own ``dedup.content_ids``.
+            message_id = id if id is not None or self.content_ids else uuid.uuid4().hex
             frame = protocol.encode_publish(stream, data, id=message_id, ref=ref)
         except TypeError as error:
             raise ValueError(f"data is not JSON-serialisable: {error}") from None

@@ -67,10 +67,14 @@ NO_REF: Final = NoRef.NO_REF
 
 @attrs.frozen
 class Hello:
-    """``hello``: the first frame; ``subscribe`` maps streams to positions (None: from now on)."""
+    """``hello``: the first frame; ``subscribe`` maps streams to positions (None: from now on).
+
+    ``token`` is a credential (a JWT, or the admin key): it never appears in ``repr``, so a hook
+    or a test that prints the hello does not log it.
+    """
 
     client_id: str
-    token: str | None
+    token: str | None = attrs.field(repr=False)
     subscribe: Mapping[str, Position | None]
 
 
@@ -106,9 +110,10 @@ class Ping:
 
 @attrs.frozen
 class Refresh:
-    """``refresh``: replace the connection's credential (same subject) before it expires."""
+    """``refresh``: replace the connection's credential (same subject) before it expires;
+    ``token`` never appears in ``repr``."""
 
-    token: str
+    token: str = attrs.field(repr=False)
 
 
 ClientEvent: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | Ping | Refresh

@@ -45,6 +45,11 @@ __all__ = [
 
 SYS_METRICS = "$sys.metrics"
 
+# Characters of a client id echoed in a close reason: a close frame carries at most 123 bytes
+# of reason, and "refresh refused: client id '...' is not the token's subject ('sub')" must
+# still say which check failed with the longest client id (128 characters).
+_MAX_ID_ECHO = 48
+
 
 async def authenticate(
     hello: Hello,
@@ -107,7 +112,8 @@ def verify_for(tokens: TokenVerifier, token: str, client_id: str) -> Credential:
     except TokenRejected as rejected:
         raise AuthenticationError(rejected.reason) from None
     if credential.subject != client_id:
-        raise AuthenticationError(f"client id {client_id!r} is not the token's subject ('sub')")
+        shown = client_id if len(client_id) <= _MAX_ID_ECHO else client_id[:_MAX_ID_ECHO] + "..."
+        raise AuthenticationError(f"client id {shown!r} is not the token's subject ('sub')")
     return credential
 
 
@@ -170,9 +176,18 @@ def refresh_credential(
     """
     identity = connection.identity
     assert identity is not None
-    if tokens is None or identity.deadline is None:
+    if identity.deadline is None:
         connection.enqueue(
             encode_error("bad_request", "this connection's credential has no expiry to refresh")
+        )
+        return
+    if tokens is None:  # an authenticate hook's deadline: only [auth] verifies refresh tokens
+        connection.enqueue(
+            encode_error(
+                "bad_request",
+                "this connection's credential cannot be refreshed ([auth] is off); "
+                "reconnect with a fresh one before it expires",
+            )
         )
         return
     try:

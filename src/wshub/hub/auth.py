@@ -31,6 +31,7 @@ from typing import Any, Final
 import attrs
 import jwt
 import trio
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from wshub.core.protocol import is_valid_client_id, stream_kind
 from wshub.core.sections import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, AuthConfig, ConfigError
@@ -50,6 +51,15 @@ __all__ = [
 WSHUB_CLAIM: Final = "wshub"
 
 _MAX_ECHO = 24  # characters of an attacker-chosen value (an alg name) echoed in a reason
+
+# What PyJWT also loads from a PEM: the hub only verifies, so it must never hold the signing half
+# (and PyJWT cannot verify RS*/PS* with one: every token would fail with an AttributeError).
+_PRIVATE_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
 
 
 class TokenRejected(Exception):
@@ -144,8 +154,16 @@ class Credential:
     deadline: float
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _seconds(value: Any) -> float | None:
+    """``value`` as finite Unix seconds, or None: not a number (a string, a bool), or a JSON
+    integer too large for a float (JSON sets no limit, and arithmetic on one would raise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 class TokenVerifier:
@@ -183,11 +201,18 @@ class TokenVerifier:
                 try:
                     # PyJWT parses the PEM once here and checks the key suits the algorithm
                     # (RSA for RS*/PS*, the named curve for ES*, Ed25519/Ed448 for EdDSA).
-                    self._keys[name] = jwt.get_algorithm_by_name(name).prepare_key(public_key_pem)
+                    key = jwt.get_algorithm_by_name(name).prepare_key(public_key_pem)
                 except (jwt.InvalidKeyError, ValueError, TypeError) as error:
                     raise UnusableKey(
                         "auth.jwt_public_key", f"not a public key for {name}: {error}"
                     ) from None
+                if isinstance(key, _PRIVATE_KEYS):
+                    raise UnusableKey(
+                        "auth.jwt_public_key",
+                        f"is a private key; give the public key for {name} (the hub only "
+                        "verifies, the private key stays with the token issuer)",
+                    )
+                self._keys[name] = key
             else:
                 raise ValueError(f"unknown or refused algorithm {name!r}")
         self.algorithms = tuple(algorithms)
@@ -282,14 +307,14 @@ class TokenVerifier:
 
     def _credential(self, claims: dict[str, Any]) -> Credential:
         now = self.wall_clock()
-        expires = claims["exp"]
-        if not _number(expires):
+        expires = _seconds(claims["exp"])
+        if expires is None:
             raise TokenRejected("token claim 'exp' must be a number of Unix seconds")
         if now >= expires + self.leeway:
             raise TokenRejected("token expired")
-        not_before = claims.get("nbf")
-        if not_before is not None:
-            if not _number(not_before):
+        if claims.get("nbf") is not None:
+            not_before = _seconds(claims["nbf"])
+            if not_before is None:
                 raise TokenRejected("token claim 'nbf' must be a number of Unix seconds")
             if not_before > now + self.leeway:
                 raise TokenRejected("token is not valid yet ('nbf')")
@@ -298,7 +323,7 @@ class TokenVerifier:
             raise TokenRejected("token subject ('sub') is not a valid client id")
         rights, admin = Rights.from_claim(claims.get(WSHUB_CLAIM))
         deadline = trio.current_time() + (expires + self.leeway - now)
-        return Credential(subject, rights, admin, float(expires), deadline)
+        return Credential(subject, rights, admin, expires, deadline)
 
 
 def mint_token(

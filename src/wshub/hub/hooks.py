@@ -47,8 +47,9 @@ class Identity:
     ``server.client_publish`` says); with ``rights`` only the topics its patterns match may be
     subscribed to or published to (``can_publish`` is not consulted), as for a JWT's ``wshub``
     claim. The personal stream ``@<client_id>`` is always allowed. ``deadline`` (trio time)
-    is when the credential expires: the hub then closes the connection with 4005 unless the
-    client has sent a ``refresh``.
+    is when the credential expires: the hub then closes the connection with 4005. A JWT's
+    deadline moves with each ``refresh``; a hook's is final (refresh tokens are verified by
+    ``[auth]``, which a hook excludes), so its client reconnects with a fresh credential.
     """
 
     client_id: str

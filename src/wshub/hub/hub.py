@@ -227,7 +227,7 @@ class Hub:
         """Serve one accepted WebSocket until it closes (used by every transport adapter)."""
         connection = Connection(self, transport, request)
         del request  # the connection drops its headers after the hello: keep no other copy
-        with log_context(hub=self.id):  # the connection adds its client_id once welcomed
+        with log_context(hub=self.id, node=self.node):  # and client_id once welcomed
             await self.lifetime.run(connection)
 
     def served_by(self, server: str) -> None:
@@ -383,8 +383,8 @@ async def open_hub(
         on_publish=on_publish,
         wall_clock=wall_clock,
     )
-    # The hub's own tasks (and the caller's block) log with its id.
-    with log_context(hub=hub.id):
+    # The hub's own tasks (and the caller's block) log with its id and node.
+    with log_context(hub=hub.id, node=hub.node):
         async with AsyncExitStack() as brokers:
             await brokers.enter_async_context(hub.local.open(hub.subscriptions))
             if hub.broker is not hub.local:

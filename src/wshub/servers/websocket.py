@@ -14,18 +14,15 @@ Theory of operation:
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 
 import attrs
 import trio
 from trio_websocket import (
-    ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
     wrap_server_stream,
 )
-from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from wshub.core.errors import TransportClosed, translate_errors
@@ -40,10 +37,6 @@ __all__ = ["EmbeddedServer", "TrioWebSocketTransport", "serve_websocket"]
 #: default).
 UPGRADE_TIMEOUT = 60.0
 
-# What the direct write in ``TrioWebSocketTransport.send`` uses of trio-websocket's
-# internals (0.12). Without any of them, every frame goes through ``send_message``.
-_INTERNALS = ("_stream_lock", "_wsproto", "_close_reason", "_abort_web_socket")
-
 
 class TrioWebSocketTransport:
     """The ``Transport`` of one trio-websocket connection over a ``ClosingStream``."""
@@ -55,12 +48,9 @@ class TrioWebSocketTransport:
         self._websocket = websocket
         self._stream = stream
         self._closed_with: tuple[int, str] | None = None
+        # trio-websocket cannot say when a send waits for the peer: the flush tick's idle rule
+        # stops waiting for such a writer instead (``hub/flush.py``).
         self.on_blocked: Callable[[], object] | None = None
-        direct = isinstance(stream.stream, trio.SocketStream) and all(
-            hasattr(websocket, name) for name in _INTERNALS
-        )
-        # Plain TCP (not TLS): frames can be written straight to the socket (see ``send``).
-        self.direct_socket = stream.stream.socket if direct else None
 
     @property
     def subprotocol(self) -> str | None:
@@ -73,46 +63,15 @@ class TrioWebSocketTransport:
             return await self._websocket.get_message()
 
     async def send(self, text: str) -> None:
-        """Send one text frame; raises TransportClosed.
+        """Send one text frame through trio-websocket's ``send_message``; raises
+        TransportClosed.
 
-        Over plain TCP, when nothing else is being written, the frame is framed by wsproto
-        and written with one non-blocking ``write(2)`` under trio-websocket's send lock, with
-        no trip through the scheduler; only what the socket does not take at once is awaited.
-        trio-websocket's own ``send_message`` yields twice per frame (its lock, then the
-        socket), which with a thousand writers costs ten times the system call itself (see
-        docs/benchmarks.md). So this is not a checkpoint when the frame goes out whole: the
-        hub's writer checkpoints once per flush tick instead.
+        It yields twice per frame (its send lock, then the socket), which with a thousand
+        writers costs several times the system call itself: the fast server (``fast.py``),
+        which owns its write path, is the one for many clients (docs/architecture.md).
         """
-        websocket = self._websocket
-        sock = self.direct_socket
-        if sock is None or websocket._stream_lock.locked() or websocket._close_reason is not None:
-            with translate_errors():
-                await websocket.send_message(text)
-            return
-        data = websocket._wsproto.send(TextMessage(data=text))
-        lock = websocket._stream_lock
-        lock.acquire_nowait()  # held until the frame is whole: pings and closes queue behind
-        try:
-            try:
-                sent = os.write(sock.fileno(), data)
-            except OSError:  # full (BlockingIOError), broken or closed: send_all waits or raises
-                sent = 0
-            if sent < len(data):
-                if self.on_blocked is not None:
-                    self.on_blocked()  # the socket is full: the rest waits for the peer
-                await self._send_rest(memoryview(data)[sent:])
-        finally:
-            lock.release()
-
-    async def _send_rest(self, rest: memoryview) -> None:
-        # As trio-websocket's own ``_send``: a broken stream ends the WebSocket with 1006.
-        websocket = self._websocket
         with translate_errors():
-            try:
-                await self._stream.stream.send_all(rest)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await websocket._abort_web_socket()
-                raise ConnectionClosed(websocket._close_reason) from None
+            await self._websocket.send_message(text)
 
     async def ping(self) -> None:
         """Ping and wait for the pong; raises TransportClosed."""

@@ -678,16 +678,33 @@ function checkStream(stream) {
   }
 }
 
-/** The `exp` claim (Unix s) of a JWT, read without verifying it (the hub verifies); else null. */
-function tokenExpiry(token) {
+/** The claims of a JWT, read without verifying it (the hub verifies); else null. */
+function unverifiedClaims(token) {
   const payload = typeof token === "string" ? token.split(".")[1] : undefined;
   if (!payload) return null;
   try {
-    const exp = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/"))).exp;
-    return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+    const claims = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
+    return claims !== null && typeof claims === "object" ? claims : null;
   } catch {
     return null; // not a JWT: an API key, or an opaque token a hook reads
   }
+}
+
+/** The `exp` claim (Unix s) of a JWT, read without verifying it (the hub verifies); else null. */
+function tokenExpiry(token) {
+  const exp = unverifiedClaims(token)?.exp;
+  return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+}
+
+/**
+ * The `sub` claim of a JWT, read without verifying it (the hub verifies): with `[auth]` the hub
+ * admits a token only under the client id its `sub` names, so connect as that id.
+ * @param {unknown} token
+ * @returns {string | null} null when `token` is not a JWT with a string `sub` (an API key, say)
+ */
+export function tokenSubject(token) {
+  const sub = unverifiedClaims(token)?.sub;
+  return typeof sub === "string" && sub !== "" ? sub : null;
 }
 
 // `to` is null when the stream's numbering started again: every offset from `from` on is gone.
