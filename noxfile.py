@@ -50,3 +50,14 @@ def bench(session: nox.Session) -> None:
         where = session.posargs.index("--charts")
         sweep += session.posargs[where : where + 2]
     session.run("python", "benchmarks/latency_sweep.py", *sweep)
+
+
+@nox.session(name="bench-redis")
+def bench_redis(session: nox.Session) -> None:
+    """The Redis broker beside the memory broker (docs/benchmarks.md); needs redis-server.
+
+    ``nox -s bench-redis`` is the full run (about six minutes; the chart goes to docs/img);
+    arguments go to ``benchmarks/redis_broker.py`` (``--markdown``, ``--json PATH``, ...).
+    """
+    session.install("-e", ".[redis]", "matplotlib")
+    session.run("python", "benchmarks/redis_broker.py", *session.posargs)

@@ -22,9 +22,9 @@ KIND is one of:
   start-up made (modules, config, the hub) is never traversed by the collector again (issue
   14's A/B: does it trim p99?);
 - ``wshub-redis``: ``wshub-fast`` on the Redis broker at ``$WSHUB_BENCH_REDIS_URL``; several
-  of them on one Redis are the workers of one service (``benchmarks/redis_broker.py``). With
-  ``$WSHUB_BENCH_PUBLISHERS`` = N, as fast as it can means N publisher tasks at once (a lone
-  publisher waits one Redis round trip per message);
+  of them on one Redis are the workers of one service (``benchmarks/redis_broker.py``). For
+  it and ``wshub-fast``, ``$WSHUB_BENCH_PUBLISHERS`` = N makes "as fast as it can" N
+  publisher tasks at once (a lone publisher on Redis waits one round trip per message);
 - ``wshub-serve``: the ``wshub serve`` command itself (its default fast server, memory broker),
   run in this process by ``wshub.cli.main(["serve", "--config", FILE, "--host", "127.0.0.1",
   "--port", "0"])``: the command's own argument parsing, configuration layers, logging and
@@ -265,8 +265,15 @@ async def _serve_wshub_fast(lifetime: float, freeze: bool = False) -> None:
             if freeze:  # everything made at start-up leaves the collector's generations
                 gc.collect()
                 gc.freeze()
-            await _control_wshub(hub, server.port)
+            await _control_wshub(hub, server.port, _publishers())
     quit_now()
+
+
+def _publishers() -> int:
+    """``$WSHUB_BENCH_PUBLISHERS``: publisher tasks publishing as fast as they can (default 1)."""
+    import os
+
+    return int(os.environ.get("WSHUB_BENCH_PUBLISHERS", "1"))
 
 
 async def _serve_wshub_redis(lifetime: float) -> None:
@@ -279,12 +286,11 @@ async def _serve_wshub_redis(lifetime: float) -> None:
     from wshub.servers.fast import serve_fast
 
     url = os.environ["WSHUB_BENCH_REDIS_URL"]
-    publishers = int(os.environ.get("WSHUB_BENCH_PUBLISHERS", "1"))
     config = _wshub_config().merged({"broker": {"kind": "redis", "url": url}})
     with trio.move_on_after(lifetime):
         async with open_hub(config) as hub, trio.open_nursery() as nursery:
             server = await nursery.start(serve_fast, hub, "127.0.0.1", 0)
-            await _control_wshub(hub, server.port, publishers)
+            await _control_wshub(hub, server.port, _publishers())
     quit_now()
 
 

@@ -399,6 +399,9 @@ def test_live_charts_follow_the_traffic(chromium_browser: Any, hub: Server) -> N
         assert page.get_attribute("#banner", "data-status") == "healthy"
         assert page.eval_on_selector("#reasons", "list => list.children.length") == 0
         assert page.text_content("#server") == "fast"  # wshub serve's default server
+        with httpx.Client(base_url=hub.http, params={"api_key": API_KEY}, timeout=5.0) as http:
+            node = http.get("/api/stats").json()["node"]
+        assert page.text_content("#node") == node  # which node, when several are scraped
         before = {name: figure(page, name) for name in ("published", "delivered", "deduplicated")}
 
         traffic.subscriber("alice")

@@ -241,3 +241,21 @@ async def test_a_batch_over_several_streams_loads_a_script_redis_forgot(
             mine = [a for (s, _, _), a in zip(submitted, answers, strict=True) if s == stream]
             assert offsets(mine) == [1, 2, 3]
         assert ("publish", "error") not in broker.calls
+
+
+def test_each_script_carries_only_the_helpers_it_calls() -> None:
+    """Redis compiles every script whole: a helper a script never calls is dead weight there."""
+    import inspect
+
+    from wshub.brokers import lua
+
+    for name in lua.__all__:
+        script: str = getattr(lua, name)
+        defined = re.findall(r"local function (\w+)\(", script)
+        for helper in defined:
+            calls = len(re.findall(rf"\b{helper}\(", script)) - 1  # less its definition
+            assert calls >= 1, f"{name} defines {helper}() but never calls it"
+    # ... and each helper's Lua text is written once in the module, not once per script.
+    source = inspect.getsource(lua)
+    for helper in re.findall(r"local function (\w+)\(", source):
+        assert source.count(f"local function {helper}(") == 1, helper

@@ -7,17 +7,21 @@ The resume and de-duplication tests at the top run against both brokers.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
 from redis_server import RedisServer
-from test_asgi import call
+from serve_helpers import wshub_serve
+from test_asgi import AUTH, KEY, call
 from test_client_chaos import ChaosProxy, serve, start_proxy
 from wshub.brokers.base import BrokerUnavailable
 from wshub.brokers.redis import RedisBroker
@@ -175,6 +179,50 @@ async def two_hubs(url: str, **sections: dict[str, Any]) -> AsyncIterator[tuple[
         yield a, b
 
 
+def subscribers_of(redis: RedisServer, stream: str) -> int:
+    """How many pub/sub connections Redis counts on the channel of ``stream``."""
+    reply = redis.command("PUBSUB", "NUMSUB", f"wshub:{{{stream}}}").decode()
+    return int(reply.rsplit(":", 1)[1])
+
+
+async def wait_for_subscribers(redis: RedisServer, stream: str, count: int) -> None:
+    """Wait until Redis counts ``count`` subscriptions of ``stream`` (nodes update it late)."""
+    with trio.fail_after(WAIT):
+        for _ in iter(int, 1):  # until it holds
+            if subscribers_of(redis, stream) == count:
+                return
+            await trio.sleep(0.01)
+
+
+async def test_one_pubsub_connection_per_node_subscribed_while_a_stream_is_served(
+    redis: RedisServer,
+) -> None:
+    """Not a connection per client: one per node, on the channels of the streams it serves;
+    the first subscriber of a stream subscribes its channel, the last one unsubscribes it."""
+    async with two_hubs(redis.url) as (a, _):
+        clients = []
+        for n in range(6):
+            streams = {"news": None, "sport": None} if n % 2 else {"news": None}
+            clients.append(await connect_memory(a, f"c{n}", subscribe=streams))
+            await welcome(clients[-1])
+        pubsub = redis.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        # One for hub a and its six clients (hub b serves nothing, so Redis lists none for it).
+        assert pubsub.count("flags=P ") == 1 and f"name=wshub:{a.node} " in pubsub
+        assert [subscribers_of(redis, s) for s in ("news", "sport", "@c0")] == [1, 1, 1]
+        for client in clients[1::2]:  # every subscriber of sport leaves
+            await client.aclose()
+        await wait_for_subscribers(redis, "sport", 0)
+        await wait_for_subscribers(redis, "@c1", 0)  # its personal stream too
+        assert subscribers_of(redis, "news") == 1  # which the others still hold
+        for client in clients[0::2]:
+            await client.aclose()
+        await wait_for_subscribers(redis, "news", 0)
+        again = await connect_memory(a, "late", subscribe={"sport": None})
+        await welcome(again)  # a new first subscriber subscribes the channel again
+        assert subscribers_of(redis, "sport") == 1
+        await again.aclose()
+
+
 async def test_publish_on_either_hub_reaches_every_subscriber_once_in_order(
     redis: RedisServer,
 ) -> None:
@@ -232,6 +280,30 @@ async def test_a_restarted_hub_keeps_every_epoch_and_its_clients_miss_nothing(
             await again.aclose()
 
 
+async def test_sys_streams_stay_on_their_node_and_say_which(redis: RedisServer) -> None:
+    """``$sys.metrics`` lives in each node's memory, never in Redis: an admin client of one hub
+    gets that hub's snapshots only, each naming its node (both hubs here share one process, so
+    one node name, ``host:pid``; the snapshot's ``hub`` tells them apart)."""
+    async with two_hubs(redis.url, admin={"api_key": "k"}) as (a, b):
+        admins = []
+        for hub in (a, b):
+            admin = await connect_memory(hub, "ops", token="k", subscribe={"$sys.metrics": None})
+            await welcome(admin)
+            admins.append((hub, admin))
+        a.flush_metrics()
+        b.flush_metrics()
+        for hub, admin in admins:
+            await admin.send({"type": "ping"})
+            frames = []
+            with trio.fail_after(WAIT):
+                while (frame := await admin.receive()) != {"type": "pong"}:
+                    frames.append(frame)
+            assert frames and {f["stream"] for f in frames} == {"$sys.metrics"}
+            assert {(f["data"]["hub"], f["data"]["node"]) for f in frames} == {(hub.id, hub.node)}
+            await admin.aclose()
+        assert redis.command("KEYS", "*sys*") == b"*0\r\n"  # nothing of $sys in Redis
+
+
 async def test_a_killed_pubsub_connection_is_filled_and_no_client_notices(
     redis: RedisServer,
 ) -> None:
@@ -283,7 +355,12 @@ async def test_redis_killed_and_restarted_mid_stream(
         redis.stop()
         redis = RedisServer(redis.binary, tmp_path, persist=True)
         redis.start()
-    config = hub_config("redis", redis.url, breaker={"open_timeout": 0.2, "max_open_timeout": 0.5})
+    config = hub_config(
+        "redis",
+        redis.url,
+        breaker={"open_timeout": 0.2, "max_open_timeout": 0.5},
+        admin={"api_key": KEY},
+    )
     try:
         async with open_hub(config) as hub:
             assert isinstance(hub.broker, RedisBroker)
@@ -310,6 +387,9 @@ async def test_redis_killed_and_restarted_mid_stream(
             health = await call(app, "GET", "/health/websocket")
             assert health.status == 503 and "broker unavailable" in health.json()["reasons"]
             assert (await call(app, "GET", "/health")).status == 200
+            body = b'{"stream": "news", "data": 11, "id": "n11"}'
+            reply = await call(app, "POST", "/api/publish", headers=AUTH, chunks=[body])
+            assert (reply.status, reply.json()["status"]) == (503, "unavailable")
             text = hub.metrics.exposition()[0].decode()
             assert 'wshub_broker_calls_total{op="publish",outcome="ok"} 10.0' in text
             assert 'wshub_broker_calls_total{op="publish",outcome="rejected"}' in text
@@ -428,12 +508,134 @@ async def test_chaos_clients_hopping_between_two_hubs_lose_and_repeat_nothing(
     assert statistics.reconnects >= 2 and set(proxy.chosen) == set(proxy.ports)
 
 
+async def follow(
+    url: str,
+    client_id: str,
+    streams: list[str],
+    expected: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> dict[str, Any]:
+    """Run a resilient client until it holds ``expected`` distinct messages of ``streams``.
+
+    Started (``nursery.start``) once its first hello is welcomed: it subscribed "from now on".
+    """
+    received: list[tuple[str, int, Any]] = []
+    gaps: list[Gap] = []
+    async with open_client(
+        url,
+        client_id,
+        subscribe=streams,
+        backoff_base=0.005,
+        backoff_cap=0.1,
+        connect_timeout=5.0,
+        rng=random.Random(client_id),
+    ) as client:
+        await client.wait_connected()
+        task_status.started()
+        async for event in client:
+            if isinstance(event, Gap):
+                gaps.append(event)
+            elif event.stream in streams:
+                received.append((event.stream, event.offset, event.data))
+            if len({(s, o) for s, o, _ in received}) >= expected:
+                break
+        return {"received": received, "gaps": gaps, "statistics": client.statistics()}
+
+
+async def test_chaos_clients_hopping_between_two_serve_processes_lose_and_repeat_nothing(
+    redis: RedisServer, tmp_path: Any
+) -> None:
+    """Two ``wshub serve`` processes and an embedded hub on one Redis are one service.
+
+    The embedded hub publishes 2,000 distinct messages on two streams while three clients hop
+    between the two processes through a proxy that cuts connections at random points: each
+    client ends with every message, in order, none lost, none repeated, no gap reported.
+    """
+    streams = ["hop.0", "hop.1"]
+    per_stream = 1000
+    started = time.monotonic()
+    proxy = HoppingProxy(random.Random(20261207))
+    sections = {"history": {"size": 2 * per_stream, "ttl": 600.0}}
+    env = {
+        "WSHUB_BROKER__KIND": "redis",
+        "WSHUB_BROKER__URL": redis.url,
+        "WSHUB_HISTORY__SIZE": str(2 * per_stream),  # a resume reads up to this many
+        "WSHUB_HISTORY__TTL": "600",
+        "WSHUB_LIMITS__MAX_QUEUE": "20000",
+        "WSHUB_HEARTBEAT__INTERVAL": "5",
+        "WSHUB_HEARTBEAT__TIMEOUT": "5",
+    }
+    servers = []
+    try:
+        for number in range(2):
+            log = tmp_path / f"serve-{number}.log"
+            servers.append(await trio.to_thread.run_sync(partial(wshub_serve, log, env=env)))
+        results: dict[str, dict[str, Any]] = {}
+        config = hub_config("redis", redis.url, **sections)
+        with trio.fail_after(120):
+            async with open_hub(config) as publisher, trio.open_nursery() as nursery:
+                proxy.ports = [server.port for server in servers]
+                proxy.chosen = []
+                url = f"ws://127.0.0.1:{await start_proxy(nursery, proxy)}/ws"
+
+                async def one(client_id: str, task_status: trio.TaskStatus[None]) -> None:
+                    expected = len(streams) * per_stream
+                    results[client_id] = await follow(
+                        url, client_id, streams, expected, task_status=task_status
+                    )
+
+                async with trio.open_nursery() as clients:
+                    for number in range(3):
+                        await clients.start(one, f"hopper-{number}")
+                    for n in range(per_stream):
+                        for stream in streams:
+                            await publisher.publish(stream, {"n": n + 1})
+                        if n % 4 == 0:
+                            await trio.sleep(0.003)
+                nursery.cancel_scope.cancel()
+    finally:
+        for server in servers:
+            server.stop(signal.SIGTERM, timeout=20)
+    reconnects = 0
+    for client_id, result in sorted(results.items()):
+        received, statistics = result["received"], result["statistics"]
+        unique = {(stream, offset) for stream, offset, _ in received}
+        lost, duplicates = len(streams) * per_stream - len(unique), len(received) - len(unique)
+        print(
+            f"\n{client_id}: {len(received)} received, lost {lost}, duplicates {duplicates}, "
+            f"gaps {len(result['gaps'])}; {statistics.reconnects} reconnects, "
+            f"{statistics.duplicates} repeats dropped by the client"
+        )
+        assert (lost, duplicates, result["gaps"]) == (0, 0, [])
+        for stream in streams:
+            got = [(offset, data) for s, offset, data in received if s == stream]
+            assert got == [(n, {"n": n}) for n in range(1, per_stream + 1)]
+        reconnects += statistics.reconnects
+    print(
+        f"proxy: {proxy.connections} connections, {proxy.cuts} cuts; "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    # The clients really hopped: they resumed, on both processes, across cuts.
+    assert len(results) == 3 and reconnects >= 3 and set(proxy.chosen) == set(proxy.ports)
+
+
 async def test_hellos_fail_fast_while_redis_is_unreachable(tmp_path: Any) -> None:
-    """A hub whose Redis never answers starts, refuses hellos with 1013, and stays alive."""
+    """A hub whose Redis never answers starts, refuses hellos with 1013, and stays alive.
+
+    Once the ``broker`` breaker is open (for a minute here), HTTP publishes get 503 with the
+    Retry-After the breaker knows, and ``BrokerUnavailable`` carries it.
+    """
     with trio.socket.socket() as probe:
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    async with open_hub(hub_config("redis", f"redis://127.0.0.1:{port}/0")) as hub:
+    config = hub_config(
+        "redis",
+        f"redis://127.0.0.1:{port}/0",
+        breaker={"open_timeout": 60.0, "max_open_timeout": 60.0},
+        admin={"api_key": KEY},
+    )
+    async with open_hub(config) as hub:
         client = await connect_memory(hub, "alice")
         with trio.fail_after(WAIT):
             assert (await client.wait_closed())[0] == 1013
@@ -442,3 +644,15 @@ async def test_hellos_fail_fast_while_redis_is_unreachable(tmp_path: Any) -> Non
         assert hub.health()["status"] == "degraded"
         with pytest.raises(ClientClosed):
             await client.send({"type": "ping"})
+        for _ in range(config.breaker.failure_threshold):  # enough failures to open it
+            with contextlib.suppress(BrokerUnavailable):
+                await hub.publish("news", 1)
+        assert hub.breakers.get("broker").state.value == "open"
+        with pytest.raises(BrokerUnavailable) as refused:
+            await hub.publish("news", 1)
+        assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 60
+        body = b'{"stream": "news", "data": 1}'
+        reply = await call(create_app(hub=hub), "POST", "/api/publish", headers=AUTH, chunks=[body])
+        assert (reply.status, reply.json()["status"]) == (503, "unavailable")
+        assert 1 <= int(reply.headers["retry-after"]) <= 60
+        assert (await call(create_app(hub=hub), "GET", "/health")).status == 200

@@ -31,13 +31,19 @@ from __future__ import annotations
 
 __all__ = ["DUPLICATE", "PUBLISH", "READ"]
 
-# Shared by the scripts: drop history entries whose ``t`` is at or before ``cutoff`` (ms).
-_TRIM = """
+# The helpers, each defined once; a script is its helpers plus its body, so it carries only what
+# it calls (Redis compiles and caches every script whole).
+
+# Redis's clock in Unix milliseconds: one clock for every node.
+_NOW_MS = """
 local function now_ms()
   local now = redis.call('TIME')
   return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 end
+"""
 
+# Drop history entries whose ``t`` is at or before ``cutoff`` (ms).
+_TRIM_EXPIRED = """
 local function trim_expired(history, cutoff)
   -- The common case, nothing expired, costs one entry read.
   local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)
@@ -54,7 +60,11 @@ local function trim_expired(history, cutoff)
     if #oldest < 64 or last ~= oldest[#oldest][1] then return end
   end
 end
+"""
 
+# The stream's epoch; a missing meta key (a new stream, or Redis lost it) starts a new epoch,
+# and its stale history goes with it, so offsets restart at 1.
+_ENSURE_EPOCH = """
 local function ensure_epoch(meta, history, new_epoch)
   local epoch = redis.call('HGET', meta, 'e')
   if epoch then return epoch end
@@ -76,7 +86,8 @@ end
 # and history keys have proved their type; the de-duplication keys go through pcall), so a
 # call never stops half-way with messages published but the offset not stored.
 PUBLISH = (
-    _TRIM
+    _NOW_MS
+    + _TRIM_EXPIRED
     + """
 local meta, history = KEYS[1], KEYS[2]
 local channel, size, new_epoch = ARGV[1], ARGV[2], ARGV[5]
@@ -143,7 +154,9 @@ return replies
 # client's offset + 1 when that resumes it (same epoch, still held), else from the oldest held
 # (the twin of ``wshub.core.history.resume_plan``, which the broker applies to the answer).
 READ = (
-    _TRIM
+    _NOW_MS
+    + _TRIM_EXPIRED
+    + _ENSURE_EPOCH
     + """
 local meta, history = KEYS[1], KEYS[2]
 local epoch = ensure_epoch(meta, history, ARGV[3])

@@ -138,7 +138,9 @@ def time_zone(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
     """An IANA time zone name that this system's zoneinfo knows."""
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+    # OSError: with the tzdata package installed, a directory of it ("America") is opened as
+    # a file and raises IsADirectoryError instead of ZoneInfoNotFoundError.
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         fail(instance, attribute, "an IANA time zone name such as 'UTC' or 'Europe/Paris'", value)
 
 
