@@ -166,19 +166,25 @@ async def framed(client: RawClient, count: int) -> tuple[list[bytes], list[tuple
     return frames, found
 
 
+@pytest.fixture
+def encoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the fast server encodes into a frame, in order."""
+    texts: list[str] = []
+
+    def counting(text: str) -> bytes:
+        texts.append(text)
+        return encode_text_frame(text)
+
+    monkeypatch.setattr(FastWebSocket, "encode_frame", staticmethod(counting))
+    return texts
+
+
 async def test_a_frame_is_encoded_once_per_tick_for_every_connection_sent_it(
-    monkeypatch: pytest.MonkeyPatch,
+    encoded: list[str],
 ) -> None:
     # Ten clients on news, ten on news and sport (batching, wshub.v1): each tick's queues
     # come in at most two kinds, and each kind's frame is encoded once, not once a client.
     # Every client still gets exactly its streams, in publish order.
-    encoded: list[str] = []
-
-    def counting(text: str) -> bytes:
-        encoded.append(text)
-        return encode_text_frame(text)
-
-    monkeypatch.setattr(FastWebSocket, "encode_frame", staticmethod(counting))
     config = HubConfig.testing().merged({"limits": {"write_delay": 0.003}})
     v1 = "wshub.v1"
     with trio.fail_after(30):
@@ -207,20 +213,11 @@ async def test_a_frame_is_encoded_once_per_tick_for_every_connection_sent_it(
     assert len(encoded) < len(sent) / 5
 
 
-async def test_queues_that_share_their_ends_get_their_own_frames(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_queues_that_share_their_ends_get_their_own_frames(encoded: list[str]) -> None:
     # Clients on news and sport, and clients on news and weather. The tick's second round
     # holds news, sport, weather, news: both kinds of queue have three messages, the same
     # first and the same last, and differ in between. Each kind gets its own frame, encoded
     # once.
-    encoded: list[str] = []
-
-    def counting(text: str) -> bytes:
-        encoded.append(text)
-        return encode_text_frame(text)
-
-    monkeypatch.setattr(FastWebSocket, "encode_frame", staticmethod(counting))
     # The round that writes news 0 is followed by a pause of a second: the other four are all
     # published within it (once one client has news 0), so they share the next round.
     limits = {"write_delay": 1.0}
