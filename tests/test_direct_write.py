@@ -272,6 +272,25 @@ async def test_the_tick_writes_every_subscriber_without_waking_a_writer_task() -
             assert hub.metrics.delivered == 200
 
 
+async def test_the_rest_of_a_last_frame_is_sent_with_no_message_after_it() -> None:
+    # One 8 MB message to a client that does not read yet: the tick's one write leaves most
+    # of the frame unsent, and no message follows to wake anything. Once the client reads,
+    # the whole frame arrives: the writer the tick started finishes it.
+    big = "n" * BIG
+    # No heartbeat within the test: a ping would write the rest on its way out.
+    config = HubConfig.testing().merged({"heartbeat": {"interval": 60.0}})
+    with trio.fail_after(20):
+        async with fast_hub(config) as (hub, port):
+            client = await subscriber(port, "late", rcvbuf=4096)
+            with counting_writer_steps() as writers:
+                await hub.publish("news", {"n": 1, "big": big})
+                await trio.testing.wait_all_tasks_blocked()
+                opcode, payload = await client.frame()
+            assert opcode == 1
+            assert json.loads(payload)["data"] == {"n": 1, "big": big}
+            assert writers.steps > 0  # the rest went out through the writer task
+
+
 async def test_a_full_socket_is_handed_to_its_writer_and_gets_every_frame_whole() -> None:
     # 200 messages of 20 KB (4 MB) to a client that reads nothing until the end: its socket
     # fills, so the tick hands it to its writer task; a reading client keeps getting every

@@ -257,8 +257,12 @@ class Outbox(OutboundQueue):
         self.hub.metrics.record_queue_depth(len(items))
         if sent == len(items):
             self._take_queue()
-        else:  # the writer sends the rest once the peer reads
+        else:
             self._drop_sent(sent)
+        if sent < len(items) or direct.blocked:
+            # The socket is full: the writer finishes the frame once the peer reads, then
+            # sends what is left. Even when the queue went out whole: the last frame's rest
+            # must not wait for a next message that may never come.
             self.wake_writer()
         stats.last_activity = self._flush.now
         return True
