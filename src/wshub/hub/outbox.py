@@ -244,11 +244,11 @@ class Outbox(OutboundQueue):
         try:
             for start in range(0, len(items), step):
                 chunk = items[start : start + step]
-                known = frames.frame(chunk, encode)  # encoded once a tick (frames.py)
-                if not direct.send_frame_nowait(known[1]):
+                _, frame, length, delivered, _ = frames.frame(chunk, encode)  # once a tick
+                if not direct.send_frame_nowait(frame):
                     break  # a frame of someone else's is unfinished: the writer waits for it
                 sent = start + len(chunk)
-                self._count_sent(stats, chunk, known[2], known[3])
+                self._count_sent(stats, chunk, length, delivered)
                 if direct.blocked:
                     break  # the socket is full
         except TransportClosed as error:
