@@ -452,8 +452,6 @@ async def test_chaos_clients_hopping_between_two_hubs_lose_and_repeat_nothing(
     per_stream = 1000  # 2,000 messages, published alternately through both hubs
     started = time.monotonic()
     proxy = HoppingProxy(random.Random(20261206))
-    received: list[tuple[str, int, Any]] = []
-    gaps: list[Gap] = []
     sections = {
         "history": {"size": 2 * per_stream, "ttl": 600.0},
         "limits": {"max_queue": 20_000, "write_delay": 0.002},
@@ -484,13 +482,7 @@ async def test_chaos_clients_hopping_between_two_hubs_lose_and_repeat_nothing(
 
                 nursery.start_soon(publish)
                 expected = len(streams) * per_stream
-                async for event in client:
-                    if isinstance(event, Gap):
-                        gaps.append(event)
-                    elif event.stream in streams:
-                        received.append((event.stream, event.offset, event.data))
-                    if len({(s, o) for s, o, _ in received}) >= expected:
-                        break
+                received, gaps = await collect(client, streams, expected)
                 statistics = client.statistics()
             nursery.cancel_scope.cancel()
     unique = {(stream, offset) for stream, offset, _ in received}
@@ -520,8 +512,6 @@ async def follow(
 
     Started (``nursery.start``) once its first hello is welcomed: it subscribed "from now on".
     """
-    received: list[tuple[str, int, Any]] = []
-    gaps: list[Gap] = []
     async with open_client(
         url,
         client_id,
@@ -533,14 +523,25 @@ async def follow(
     ) as client:
         await client.wait_connected()
         task_status.started()
-        async for event in client:
-            if isinstance(event, Gap):
-                gaps.append(event)
-            elif event.stream in streams:
-                received.append((event.stream, event.offset, event.data))
-            if len({(s, o) for s, o, _ in received}) >= expected:
-                break
+        received, gaps = await collect(client, streams, expected)
         return {"received": received, "gaps": gaps, "statistics": client.statistics()}
+
+
+async def collect(
+    client: Any, streams: list[str], expected: int
+) -> tuple[list[tuple[str, int, Any]], list[Gap]]:
+    """A client's messages of ``streams`` (stream, offset, data) and its gaps, until it holds
+    ``expected`` distinct messages."""
+    received: list[tuple[str, int, Any]] = []
+    gaps: list[Gap] = []
+    async for event in client:
+        if isinstance(event, Gap):
+            gaps.append(event)
+        elif event.stream in streams:
+            received.append((event.stream, event.offset, event.data))
+        if len({(s, o) for s, o, _ in received}) >= expected:
+            break
+    return received, gaps
 
 
 async def test_chaos_clients_hopping_between_two_serve_processes_lose_and_repeat_nothing(

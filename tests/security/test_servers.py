@@ -97,7 +97,24 @@ class EmbeddedPeer:
             return closed.reason.code, closed.reason.reason or ""
 
 
-class AsgiPeer:
+class ClosingPeer:
+    """A peer that records the close it saw in ``close`` and raises ConnectionError after."""
+
+    close: tuple[int, str] | None
+
+    async def receive(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def closed(self) -> tuple[int, str]:
+        try:
+            while True:
+                await self.receive()
+        except ConnectionError:
+            assert self.close is not None
+            return self.close
+
+
+class AsgiPeer(ClosingPeer):
     """The ASGI app's WebSocket, driven with the app's own receive/send events."""
 
     def __init__(self, fake: FakeServer) -> None:
@@ -120,16 +137,8 @@ class AsgiPeer:
                 self.pending.extend(orjson.loads(line) for line in split_batch(event["text"]))
         return self.pending.pop(0)
 
-    async def closed(self) -> tuple[int, str]:
-        try:
-            while True:
-                await self.receive()
-        except ConnectionError:
-            assert self.close is not None
-            return self.close
 
-
-class WsprotoPeer:
+class WsprotoPeer(ClosingPeer):
     """A wsproto client on a trio stream: the fast server's WebSocket over a socket pair."""
 
     def __init__(self, stream: trio.SocketStream, websocket: WSConnection) -> None:
@@ -166,14 +175,6 @@ class WsprotoPeer:
             self.websocket.receive_data(data)
             await self.handle(self.websocket.events())
         return self.pending.pop(0)
-
-    async def closed(self) -> tuple[int, str]:
-        try:
-            while True:
-                await self.receive()
-        except ConnectionError:
-            assert self.close is not None
-            return self.close
 
 
 @asynccontextmanager
