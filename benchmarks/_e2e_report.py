@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import machine as base_machine
+from _harness import print_markdown_tables
 
 LABELS = {
     "wshub": "wshub, embedded (trio-websocket)",
@@ -332,20 +333,19 @@ def print_text(out: dict[str, Any]) -> None:
         print(f"profile: {out['profile']['error']}")
 
 
+def run_line(out: dict[str, Any]) -> str:
+    """The run and the machine in one line, under the tables."""
+    info = out["machine"]
+    return (
+        f"{out['mode'].capitalize()} run, {info['date']}, {info['seconds']} s: "
+        f"{info['nproc']} CPUs ({info['cpu']}), load average {info['load']} at the end, "
+        f"Python {info['python']}, {info['libraries']}"
+    )
+
+
 def print_markdown(out: dict[str, Any]) -> None:
     """Print every table in markdown, then the machine line (for docs/benchmarks.md)."""
-    for title, header, rows in _tables(out):
-        print(f"\n**{title}**\n")
-        print("| " + " | ".join(header) + " |")
-        print("| --- |" + " ---: |" * (len(header) - 1))
-        for row in rows:
-            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    info = out["machine"]
-    print(
-        f"\n_{out['mode'].capitalize()} run, {info['date']}, {info['seconds']} s: "
-        f"{info['nproc']} CPUs ({info['cpu']}), load average {info['load']} at the end, "
-        f"Python {info['python']}, {info['libraries']}._"
-    )
+    print_markdown_tables(_tables(out), run_line(out))
 
 
 # ---------------------------------------------------------------------------------- charts

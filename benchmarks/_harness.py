@@ -180,3 +180,18 @@ def print_markdown(rows: list[Row], info: dict[str, str], mode: str) -> None:
         print()
     print(f"_{mode.capitalize()} run, {info['date']}: {info['nproc']} CPUs ({info['cpu']}),")
     print(f"Python {info['python']}, {info['libraries']}._")
+
+
+Table = tuple[str, list[str], list[list[str]]]  # title, header, rows of a report
+
+
+def print_markdown_tables(tables: list[Table], footer: str) -> None:
+    """Each (title, header, rows) as a bold title and a markdown table (first column left,
+    the rest right-aligned), then ``footer`` in italics: the shape of docs/benchmarks.md."""
+    for title, header, rows in tables:
+        print(f"\n**{title}**\n")
+        print("| " + " | ".join(header) + " |")
+        print("| --- |" + " ---: |" * (len(header) - 1))
+        for row in rows:
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    print(f"\n_{footer}._")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import machine as base_machine
+from _harness import print_markdown_tables
 
 __all__ = ["chart", "machine", "print_markdown", "print_text", "results"]
 
@@ -262,13 +263,7 @@ def print_text(out: dict[str, Any]) -> None:
 
 def print_markdown(out: dict[str, Any]) -> None:
     """The tables as markdown, for docs/benchmarks.md."""
-    for title, header, body in _tables(out):
-        print(f"\n**{title}**\n")
-        print("| " + " | ".join(header) + " |")
-        print("| --- |" + " ---: |" * (len(header) - 1))
-        for row in body:
-            print("| " + " | ".join(row) + " |")
-    print(f"\n_{_footer(out)}._")
+    print_markdown_tables(_tables(out), _footer(out))
 
 
 # ---------------------------------------------------------------------------------- chart

@@ -7,8 +7,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _e2e_report import FLOORS, LABELS, percentile
+from _e2e_report import FLOORS, LABELS, percentile, run_line
 from _e2e_report import machine as e2e_machine
+from _harness import print_markdown_tables
 
 __all__ = [
     "SATURATED_DELIVERED",
@@ -284,18 +285,7 @@ def print_text(out: dict[str, Any]) -> None:
 
 def print_markdown(out: dict[str, Any]) -> None:
     """Print every table in markdown, then the machine line (for docs/benchmarks.md)."""
-    for title, header, rows in _tables(out):
-        print(f"\n**{title}**\n")
-        print("| " + " | ".join(header) + " |")
-        print("| --- |" + " ---: |" * (len(header) - 1))
-        for row in rows:
-            print("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    info = out["machine"]
-    print(
-        f"\n_{out['mode'].capitalize()} run, {info['date']}, {info['seconds']} s: "
-        f"{info['nproc']} CPUs ({info['cpu']}), load average {info['load']} at the end, "
-        f"Python {info['python']}, {info['libraries']}._"
-    )
+    print_markdown_tables(_tables(out), run_line(out))
 
 
 # ---------------------------------------------------------------------------------- chart
