@@ -21,7 +21,8 @@ import trio.testing
 from test_fast_server import BIG, RawClient, fast_hub, served
 from wshub.core.config import HubConfig
 from wshub.core.errors import TransportClosed
-from wshub.servers.wsconn import FastWebSocket, encode_text_frame
+from wshub.servers.framewriter import encode_text_frame
+from wshub.servers.wsconn import FastWebSocket
 
 
 class WriterSteps(trio.abc.Instrument):

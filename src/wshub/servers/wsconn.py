@@ -28,9 +28,9 @@ from wsproto.utilities import LocalProtocolError
 from wshub.core.errors import TransportClosed
 from wshub.core.protocol import CloseCode
 from wshub.hub.transport import CLOSE_SECONDS, DISCARD_BYTES
-from wshub.servers.framewriter import FrameWriter, encode_text_frame
+from wshub.servers.framewriter import FrameWriter
 
-__all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "READ_SIZE", "FastWebSocket", "encode_text_frame"]
+__all__ = ["CLOSE_SECONDS", "DISCARD_BYTES", "READ_SIZE", "FastWebSocket"]
 
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
